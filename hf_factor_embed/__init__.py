@@ -1,0 +1,37 @@
+"""hf-factor-embed: low-rank factorized embeddings and output heads for Hugging Face Transformers.
+
+Importing the package registers its transformers integration, so ``from_pretrained`` rebuilds factorized
+checkpoints. The heavier parts (calibration, recovery recipes, CLI) load only when used.
+"""
+
+from .adapters import EmbeddingAdapter, get_adapter, register_adapter
+from .calibration_stats import CalibrationStats
+from .config import FactorEmbedConfig
+from .errors import AlreadyPatchedError, CheckpointError, FactorEmbedError, UnsupportedModelError
+from .factorize import available_methods, register_method
+from .integration import register as _register
+from .layers import FactorizedEmbedding, FactorizedLayer, FactorizedLMHead
+from .patch import densify, patch_model
+
+__version__ = "0.1.0"
+
+_register()
+
+__all__ = [
+    "AlreadyPatchedError",
+    "CalibrationStats",
+    "CheckpointError",
+    "EmbeddingAdapter",
+    "FactorEmbedConfig",
+    "FactorEmbedError",
+    "FactorizedEmbedding",
+    "FactorizedLMHead",
+    "FactorizedLayer",
+    "UnsupportedModelError",
+    "available_methods",
+    "densify",
+    "get_adapter",
+    "patch_model",
+    "register_adapter",
+    "register_method",
+]

@@ -1,0 +1,62 @@
+"""The configuration of a factorized model; it is also what ``config.json`` stores as ``quantization_config``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+#: The ``quant_method`` written into config.json. transformers prints it in its warning when a Python without
+#: this plugin meets such a checkpoint, so it names the package to install and import.
+QUANT_METHOD = "hf_factor_embed"
+FORMAT_VERSION = 1
+
+#: The embedding roles a model can have factorized. ``input`` and ``output`` are found through
+#: ``get_input_embeddings`` / ``get_output_embeddings``; the others through the architecture's adapter.
+INPUT, OUTPUT = "input", "output"
+
+
+@dataclass
+class FactorEmbedConfig(QuantizationConfigMixin):
+    """How a model's embeddings are factorized.
+
+    Args:
+        rank: the rank asked for (``None`` when it came from ``budget``).
+        budget: the share of each factorized matrix's parameters kept (0 < budget < 1), used when ``rank`` is None.
+        method: the factorization method that picked the factors (informational once saved).
+        modules: role -> ``{"rank", "num_embeddings", "embedding_dim"}`` for each factorized module; roles are
+            ``"input"``, ``"output"`` and the adapter's extra embeddings (``"position"``, ``"token_type"``).
+        tied: whether the output head shares the input embedding's factors.
+    """
+
+    rank: int | None = None
+    budget: float | None = None
+    method: str = "svd"
+    modules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tied: bool = False
+    format_version: int = FORMAT_VERSION
+    quant_method: str = QUANT_METHOD
+
+    def __post_init__(self) -> None:
+        if self.quant_method != QUANT_METHOD:
+            raise ValueError(f"quant_method must be {QUANT_METHOD!r}, got {self.quant_method!r}")
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"this checkpoint uses hf_factor_embed format {self.format_version}, newer than this installed "
+                f"version understands ({FORMAT_VERSION}); upgrade hf-factor-embed."
+            )
+        for role, spec in self.modules.items():
+            missing = {"rank", "num_embeddings", "embedding_dim"} - set(spec)
+            if missing:
+                raise ValueError(f"quantization_config.modules[{role!r}] lacks {sorted(missing)}: edited config.json?")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    @property
+    def is_trainable(self) -> bool:  # read by some transformers/peft code paths on the config
+        return True

@@ -1,0 +1,29 @@
+"""Registry of factorization methods, one file each, behind ``patch_model(method=...)``."""
+
+from __future__ import annotations
+
+from .base import FactorizationMethod, FactorizationTask
+from .svd import SVDMethod
+
+_METHODS: dict[str, FactorizationMethod] = {}
+
+
+def register_method(method: FactorizationMethod | type[FactorizationMethod]) -> None:
+    instance = method() if isinstance(method, type) else method
+    _METHODS[instance.name] = instance
+
+
+def get_method(name: str) -> FactorizationMethod:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown factorization method {name!r}; known: {sorted(_METHODS)}") from None
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+register_method(SVDMethod)
+
+__all__ = ["FactorizationMethod", "FactorizationTask", "available_methods", "get_method", "register_method"]

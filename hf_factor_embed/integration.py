@@ -1,0 +1,110 @@
+"""The transformers integration: a registered quantization config and ``HfQuantizer``.
+
+``from_pretrained`` reads ``quantization_config`` from config.json, finds ``quant_method="hf_factor_embed"``
+registered here, and calls :meth:`FactorEmbedHfQuantizer._process_model_before_weight_loading` on the model
+skeleton (meta device). That hook swaps the factorized layers in, so the factors in the checkpoint load straight
+into them and tying is restored by transformers itself. Nothing is quantized; "quantizer" is only the hook's name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors import safe_open
+from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
+from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
+
+from .adapters import get_adapter
+from .config import QUANT_METHOD, FactorEmbedConfig
+from .errors import CheckpointError
+from .model_methods import install_methods
+from .structure import install_layers
+
+
+class FactorEmbedHfQuantizer(HfQuantizer):
+    """Rebuilds factorized embeddings before the weights of a factorized checkpoint load."""
+
+    requires_calibration = False
+
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+        layers = install_layers(model, get_adapter(model), self.quantization_config)
+        if checkpoint_files:
+            _check_checkpoint(model, layers, checkpoint_files)
+        return model
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        install_methods(model)
+        return model
+
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_qat_trainable(self) -> bool:
+        # The factors are ordinary float Parameters: Trainer may train them directly, no adapter needed.
+        return True
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+
+def _check_checkpoint(model, layers, checkpoint_files) -> None:
+    """Every factor the config promises is in the checkpoint with the right shape, and the files are whole.
+
+    transformers would only warn about a missing factor and leave it uninitialised; we refuse instead.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in checkpoint_files:
+        if not str(file).endswith(".safetensors"):
+            raise CheckpointError(f"{file}: hf_factor_embed checkpoints are safetensors only")
+        try:
+            with safe_open(file, framework="pt") as reader:
+                for key in reader.keys():
+                    shapes[key] = tuple(reader.get_slice(key).get_shape())
+        except Exception as exc:  # safetensors raises its own error types for damaged headers
+            raise CheckpointError(f"{file} is damaged or truncated ({exc}); save the model again") from exc
+        size = Path(file).stat().st_size
+        _check_file_length(file, size)
+    tied_targets = set(model.all_tied_weights_keys)
+    for module_name, layer in ((n, m) for n, m in model.named_modules() if m in layers.values()):
+        for param_name, param in layer.named_parameters(recurse=False):
+            key = f"{module_name}.{param_name}"
+            if key in tied_targets:
+                continue
+            found = [k for k in shapes if k == key or k.endswith("." + key) or key.endswith("." + k)]
+            if not found:
+                raise CheckpointError(
+                    f"the checkpoint has no tensor for {key} ({tuple(param.shape)}), which its "
+                    f"quantization_config promises: an incomplete or edited checkpoint; save the model again"
+                )
+            if shapes[found[0]] != tuple(param.shape):
+                raise CheckpointError(
+                    f"{found[0]} has shape {shapes[found[0]]} in the checkpoint but config.json's "
+                    f"quantization_config says {tuple(param.shape)}: the config and the weights disagree"
+                )
+
+
+def _check_file_length(file, size: int) -> None:
+    """safetensors maps lazily, so a file cut short is only noticed on the first read past its end."""
+    import json
+    import struct
+
+    with open(file, "rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(header_len))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise CheckpointError(f"{file} is truncated ({size} bytes, {8 + header_len + end} expected); save the model again")
+
+
+def register() -> None:
+    """Register the config and the quantizer with transformers (idempotent)."""
+    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(QUANT_METHOD)(FactorEmbedConfig)
+    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(QUANT_METHOD)(FactorEmbedHfQuantizer)

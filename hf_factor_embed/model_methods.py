@@ -1,0 +1,167 @@
+"""What a factorized model carries beyond its layers: its config, its quantizer, and two methods of its own.
+
+``save_pretrained`` becomes atomic (a failed save leaves the directory as it was) and refuses a checkpoint that a
+Python without this plugin could misread; ``resize_token_embeddings`` grows or shrinks the rows of A, keeping
+tying. Both are set on the instance, so the model's class (and everything transformers knows of it) is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import types
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from .config import INPUT, OUTPUT, QUANT_METHOD, FactorEmbedConfig
+from .errors import FactorEmbedError
+from .layers import FactorizedLayer
+
+_WEIGHT_FILE_PREFIXES = ("model", "pytorch_model", "adapter_model")
+_OVERRIDDEN = ("save_pretrained", "resize_token_embeddings")
+
+
+def attach(model: PreTrainedModel, config: FactorEmbedConfig) -> None:
+    """Mark ``model`` as factorized the way transformers marks a quantized model after ``from_pretrained``."""
+    from .integration import FactorEmbedHfQuantizer
+
+    model.config.quantization_config = config
+    model.hf_quantizer = FactorEmbedHfQuantizer(config, pre_quantized=True)
+    model.is_quantized = True
+    model.quantization_method = QUANT_METHOD
+    install_methods(model)
+
+
+def install_methods(model: PreTrainedModel) -> None:
+    model.save_pretrained = types.MethodType(atomic_save_pretrained, model)
+    model.resize_token_embeddings = types.MethodType(resize_token_embeddings, model)
+
+
+def detach(model: PreTrainedModel) -> None:
+    """Forget everything :func:`attach` set: the model is a plain dense model again."""
+    for name in ("hf_quantizer", "quantization_method", "factor_embed_report", *_OVERRIDDEN):
+        model.__dict__.pop(name, None)
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            module.config.__dict__.pop("_is_quantized", None)
+
+
+def check_saveable(model: PreTrainedModel) -> None:
+    for name, layer in model.named_modules():
+        if isinstance(layer, FactorizedLayer) and layer.rank >= layer.embedding_dim:
+            raise FactorEmbedError(
+                f"{name} has rank {layer.rank} = its width d: its factor A has the dense shape, so the checkpoint "
+                f"would load silently wrong in a Python without hf_factor_embed, and it stores more than the dense "
+                f"matrix anyway. Save a smaller rank, or call hf_factor_embed.densify(model) and save a dense model."
+            )
+
+
+def atomic_save_pretrained(self: PreTrainedModel, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+    """``PreTrainedModel.save_pretrained``, writing into a sibling staging directory first.
+
+    Only once every file is written are they moved into ``save_directory`` (same filesystem: each move is an
+    atomic rename), and weight files the new checkpoint no longer has (old shards) removed. A failure before
+    that point leaves ``save_directory`` exactly as it was.
+    """
+    check_saveable(self)
+    dense_save = type(self).save_pretrained
+    if kwargs.get("push_to_hub"):  # transformers names the repo after the directory: keep its behaviour whole
+        return dense_save(self, save_directory, *args, **kwargs)
+    target = Path(save_directory)
+    if target.is_file():
+        raise FactorEmbedError(f"save_pretrained: {target} is a file, not a directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    try:
+        dense_save(self, staging, *args, **kwargs)
+        target.mkdir(exist_ok=True)
+        new_files = sorted(p.name for p in staging.iterdir())
+        # config.json last: a reader never sees a new config beside old weights.
+        for name in sorted(new_files, key=lambda n: n == "config.json"):
+            os.replace(staging / name, target / name)
+        for old in target.iterdir():
+            if old.name not in new_files and old.is_file() and _is_weight_file(old.name):
+                old.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _is_weight_file(name: str) -> bool:
+    return name.startswith(_WEIGHT_FILE_PREFIXES) and (
+        name.endswith((".safetensors", ".bin")) or name.endswith((".safetensors.index.json", ".bin.index.json"))
+    )
+
+
+def resize_token_embeddings(
+    self: PreTrainedModel,
+    new_num_tokens: int | None = None,
+    pad_to_multiple_of: int | None = None,
+    mean_resizing: bool = True,
+) -> nn.Module:
+    """Resize the vocabulary: rows of A are added (or dropped); B, the basis, is unchanged; tying is kept.
+
+    New rows start at the mean of the existing codes (``mean_resizing=True``, which keeps the next-token
+    distribution nearly unchanged) or at N(0, initializer_range).
+    """
+    embedding = self.get_input_embeddings()
+    if not isinstance(embedding, FactorizedLayer):
+        return type(self).resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
+    if pad_to_multiple_of is not None:
+        base = embedding.num_embeddings if new_num_tokens is None else new_num_tokens
+        new_num_tokens = math_ceil_to(base, pad_to_multiple_of)
+    if new_num_tokens is None or new_num_tokens == embedding.num_embeddings:
+        return embedding
+    head = self.get_output_embeddings()
+    tied = isinstance(head, FactorizedLayer) and head.weight is embedding.weight
+    _resize_rows(self, embedding, new_num_tokens, mean_resizing)
+    if isinstance(head, FactorizedLayer):
+        if tied:
+            head.weight = embedding.weight
+        else:
+            _resize_rows(self, head, new_num_tokens, mean_resizing)
+        head.num_embeddings = head.out_features = new_num_tokens
+        if head.bias is not None:
+            old = head.bias.detach()
+            bias = torch.zeros(new_num_tokens, dtype=old.dtype, device=old.device)
+            n = min(old.shape[0], new_num_tokens)
+            bias[:n] = old[:n]
+            head.bias = nn.Parameter(bias, requires_grad=head.bias.requires_grad)
+            self.set_output_embeddings(head)  # BERT keeps a second reference to the bias
+    config = self.config.quantization_config
+    for role in (INPUT, OUTPUT):
+        if role in config.modules:
+            config.modules[role]["num_embeddings"] = new_num_tokens
+    self.config.get_text_config().vocab_size = new_num_tokens
+    self.vocab_size = new_num_tokens
+    self.tie_weights()
+    return embedding
+
+
+def math_ceil_to(n: int, multiple: int) -> int:
+    if not isinstance(multiple, int) or multiple < 1:
+        raise FactorEmbedError(f"pad_to_multiple_of={multiple!r} must be a positive integer")
+    return -(-n // multiple) * multiple
+
+
+def _resize_rows(model: PreTrainedModel, layer: FactorizedLayer, new_num_tokens: int, mean_resizing: bool) -> None:
+    old = layer.weight.detach()
+    rows = torch.empty(new_num_tokens, old.shape[1], dtype=old.dtype, device=old.device)
+    n = min(old.shape[0], new_num_tokens)
+    rows[:n] = old[:n]
+    if new_num_tokens > n:
+        if mean_resizing:
+            rows[n:] = old.float().mean(dim=0).to(old.dtype)
+        else:
+            std = getattr(model.config.get_text_config(), "initializer_range", 0.02)
+            rows[n:].normal_(0.0, std)
+    layer.weight = nn.Parameter(rows, requires_grad=layer.weight.requires_grad)
+    layer.num_embeddings = new_num_tokens
+    if getattr(layer, "padding_idx", None) is not None and layer.padding_idx >= new_num_tokens:
+        layer.padding_idx = None

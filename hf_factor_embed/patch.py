@@ -1,0 +1,252 @@
+"""``patch_model`` and ``densify``: a pretrained model's embeddings to low-rank factors and back."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+
+import torch
+from transformers import PreTrainedModel
+
+from .adapters import EmbeddingAdapter, get_adapter
+from .calibration_stats import CalibrationStats
+from .config import INPUT, OUTPUT, QUANT_METHOD, FactorEmbedConfig
+from .errors import AlreadyPatchedError, FactorEmbedError, UnsupportedModelError
+from .factorize import FactorizationTask, get_method
+from .layers import FactorizedLayer
+from .model_methods import attach, detach
+from .report import ModuleReport, PatchReport
+from .structure import DENSE_SKELETON, dense_shape, embed_scale_of, factorized_layers, install_layers, untie_keys
+
+logger = logging.getLogger(__name__)
+
+#: Quantizers whose models hold plain dequantized float weights, which can be factorized like any other.
+_DEQUANTIZED_ON_LOAD = {"gguf"}
+
+
+def patch_model(
+    model: PreTrainedModel,
+    rank: int | Mapping[str, int] | None = None,
+    *,
+    budget: float | None = None,
+    method: str | None = None,
+    roles: Iterable[str] | None = None,
+    calibration: CalibrationStats | None = None,
+    verbose: bool = False,
+) -> PreTrainedModel:
+    """Replace the model's token embedding and output head (in place) by low-rank factors A @ B.
+
+    Args:
+        model: a loaded transformers model with real (not meta, not quantized) weights.
+        rank: the rank r of every factorized matrix, or a mapping role -> rank.
+        budget: instead of ``rank``, the share of each matrix's parameters to keep (0 < budget < 1).
+        method: the factorization method (default ``"svd"``).
+        roles: which embeddings to factorize; default the token embedding and the output head (``"input"``,
+            ``"output"``). Adapters name others, e.g. ``"position"`` and ``"token_type"`` for BERT.
+        calibration: statistics for the data-aware methods.
+        verbose: print the report (it is logged at INFO level and kept as ``model.factor_embed_report`` anyway).
+
+    Returns:
+        The same model object, patched. A tied head shares the embedding's factor Parameters.
+    """
+    started = time.perf_counter()
+    adapter = _check_model(model)
+    roles = _pick_roles(model, adapter, roles)
+    tied = OUTPUT in roles and INPUT in roles and adapter.get(model, OUTPUT).weight is adapter.get(model, INPUT).weight
+    if INPUT in roles and OUTPUT not in roles and _head_is_tied(model, adapter):
+        raise FactorEmbedError(
+            "the output head is tied to the input embedding; factorize both (roles=('input', 'output')) so they stay tied"
+        )
+    ranks = _resolve_ranks(model, adapter, roles, rank, budget)
+    method_name = method or "svd"
+    factorizer = get_method(method_name)
+    missing = set(factorizer.needs) - _available_stats(calibration)
+    if missing:
+        raise FactorEmbedError(f"method {method_name!r} needs calibration statistics {sorted(missing)}")
+
+    params_before = model.num_parameters()
+    modules_spec: dict[str, dict] = {}
+    originals = {role: adapter.get(model, role) for role in roles}
+    names = {id(m): n for n, m in model.named_modules()}
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for role in roles:
+        if tied and role == OUTPUT:
+            continue
+        module = originals[role]
+        task_roles = (INPUT, OUTPUT) if tied and role == INPUT else (role,)
+        task = FactorizationTask(module.weight.detach(), ranks[role], task_roles, calibration)
+        factors[role] = factorizer.factorize(task)
+    for role in roles:
+        v, d = dense_shape(originals[role])
+        modules_spec[role] = {"rank": ranks[role], "num_embeddings": v, "embedding_dim": d}
+        scale = embed_scale_of(originals[role]) if role != OUTPUT else None
+        if scale is not None:
+            modules_spec[role]["embed_scale"] = scale
+
+    report = PatchReport(method=method_name, model_params_before=params_before)
+    for role in roles:
+        module = originals[role]
+        v, d = dense_shape(module)
+        shares = INPUT if tied and role == OUTPUT else None
+        err = None
+        if role in factors:
+            a, b = factors[role]
+            w = module.weight.detach().float().cpu()
+            err = float(torch.linalg.norm(w - a @ b) / torch.linalg.norm(w).clamp_min(1e-30))
+        report.modules.append(
+            ModuleReport(role, names.get(id(module), role), (v, d), ranks[role], v * d,
+                         0 if shares else ranks[role] * (v + d), shares, err)
+        )
+
+    config = FactorEmbedConfig(
+        rank=rank if isinstance(rank, int) else None,
+        budget=budget,
+        method=method_name,
+        modules=modules_spec,
+        tied=tied,
+    )
+    layers = install_layers(model, adapter, config)
+    for role, (a, b) in factors.items():
+        layers[role].set_factors(a, b)
+    attach(model, config)
+
+    report.model_params_after = model.num_parameters()
+    report.seconds = time.perf_counter() - started
+    model.factor_embed_report = report
+    logger.info("%s", report)
+    if verbose:
+        print(report)
+    return model
+
+
+def densify(model: PreTrainedModel) -> PreTrainedModel:
+    """Undo :func:`patch_model` in place: dense modules of the original classes holding A @ B, tying restored."""
+    layers = factorized_layers(model)
+    if not layers:
+        raise FactorEmbedError("densify: the model has no factorized embeddings")
+    adapter = get_adapter(model)
+    config = _factor_config(model)
+    roles = list(config.modules) if config is not None else [INPUT, OUTPUT]
+    for role in sorted(roles, key=lambda r: r == INPUT):  # the head first: it may share the input's factors
+        layer = adapter.get(model, role)
+        if not isinstance(layer, FactorizedLayer):
+            continue
+        dense = getattr(layer, DENSE_SKELETON, None)
+        if dense is None:
+            dense = layer.to_dense()
+        else:
+            dense = dense.to_empty(device=layer.weight.device).to(layer.weight.dtype)
+            with torch.no_grad():
+                dense.weight.copy_(layer.dense_weight())
+                if getattr(layer, "bias", None) is not None:
+                    dense.bias.copy_(layer.bias)
+        adapter.set(model, role, dense)
+    untie_keys(model)
+    model.tie_weights()
+    detach(model)
+    return model
+
+
+def _factor_config(model: PreTrainedModel) -> FactorEmbedConfig | None:
+    qc = getattr(model.config, "quantization_config", None)
+    return qc if isinstance(qc, FactorEmbedConfig) else None
+
+
+def _check_model(model: PreTrainedModel) -> EmbeddingAdapter:
+    if not isinstance(model, PreTrainedModel):
+        raise UnsupportedModelError(
+            f"patch_model takes a transformers PreTrainedModel, got {type(model).__name__}"
+        )
+    qc = getattr(model.config, "quantization_config", None)
+    quant_method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    if factorized_layers(model) or str(quant_method) == QUANT_METHOD:
+        raise AlreadyPatchedError(
+            "the model's embeddings are factorized already; to factorize again at another rank, call "
+            "hf_factor_embed.densify(model) first (or start from the dense model)."
+        )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None or quant_method is not None:
+        name = str(getattr(quant_method, "value", quant_method))
+        if name not in _DEQUANTIZED_ON_LOAD:
+            raise FactorEmbedError(
+                f"the model is quantized ({name}); factorize the float model first, then quantize it "
+                f"(hf_factor_embed composes with quantization in that order)."
+            )
+    adapter = get_adapter(model)
+    for role in (INPUT, OUTPUT):
+        module = adapter.get(model, role)
+        if module is None:
+            continue
+        weight = module.weight
+        if weight.is_meta:
+            raise FactorEmbedError(
+                f"the {role} embedding of {type(model).__name__} is on the meta device (no data to factorize); "
+                f"load the model with real weights (no init_empty_weights / offloading) before patch_model."
+            )
+        if not weight.is_floating_point() or type(weight) not in (torch.Tensor, torch.nn.Parameter):
+            raise FactorEmbedError(
+                f"the {role} embedding holds {type(weight).__name__} of dtype {weight.dtype}, not float weights; "
+                f"factorize the float model first, then quantize it."
+            )
+    return adapter
+
+
+def _head_is_tied(model: PreTrainedModel, adapter: EmbeddingAdapter) -> bool:
+    head = adapter.get(model, OUTPUT)
+    return head is not None and head.weight is adapter.get(model, INPUT).weight
+
+
+def _pick_roles(model: PreTrainedModel, adapter: EmbeddingAdapter, roles: Iterable[str] | None) -> list[str]:
+    available = adapter.roles(model)
+    if roles is None:
+        return [r for r in (INPUT, OUTPUT) if r in available]
+    roles = list(dict.fromkeys(roles))
+    unknown = [r for r in roles if r not in available]
+    if unknown:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no embedding for roles {unknown}; it has {available} "
+            f"(adapter {adapter.name})"
+        )
+    if not roles:
+        raise FactorEmbedError("roles is empty: name at least one embedding to factorize")
+    return roles
+
+
+def _resolve_ranks(
+    model: PreTrainedModel,
+    adapter: EmbeddingAdapter,
+    roles: list[str],
+    rank: int | Mapping[str, int] | None,
+    budget: float | None,
+) -> dict[str, int]:
+    if (rank is None) == (budget is None):
+        raise FactorEmbedError("give exactly one of rank=... or budget=... (share of parameters to keep, 0..1)")
+    ranks: dict[str, int] = {}
+    for role in roles:
+        v, d = dense_shape(adapter.get(model, role))
+        if budget is not None:
+            if not (isinstance(budget, (int, float)) and 0 < budget < 1):
+                raise FactorEmbedError(f"budget={budget!r} must be a share strictly between 0 and 1")
+            r = max(1, math.floor(budget * v * d / (v + d)))
+        else:
+            r = rank.get(role) if isinstance(rank, Mapping) else rank
+            if r is None:
+                raise FactorEmbedError(f"rank mapping {dict(rank)} has no entry for role {role!r}")
+        if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= min(v, d):
+            raise FactorEmbedError(
+                f"rank={r!r} for the {role} embedding ({v} x {d}) must be an integer in 1..{min(v, d)}; "
+                f"a rank of r keeps r*(V+d)/(V*d) of its parameters (budget={{share}} picks r for you)."
+            )
+        ranks[role] = r
+    tied_ranks = {ranks.get(INPUT), ranks.get(OUTPUT)} - {None}
+    if INPUT in ranks and OUTPUT in ranks and _head_is_tied(model, adapter) and len(tied_ranks) > 1:
+        raise FactorEmbedError(f"a tied embedding and head share one pair of factors: give them one rank, not {ranks}")
+    return ranks
+
+
+def _available_stats(stats: CalibrationStats | None) -> set[str]:
+    if stats is None:
+        return set()
+    return {k for k in ("token_counts", "hidden_cov") if getattr(stats, k) is not None}
