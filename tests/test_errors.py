@@ -1,0 +1,182 @@
+"""Bad input is refused with a message that names the problem and the fix, and destroys nothing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_llama
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+import hf_factor_embed as hfe
+from hf_factor_embed import AlreadyPatchedError, CheckpointError, FactorEmbedError, UnsupportedModelError
+
+
+def test_second_patch_is_refused():
+    model = hfe.patch_model(tiny_llama(), rank=8)
+    with pytest.raises(AlreadyPatchedError, match="densify"):
+        hfe.patch_model(model, rank=4)
+
+
+def test_reloaded_model_cannot_be_patched_again(tmp_path):
+    hfe.patch_model(tiny_llama(), rank=8).save_pretrained(tmp_path)
+    with pytest.raises(AlreadyPatchedError):
+        hfe.patch_model(AutoModelForCausalLM.from_pretrained(tmp_path), rank=4)
+
+
+@pytest.mark.parametrize("rank", [0, -3, 65, 10_000, 2.5, True, "8"])
+def test_bad_rank_is_refused_and_model_untouched(rank):
+    model = tiny_llama()
+    emb = model.get_input_embeddings()
+    with pytest.raises(FactorEmbedError, match=r"1\.\.64"):
+        hfe.patch_model(model, rank=rank)
+    assert model.get_input_embeddings() is emb
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"rank": 8, "budget": 0.5}, {"budget": 1.5}, {"budget": 0}])
+def test_rank_or_budget_needed_exactly_once(kwargs):
+    with pytest.raises(FactorEmbedError):
+        hfe.patch_model(tiny_llama(), **kwargs)
+
+
+def test_tied_embedding_cannot_be_factorized_alone():
+    with pytest.raises(FactorEmbedError, match="tied"):
+        hfe.patch_model(tiny_llama(tied=True), rank=8, roles=("input",))
+
+
+def test_unknown_role_is_refused():
+    with pytest.raises(UnsupportedModelError, match="position"):
+        hfe.patch_model(tiny_llama(), rank=8, roles=("input", "output", "position"))
+
+
+def test_meta_device_model_is_refused():
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(tiny_llama().config)
+    with pytest.raises(FactorEmbedError, match="meta device"):
+        hfe.patch_model(model, rank=8)
+
+
+def test_quantized_model_is_refused():
+    model = tiny_llama()
+    model.config.quantization_config = {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    model.hf_quantizer = object()
+    with pytest.raises(FactorEmbedError, match="quantized"):
+        hfe.patch_model(model, rank=8)
+
+
+def test_integer_embedding_is_refused():
+    model = tiny_llama(tied=False)
+    emb = model.get_input_embeddings()
+    emb.weight = torch.nn.Parameter(torch.zeros_like(emb.weight, dtype=torch.int8), requires_grad=False)
+    with pytest.raises(FactorEmbedError, match="not float"):
+        hfe.patch_model(model, rank=8)
+
+
+def test_model_without_embeddings_is_refused():
+    from transformers import PretrainedConfig
+
+    class ToyConfig(PretrainedConfig):
+        model_type = "toy_without_embeddings"
+
+    class NoEmbeddings(PreTrainedModel):
+        config_class = ToyConfig
+        _supports_sdpa = True
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.proj = torch.nn.Linear(4, 4)
+            self.post_init()
+
+    with pytest.raises(UnsupportedModelError, match="register_adapter"):
+        hfe.patch_model(NoEmbeddings(ToyConfig()), rank=2)
+
+
+def test_not_a_transformers_model_is_refused():
+    with pytest.raises(UnsupportedModelError, match="PreTrainedModel"):
+        hfe.patch_model(torch.nn.Embedding(10, 4), rank=2)
+
+
+def test_full_rank_checkpoint_is_refused_on_save(tmp_path):
+    model = hfe.patch_model(tiny_llama(), rank=64)
+    with pytest.raises(FactorEmbedError, match="densify"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    hfe.patch_model(tiny_llama(tied=False), rank=8).save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_truncated_checkpoint_is_refused(checkpoint):
+    weights = checkpoint / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated|damaged"):
+        AutoModelForCausalLM.from_pretrained(checkpoint)
+
+
+def test_missing_factor_is_refused(checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    weights = checkpoint / "model.safetensors"
+    tensors = load_file(weights)
+    del tensors["lm_head.basis"]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="lm_head.basis"):
+        AutoModelForCausalLM.from_pretrained(checkpoint)
+
+
+def test_edited_rank_in_config_is_refused(checkpoint):
+    config_path = checkpoint / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"]["modules"]["input"]["rank"] = 4
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="disagree"):
+        AutoModelForCausalLM.from_pretrained(checkpoint)
+
+
+def test_failed_save_leaves_the_good_checkpoint_intact(checkpoint, monkeypatch):
+    import transformers.modeling_utils as mu
+
+    before = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
+    model = hfe.patch_model(tiny_llama(tied=False), rank=4)
+
+    def fail_halfway(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mu, "safe_save_file", fail_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_pretrained(checkpoint)
+    assert {p.name: p.read_bytes() for p in checkpoint.iterdir()} == before
+    assert not [p for p in checkpoint.parent.iterdir() if ".saving-" in p.name]
+    monkeypatch.undo()
+    AutoModelForCausalLM.from_pretrained(checkpoint)  # still loads
+
+
+def test_fresh_process_without_the_plugin_fails_loudly(checkpoint):
+    """transformers alone must never load a factorized checkpoint as if it were dense."""
+    code = (
+        "import sys\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"AutoModelForCausalLM.from_pretrained({str(checkpoint)!r})\n"
+        "assert 'hf_factor_embed' not in sys.modules\n"
+        "print('LOADED')\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "warning"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode != 0 and "LOADED" not in result.stdout
+    assert "hf_factor_embed" in result.stderr  # the warning names the missing plugin
+    assert "mismatch" in result.stderr.lower()
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="unknown factorization method"):
+        hfe.patch_model(tiny_llama(), rank=8, method="magic")
