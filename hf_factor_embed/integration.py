@@ -99,7 +99,9 @@ def _check_file_length(file, size: int) -> None:
         header = json.loads(fh.read(header_len))
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + header_len + end > size:
-        raise CheckpointError(f"{file} is truncated ({size} bytes, {8 + header_len + end} expected); save the model again")
+        raise CheckpointError(
+            f"{file} is truncated ({size} bytes, {8 + header_len + end} expected); save the model again"
+        )
 
 
 def register() -> None:

@@ -37,8 +37,7 @@ class FactorizedLayer(nn.Module):
         super().__init__()
         if not 1 <= rank <= min(num_embeddings, embedding_dim):
             raise ValueError(
-                f"rank={rank} is outside 1..min(V={num_embeddings}, d={embedding_dim}); "
-                f"pick a rank in that range."
+                f"rank={rank} is outside 1..min(V={num_embeddings}, d={embedding_dim}); pick a rank in that range."
             )
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim

@@ -33,7 +33,8 @@ def patch_model(
     budget: float | None = None,
     method: str | None = None,
     roles: Iterable[str] | None = None,
-    calibration: CalibrationStats | None = None,
+    calibration=None,
+    tokenizer=None,
     verbose: bool = False,
 ) -> PreTrainedModel:
     """Replace the model's token embedding and output head (in place) by low-rank factors A @ B.
@@ -45,7 +46,11 @@ def patch_model(
         method: the factorization method (default ``"svd"``).
         roles: which embeddings to factorize; default the token embedding and the output head (``"input"``,
             ``"output"``). Adapters name others, e.g. ``"position"`` and ``"token_type"`` for BERT.
-        calibration: statistics for the data-aware methods.
+        calibration: data for the data-aware methods: token ids (a tensor), text (a string, a list of strings or
+            a ``datasets.Dataset`` with a ``text`` column, with ``tokenizer``), or ready
+            :class:`CalibrationStats`. With it the default method is ``"activation"`` (``"frequency"`` for a
+            model without an output head); without it, plain ``"svd"``.
+        tokenizer: the model's tokenizer, for calibration text.
         verbose: print the report (it is logged at INFO level and kept as ``model.factor_embed_report`` anyway).
 
     Returns:
@@ -57,10 +62,19 @@ def patch_model(
     tied = OUTPUT in roles and INPUT in roles and adapter.get(model, OUTPUT).weight is adapter.get(model, INPUT).weight
     if INPUT in roles and OUTPUT not in roles and _head_is_tied(model, adapter):
         raise FactorEmbedError(
-            "the output head is tied to the input embedding; factorize both (roles=('input', 'output')) so they stay tied"
+            "the output head is tied to the input embedding; factorize both "
+            "(roles=('input', 'output')) so they stay tied"
         )
     ranks = _resolve_ranks(model, adapter, roles, rank, budget)
-    method_name = method or "svd"
+    if method is not None:
+        get_method(method)  # an unknown name fails before the (slow) calibration pass
+    if calibration is not None and not isinstance(calibration, CalibrationStats):
+        from .calibration import collect_stats, tokenize_calibration
+
+        token_ids = tokenize_calibration(calibration, tokenizer)
+        needs_hidden = method in (None, "activation", "joint") and OUTPUT in roles
+        calibration = collect_stats(model, token_ids, hidden=needs_hidden)
+    method_name = method or _default_method(calibration)
     factorizer = get_method(method_name)
     missing = set(factorizer.needs) - _available_stats(calibration)
     if missing:
@@ -96,8 +110,16 @@ def patch_model(
             w = module.weight.detach().float().cpu()
             err = float(torch.linalg.norm(w - a @ b) / torch.linalg.norm(w).clamp_min(1e-30))
         report.modules.append(
-            ModuleReport(role, names.get(id(module), role), (v, d), ranks[role], v * d,
-                         0 if shares else ranks[role] * (v + d), shares, err)
+            ModuleReport(
+                role,
+                names.get(id(module), role),
+                (v, d),
+                ranks[role],
+                v * d,
+                0 if shares else ranks[role] * (v + d),
+                shares,
+                err,
+            )
         )
 
     config = FactorEmbedConfig(
@@ -156,9 +178,7 @@ def _factor_config(model: PreTrainedModel) -> FactorEmbedConfig | None:
 
 def _check_model(model: PreTrainedModel) -> EmbeddingAdapter:
     if not isinstance(model, PreTrainedModel):
-        raise UnsupportedModelError(
-            f"patch_model takes a transformers PreTrainedModel, got {type(model).__name__}"
-        )
+        raise UnsupportedModelError(f"patch_model takes a transformers PreTrainedModel, got {type(model).__name__}")
     qc = getattr(model.config, "quantization_config", None)
     quant_method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
     if factorized_layers(model) or str(quant_method) == QUANT_METHOD:
@@ -206,8 +226,7 @@ def _pick_roles(model: PreTrainedModel, adapter: EmbeddingAdapter, roles: Iterab
     unknown = [r for r in roles if r not in available]
     if unknown:
         raise UnsupportedModelError(
-            f"{type(model).__name__} has no embedding for roles {unknown}; it has {available} "
-            f"(adapter {adapter.name})"
+            f"{type(model).__name__} has no embedding for roles {unknown}; it has {available} (adapter {adapter.name})"
         )
     if not roles:
         raise FactorEmbedError("roles is empty: name at least one embedding to factorize")
@@ -244,6 +263,13 @@ def _resolve_ranks(
     if INPUT in ranks and OUTPUT in ranks and _head_is_tied(model, adapter) and len(tied_ranks) > 1:
         raise FactorEmbedError(f"a tied embedding and head share one pair of factors: give them one rank, not {ranks}")
     return ranks
+
+
+def _default_method(stats: CalibrationStats | None) -> str:
+    available = _available_stats(stats)
+    if "hidden_cov" in available:
+        return "activation"
+    return "frequency" if "token_counts" in available else "svd"
 
 
 def _available_stats(stats: CalibrationStats | None) -> set[str]:

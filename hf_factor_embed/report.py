@@ -35,9 +35,7 @@ class PatchReport:
             "model_params_before": self.model_params_before,
             "model_params_after": self.model_params_after,
             "seconds": round(self.seconds, 3),
-            "modules": [
-                {**vars(m), "shape": list(m.shape), "kept": round(m.kept, 4)} for m in self.modules
-            ],
+            "modules": [{**vars(m), "shape": list(m.shape), "kept": round(m.kept, 4)} for m in self.modules],
         }
 
     def __str__(self) -> str:

@@ -42,7 +42,9 @@ def embed_scale_of(module: nn.Module) -> float | None:
     return float(scale)
 
 
-def install_layers(model: PreTrainedModel, adapter: EmbeddingAdapter, config: FactorEmbedConfig) -> dict[str, FactorizedLayer]:
+def install_layers(
+    model: PreTrainedModel, adapter: EmbeddingAdapter, config: FactorEmbedConfig
+) -> dict[str, FactorizedLayer]:
     """Replace every module named in ``config.modules`` by an (uninitialised) factorized layer, tie, re-key."""
     layers: dict[str, FactorizedLayer] = {}
     # The input side first, so a tied head can take its Parameters.

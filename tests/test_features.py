@@ -84,8 +84,14 @@ def test_trainer_step_updates_the_factors(saved_llama, tmp_path):
     data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     before = model.model.embed_tokens.weight.detach().clone(), model.model.embed_tokens.basis.detach().clone()
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=4, learning_rate=1e-2,
-        report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
     )
     Trainer(model=model, args=args, train_dataset=data).train()
     emb = model.model.embed_tokens

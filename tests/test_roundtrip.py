@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import pytest
 import torch
 from conftest import TINY_MODELS, VOCAB
 from safetensors import safe_open
@@ -12,8 +11,12 @@ import hf_factor_embed as hfe
 from hf_factor_embed import FactorizedEmbedding, FactorizedLMHead
 
 RANK = 8
-AUTO = {"llama_tied": AutoModelForCausalLM, "llama_untied": AutoModelForCausalLM, "gpt2": AutoModelForCausalLM,
-        "bert_mlm": AutoModelForMaskedLM}
+AUTO = {
+    "llama_tied": AutoModelForCausalLM,
+    "llama_untied": AutoModelForCausalLM,
+    "gpt2": AutoModelForCausalLM,
+    "bert_mlm": AutoModelForMaskedLM,
+}
 
 
 def _logits(model, ids):
@@ -75,8 +78,9 @@ def test_base_model_loads_from_a_head_checkpoint(tiny_name, input_ids, tmp_path)
     base = AutoModel.from_pretrained(tmp_path)
     assert isinstance(base.get_input_embeddings(), FactorizedEmbedding)
     with torch.no_grad():
-        assert torch.equal(base(input_ids=input_ids).last_hidden_state,
-                           model.base_model(input_ids=input_ids).last_hidden_state)
+        assert torch.equal(
+            base(input_ids=input_ids).last_hidden_state, model.base_model(input_ids=input_ids).last_hidden_state
+        )
 
 
 def test_densify_gives_plain_model_with_equal_outputs(tiny_name, input_ids, tmp_path):
@@ -98,7 +102,9 @@ def test_densify_gives_plain_model_with_equal_outputs(tiny_name, input_ids, tmp_
 def test_extra_embeddings_on_request(tmp_path, input_ids):
     from conftest import tiny_bert
 
-    model = hfe.patch_model(tiny_bert(), rank={"input": RANK, "output": RANK, "position": 4}, roles=("input", "output", "position"))
+    model = hfe.patch_model(
+        tiny_bert(), rank={"input": RANK, "output": RANK, "position": 4}, roles=("input", "output", "position")
+    )
     assert isinstance(model.bert.embeddings.position_embeddings, FactorizedEmbedding)
     expected = _logits(model, input_ids)
     model.save_pretrained(tmp_path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from .activation import ActivationMethod, TiedJointMethod
 from .base import FactorizationMethod, FactorizationTask
+from .frequency import FrequencyMethod
 from .svd import SVDMethod
 
 _METHODS: dict[str, FactorizationMethod] = {}
@@ -24,6 +26,7 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-register_method(SVDMethod)
+for _method in (SVDMethod, FrequencyMethod, ActivationMethod, TiedJointMethod):
+    register_method(_method)
 
 __all__ = ["FactorizationMethod", "FactorizationTask", "available_methods", "get_method", "register_method"]

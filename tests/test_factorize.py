@@ -1,0 +1,113 @@
+"""The math of each factorization method on small matrices with known optima, and calibration."""
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_llama
+
+import hf_factor_embed as hfe
+from hf_factor_embed.calibration import collect_stats
+from hf_factor_embed.calibration_stats import CalibrationStats
+from hf_factor_embed.factorize import FactorizationTask, available_methods, get_method
+from hf_factor_embed.factorize.lowrank import weighted_lowrank
+
+
+def _problem(v=200, d=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(v, d, generator=g) @ torch.diag(torch.linspace(3, 0.1, d))
+    counts = torch.randint(0, 50, (v,), generator=g).double() ** 2
+    x = torch.randn(500, d, generator=g) @ torch.randn(d, d, generator=g)
+    return w, CalibrationStats(token_counts=counts, hidden_cov=(x.T @ x / 500).double(), num_tokens=500)
+
+
+def test_unweighted_matches_truncated_svd():
+    w, _ = _problem()
+    a, b = weighted_lowrank(w, 5)
+    u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+    best = (u[:, :5] * s[:5]) @ vh[:5]
+    assert torch.allclose((a @ b).double(), best, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", sorted(available_methods()))
+def test_full_rank_is_exact(method):
+    w, stats = _problem()
+    a, b = get_method(method).factorize(FactorizationTask(w, w.shape[1], ("input", "output"), stats))
+    assert torch.allclose(a @ b, w, atol=1e-3)
+
+
+def _row_weighted_error(w, ab, counts):
+    return float((((w - ab) ** 2).sum(1).double() * (counts + 1)).sum())
+
+
+def _logit_error(w, ab, cov):
+    e = (w - ab).double()
+    return float(torch.trace(e @ cov @ e.T))
+
+
+def test_frequency_beats_svd_on_its_own_objective():
+    w, stats = _problem()
+    task = FactorizationTask(w, 6, ("input",), stats)
+    a0, b0 = get_method("svd").factorize(task)
+    a1, b1 = get_method("frequency").factorize(task)
+    assert _row_weighted_error(w, a1 @ b1, stats.token_counts) < _row_weighted_error(w, a0 @ b0, stats.token_counts)
+
+
+def test_activation_head_beats_svd_on_logit_error():
+    w, stats = _problem()
+    stats = CalibrationStats(token_counts=torch.zeros(w.shape[0]).double(), hidden_cov=stats.hidden_cov)
+    task = FactorizationTask(w, 6, ("output",), stats)
+    a0, b0 = get_method("svd").factorize(task)
+    a1, b1 = get_method("activation").factorize(task)
+    assert _logit_error(w, a1 @ b1, stats.hidden_cov) < _logit_error(w, a0 @ b0, stats.hidden_cov)
+
+
+def test_weighted_solution_is_optimal_against_perturbations():
+    w, stats = _problem()
+    a, b = get_method("activation").factorize(FactorizationTask(w, 6, ("output",), stats))
+
+    def objective(ab):
+        e = (w - ab).double() * (stats.token_counts + 1).sqrt()[:, None]
+        return float(torch.trace(e @ (stats.hidden_cov / (torch.trace(stats.hidden_cov) / w.shape[1])) @ e.T))
+
+    best = objective(a @ b)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        da, db = torch.randn(a.shape, generator=g) * 1e-2, torch.randn(b.shape, generator=g) * 1e-2
+        assert objective((a + da) @ (b + db)) >= best * (1 - 1e-6)
+
+
+def test_calibration_streams_counts_and_hidden_moment():
+    model = tiny_llama()
+    ids = torch.randint(1, VOCAB, (1000,))
+    stats = collect_stats(model, ids, window=100, batch_size=3)
+    assert stats.token_counts.sum() == 1000 and stats.token_counts.shape == (VOCAB,)
+    with torch.no_grad():
+        h = model.model(input_ids=ids.view(10, 100)).last_hidden_state.reshape(-1, 64).double()
+    assert torch.allclose(stats.hidden_cov, h.T @ h / 1000, rtol=1e-4, atol=1e-6)
+
+
+def test_patch_with_calibration_picks_the_data_aware_method():
+    model = hfe.patch_model(tiny_llama(), rank=8, calibration=torch.randint(1, VOCAB, (600,)))
+    assert model.config.quantization_config.method == "activation"
+
+
+def test_calibration_text_needs_a_tokenizer():
+    with pytest.raises(ValueError, match="tokenizer"):
+        hfe.patch_model(tiny_llama(), rank=8, calibration="some text")
+
+
+@pytest.mark.real_model
+def test_data_aware_default_beats_svd_on_smollm2(smollm2_dir, real_text):
+    """On real text, at a small rank: the default with calibration is far better than plain SVD."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_factor_embed.evaluation import perplexity
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    ids = tok(real_text[:60_000], return_tensors="pt").input_ids[0]
+    eval_ids, calib_ids = ids[:1024], ids[1024:5120]
+    results = {}
+    for method in ("svd", None):
+        model = AutoModelForCausalLM.from_pretrained(smollm2_dir)
+        hfe.patch_model(model, rank=128, method=method, calibration=calib_ids if method is None else None)
+        results[method] = perplexity(model, eval_ids, window=256)
+    assert results[None] < results["svd"] / 10, results
