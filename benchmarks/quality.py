@@ -9,7 +9,7 @@ the tokens after them (disjoint). The peers are measured in the same run: the ti
 per row, and to int4 in groups of 32 (both with fp16 scales, dequantized for evaluation).
 MiniLM (all-MiniLM-L6-v2): cosine between dense and compressed mean-pooled embeddings of sentences from the
 same text (every other sentence for counts, the rest for evaluation), and nearest-neighbour agreement.
-Writes benchmarks/results/quality.json and prints a markdown table.
+Writes benchmarks/results/quality.json and benchmarks/RESULTS.md (the table and the exact command).
 """
 
 from __future__ import annotations
@@ -190,9 +190,27 @@ def main() -> None:
     torch.manual_seed(0)
     rows = [] if args.skip_smollm2 else smollm2_rows(args.ranks, args.eval_tokens, args.calibration_tokens)
     rows += minilm_rows(args.minilm_ranks)
+    command = " ".join(["python", *sys.argv])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    write_results_md(command, rows)
     print(table(rows))
+
+
+def write_results_md(command: str, rows: list[dict]) -> None:
+    smol = next((r for r in rows if r["model"] == "SmolLM2"), None)
+    setup = ""
+    if smol is not None:
+        setup = (
+            f"SmolLM2: {smol['eval_tokens']} evaluation tokens, {smol['calibration_tokens']} calibration tokens "
+            f"(calibration pass {smol['calibration_seconds']} s; one forward pass of the full model costs "
+            f"{smol['forward_seconds_per_1k_tokens']} s per 1k tokens).\n\n"
+        )
+    text = (
+        "# Quality benchmark\n\nMeasured on the project's 2-core CPU machine with\n\n"
+        f"    {command}\n\n{setup}{table(rows)}\n"
+    )
+    (Path(__file__).parent / "RESULTS.md").write_text(text)
 
 
 if __name__ == "__main__":

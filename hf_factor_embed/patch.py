@@ -15,6 +15,7 @@ from .calibration_stats import CalibrationStats
 from .config import INPUT, OUTPUT, QUANT_METHOD, FactorEmbedConfig
 from .errors import AlreadyPatchedError, FactorEmbedError, UnsupportedModelError
 from .factorize import FactorizationTask, get_method
+from .factorize.lowrank import estimate_bytes, relative_error
 from .layers import FactorizedLayer
 from .model_methods import attach, detach
 from .report import ModuleReport, PatchReport
@@ -84,6 +85,7 @@ def patch_model(
     modules_spec: dict[str, dict] = {}
     originals = {role: adapter.get(model, role) for role in roles}
     names = {id(m): n for n, m in model.named_modules()}
+    _check_memory(originals, ranks, tied)
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for role in roles:
         if tied and role == OUTPUT:
@@ -106,9 +108,7 @@ def patch_model(
         shares = INPUT if tied and role == OUTPUT else None
         err = None
         if role in factors:
-            a, b = factors[role]
-            w = module.weight.detach().float().cpu()
-            err = float(torch.linalg.norm(w - a @ b) / torch.linalg.norm(w).clamp_min(1e-30))
+            err = relative_error(module.weight.detach(), *factors[role])
         report.modules.append(
             ModuleReport(
                 role,
@@ -263,6 +263,26 @@ def _resolve_ranks(
     if INPUT in ranks and OUTPUT in ranks and _head_is_tied(model, adapter) and len(tied_ranks) > 1:
         raise FactorEmbedError(f"a tied embedding and head share one pair of factors: give them one rank, not {ranks}")
     return ranks
+
+
+def _check_memory(originals: dict, ranks: dict[str, int], tied: bool) -> None:
+    """Refuse up front, not after minutes of work, when the factors and the workspace will not fit in RAM."""
+    import psutil
+
+    held, workspace = 0, 0
+    for role, module in originals.items():
+        if tied and role == OUTPUT:
+            continue
+        v, d = dense_shape(module)
+        held += 2 * 4 * ranks[role] * (v + d)  # float32 factors, then the layer's own copy of them
+        workspace = max(workspace, estimate_bytes(v, d, ranks[role]))  # one matrix is factorized at a time
+    need = held + workspace
+    available = psutil.virtual_memory().available
+    if need > available:
+        raise FactorEmbedError(
+            f"factorizing needs about {need / 2**30:.1f} GiB of free memory but {available / 2**30:.1f} GiB is "
+            f"available; lower the rank, factorize one role at a time (roles=...), or free memory first."
+        )
 
 
 def _default_method(stats: CalibrationStats | None) -> str:

@@ -180,3 +180,13 @@ def test_fresh_process_without_the_plugin_fails_loudly(checkpoint):
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="unknown factorization method"):
         hfe.patch_model(tiny_llama(), rank=8, method="magic")
+
+
+def test_factorization_that_will_not_fit_in_memory_is_refused_up_front(monkeypatch):
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 1024})())
+    model = tiny_llama()
+    with pytest.raises(FactorEmbedError, match="GiB of free memory"):
+        hfe.patch_model(model, rank=8)
+    assert not any(isinstance(m, hfe.FactorizedLayer) for m in model.modules())

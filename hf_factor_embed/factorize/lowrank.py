@@ -22,6 +22,22 @@ import torch
 _CHUNK_ROWS = 16384
 
 
+def estimate_bytes(v: int, d: int, rank: int) -> int:
+    """Peak extra memory of :func:`weighted_lowrank` on a V x d matrix: A, one float32 row block and its
+    weighted copy, and a handful of d x d float64 matrices (Gram, metric roots, eigenvectors)."""
+    return 4 * v * rank + 2 * 4 * _CHUNK_ROWS * d + 6 * 8 * d * d
+
+
+def relative_error(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> float:
+    """||W - AB||_F / ||W||_F, streamed over row blocks (never a second V x d matrix in memory)."""
+    num = den = 0.0
+    for start in range(0, w.shape[0], _CHUNK_ROWS):
+        block = w[start : start + _CHUNK_ROWS].to("cpu", torch.float32)
+        num += float(((block - a[start : start + _CHUNK_ROWS] @ b) ** 2).sum())
+        den += float((block**2).sum())
+    return (num / max(den, 1e-30)) ** 0.5
+
+
 def gram(w: torch.Tensor, row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """W^T diag(row_weights) W in float64, streamed over row blocks."""
     d = w.shape[1]
