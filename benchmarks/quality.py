@@ -32,7 +32,7 @@ from hf_factor_embed.data import pydoc_topics_text
 from hf_factor_embed.evaluation import perplexity
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-METHODS = ("svd", "frequency", "activation", "joint")
+METHODS = ("svd", "frequency", "activation", "joint", "banded")
 
 
 def package_dir(name: str) -> Path:
@@ -73,6 +73,7 @@ def smollm2_rows(ranks, eval_tokens, calib_tokens) -> list[dict]:
     base = perplexity(dense, eval_ids)
     forward_seconds_per_token = (time.perf_counter() - t0) / eval_ids.numel()
     rows.append({"model": "SmolLM2", "method": "dense", "rank": d, "kept": 1.0, "perplexity": base})
+    print(rows[-1], flush=True)
     for bits, group, label in ((8, None, "int8 per row"), (4, 32, "int4 g32")):
         deq, share = fake_quantize(w, bits, group)
         with torch.no_grad():
@@ -86,6 +87,7 @@ def smollm2_rows(ranks, eval_tokens, calib_tokens) -> list[dict]:
                 "perplexity": perplexity(dense, eval_ids),
             }
         )
+        print(rows[-1], flush=True)
         with torch.no_grad():
             dense.model.embed_tokens.weight.copy_(w)
     for rank in ranks:
@@ -131,7 +133,7 @@ def minilm_rows(ranks, n_sentences=200) -> list[dict]:
     rows = []
     v, d = dense.get_input_embeddings().weight.shape
     for rank in ranks:
-        for method in ("svd", "frequency"):
+        for method in ("svd", "frequency", "banded"):
             model = copy.deepcopy(dense)
             t0 = time.perf_counter()
             hfe.patch_model(model, rank=rank, method=method, calibration=calib_ids if method != "svd" else None)

@@ -9,7 +9,11 @@ Both layers hold the same two factors of a dense ``W`` (V x d):
   loading a wrong matrix.
 * ``basis`` is **B** (r x d): the shared basis the codes live in.
 
-A tied pair of layers shares the two Parameter objects; nothing is copied.
+Optionally a layer also holds a *dense band*: exact rows ``dense_rows`` (K x d) for the K token ids in
+``dense_index``, which override the low-rank rows of those tokens (frequency-banded ranks, in the spirit of
+GroupReduce and adaptive input embeddings: the most used tokens keep full rank, the long tail shares a basis).
+
+A tied pair of layers shares all its Parameter objects (and the band's index); nothing is copied.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ class FactorizedLayer(nn.Module):
 
     weight: nn.Parameter
     basis: nn.Parameter
+    #: Names of the tensors a tied head shares with its embedding, beside ``weight``.
+    shared_tensors = ("basis", "dense_rows", "dense_index")
 
     def __init__(
         self,
@@ -31,6 +37,7 @@ class FactorizedLayer(nn.Module):
         embedding_dim: int,
         rank: int,
         *,
+        dense_rows: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -42,8 +49,29 @@ class FactorizedLayer(nn.Module):
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.rank = rank
+        if not 0 <= dense_rows <= num_embeddings:
+            raise ValueError(f"dense_rows={dense_rows} is outside 0..{num_embeddings}")
         self.weight = nn.Parameter(torch.empty(num_embeddings, rank, device=device, dtype=dtype))
         self.basis = nn.Parameter(torch.empty(rank, embedding_dim, device=device, dtype=dtype))
+        if dense_rows:
+            self.dense_rows = nn.Parameter(torch.empty(dense_rows, embedding_dim, device=device, dtype=dtype))
+            # An integer Parameter that never trains, not a buffer: transformers ties Parameters only.
+            self.dense_index = nn.Parameter(
+                torch.zeros(dense_rows, dtype=torch.long, device=device), requires_grad=False
+            )
+        else:  # registered as None, like nn.Linear's absent bias: no entry in the state dict
+            self.register_parameter("dense_rows", None)
+            self.register_parameter("dense_index", None)
+
+    @property
+    def num_dense_rows(self) -> int:
+        return 0 if self.dense_rows is None else self.dense_rows.shape[0]
+
+    def band_slots(self) -> torch.Tensor:
+        """Token id -> its row in ``dense_rows``, or -1 (recomputed each call: V integers, cheap, never stale)."""
+        slots = torch.full((self.weight.shape[0],), -1, dtype=torch.long, device=self.weight.device)
+        slots[self.dense_index] = torch.arange(self.num_dense_rows, device=self.weight.device)
+        return slots
 
     @property
     def base_shape(self) -> tuple[int, int]:
@@ -51,23 +79,40 @@ class FactorizedLayer(nn.Module):
         return (self.weight.shape[0], self.basis.shape[1])
 
     def dense_weight(self) -> torch.Tensor:
-        """The dense V x d matrix A @ B (materialised: for merging and checks, not for the forward pass)."""
-        return self.weight @ self.basis
+        """The dense V x d matrix A @ B with the band's rows (materialised: for merging and checks only)."""
+        dense = self.weight @ self.basis
+        if self.dense_rows is not None:
+            dense = dense.index_copy(0, self.dense_index, self.dense_rows)
+        return dense
 
     @torch.no_grad()
-    def set_factors(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        """Copy factors in, casting to this layer's dtype and device."""
+    def set_factors(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        dense_index: torch.Tensor | None = None,
+        dense_rows: torch.Tensor | None = None,
+    ) -> None:
+        """Copy factors (and the band) in, casting to this layer's dtype and device."""
         if tuple(a.shape) != tuple(self.weight.shape) or tuple(b.shape) != tuple(self.basis.shape):
             raise ValueError(
                 f"factor shapes {tuple(a.shape)} / {tuple(b.shape)} do not match the layer's "
                 f"{tuple(self.weight.shape)} / {tuple(self.basis.shape)}"
             )
+        if (dense_rows is None) != (self.dense_rows is None) or (
+            dense_rows is not None and tuple(dense_rows.shape) != tuple(self.dense_rows.shape)
+        ):
+            raise ValueError(f"the band's rows do not match the layer's {self.num_dense_rows} dense rows")
         self.weight.copy_(a)
         self.basis.copy_(b)
+        if dense_rows is not None:
+            self.dense_index.copy_(dense_index)
+            self.dense_rows.copy_(dense_rows)
 
     def extra_repr(self) -> str:
         v, d = self.base_shape
-        return f"{v}, {d}, rank={self.weight.shape[1]}"
+        band = f", dense_rows={self.num_dense_rows}" if self.dense_rows is not None else ""
+        return f"{v}, {d}, rank={self.weight.shape[1]}{band}"
 
 
 class FactorizedEmbedding(FactorizedLayer):
@@ -84,10 +129,11 @@ class FactorizedEmbedding(FactorizedLayer):
         *,
         padding_idx: int | None = None,
         embed_scale: float | None = None,
+        dense_rows: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, rank, device=device, dtype=dtype)
+        super().__init__(num_embeddings, embedding_dim, rank, dense_rows=dense_rows, device=device, dtype=dtype)
         self.padding_idx = padding_idx
         # A plain float, as in transformers' ScaledWordEmbedding classes: it is part of the architecture
         # (rebuilt from the config), never a weight to save.
@@ -96,6 +142,10 @@ class FactorizedEmbedding(FactorizedLayer):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         codes = F.embedding(input_ids, self.weight, self.padding_idx)
         out = codes @ self.basis
+        if self.dense_rows is not None:
+            slots = self.band_slots()[input_ids]
+            band = F.embedding(slots.clamp_min(0), self.dense_rows)
+            out = torch.where((slots >= 0).unsqueeze(-1), band, out)
         if self.embed_scale is not None:
             out = out * self.embed_scale
         return out
@@ -119,17 +169,22 @@ class FactorizedLMHead(FactorizedLayer):
         rank: int,
         *,
         bias: bool = False,
+        dense_rows: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, rank, device=device, dtype=dtype)
+        super().__init__(num_embeddings, embedding_dim, rank, dense_rows=dense_rows, device=device, dtype=dtype)
         self.bias = nn.Parameter(torch.zeros(num_embeddings, device=device, dtype=dtype)) if bias else None
         # nn.Linear's names, read by transformers (resize, generation) and by users.
         self.in_features = embedding_dim
         self.out_features = num_embeddings
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(hidden_states, self.basis), self.weight, self.bias)
+        logits = F.linear(F.linear(hidden_states, self.basis), self.weight, self.bias)
+        if self.dense_rows is not None:
+            bias = None if self.bias is None else self.bias[self.dense_index]
+            logits = logits.index_copy(-1, self.dense_index, F.linear(hidden_states, self.dense_rows, bias))
+        return logits
 
     def to_dense(self) -> nn.Linear:
         """A plain :class:`torch.nn.Linear` holding A @ B (and the bias)."""
@@ -144,4 +199,5 @@ class FactorizedLMHead(FactorizedLayer):
     def tie_to(self, embedding: FactorizedEmbedding) -> None:
         """Share the embedding's factor Parameters (the same objects, as transformers ties weights)."""
         self.weight = embedding.weight
-        self.basis = embedding.basis
+        for name in self.shared_tensors:
+            setattr(self, name, getattr(embedding, name))

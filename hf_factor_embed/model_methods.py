@@ -123,7 +123,7 @@ def resize_token_embeddings(
     _resize_rows(self, embedding, new_num_tokens, mean_resizing)
     if isinstance(head, FactorizedLayer):
         if tied:
-            head.weight = embedding.weight
+            head.tie_to(embedding)
         else:
             _resize_rows(self, head, new_num_tokens, mean_resizing)
         head.num_embeddings = head.out_features = new_num_tokens
@@ -135,9 +135,11 @@ def resize_token_embeddings(
             head.bias = nn.Parameter(bias, requires_grad=head.bias.requires_grad)
             self.set_output_embeddings(head)  # BERT keeps a second reference to the bias
     config = self.config.quantization_config
-    for role in (INPUT, OUTPUT):
+    for role, layer in ((INPUT, embedding), (OUTPUT, head)):
         if role in config.modules:
             config.modules[role]["num_embeddings"] = new_num_tokens
+            if isinstance(layer, FactorizedLayer) and layer.dense_rows is not None:
+                config.modules[role]["dense_rows"] = layer.num_dense_rows
     self.config.get_text_config().vocab_size = new_num_tokens
     self.vocab_size = new_num_tokens
     self.tie_weights()
@@ -163,5 +165,9 @@ def _resize_rows(model: PreTrainedModel, layer: FactorizedLayer, new_num_tokens:
             rows[n:].normal_(0.0, std)
     layer.weight = nn.Parameter(rows, requires_grad=layer.weight.requires_grad)
     layer.num_embeddings = new_num_tokens
+    if layer.dense_index is not None and int(layer.dense_index.max()) >= new_num_tokens:
+        keep = layer.dense_index < new_num_tokens
+        layer.dense_index = nn.Parameter(layer.dense_index[keep], requires_grad=False)
+        layer.dense_rows = nn.Parameter(layer.dense_rows.detach()[keep], requires_grad=layer.dense_rows.requires_grad)
     if getattr(layer, "padding_idx", None) is not None and layer.padding_idx >= new_num_tokens:
         layer.padding_idx = None

@@ -14,7 +14,7 @@ from .adapters import EmbeddingAdapter, get_adapter
 from .calibration_stats import CalibrationStats
 from .config import INPUT, OUTPUT, QUANT_METHOD, FactorEmbedConfig
 from .errors import AlreadyPatchedError, FactorEmbedError, UnsupportedModelError
-from .factorize import FactorizationTask, get_method
+from .factorize import FactorizationTask, Factors, get_method
 from .factorize.lowrank import estimate_bytes, relative_error
 from .layers import FactorizedLayer
 from .model_methods import attach, detach
@@ -49,8 +49,9 @@ def patch_model(
             ``"output"``). Adapters name others, e.g. ``"position"`` and ``"token_type"`` for BERT.
         calibration: data for the data-aware methods: token ids (a tensor), text (a string, a list of strings or
             a ``datasets.Dataset`` with a ``text`` column, with ``tokenizer``), or ready
-            :class:`CalibrationStats`. With it the default method is ``"activation"`` (``"frequency"`` for a
-            model without an output head); without it, plain ``"svd"``.
+            :class:`CalibrationStats`. With it the default method is ``"banded"`` (exact rows for the most
+            frequent tokens, a two-sided weighted factorization for the rest, at the size of a rank-``rank``
+            factorization); without it, plain ``"svd"``.
         tokenizer: the model's tokenizer, for calibration text.
         verbose: print the report (it is logged at INFO level and kept as ``model.factor_embed_report`` anyway).
 
@@ -73,7 +74,7 @@ def patch_model(
         from .calibration import collect_stats, tokenize_calibration
 
         token_ids = tokenize_calibration(calibration, tokenizer)
-        needs_hidden = method in (None, "activation", "joint") and OUTPUT in roles
+        needs_hidden = method in (None, "activation", "joint", "banded") and OUTPUT in roles
         calibration = collect_stats(model, token_ids, hidden=needs_hidden)
     method_name = method or _default_method(calibration)
     factorizer = get_method(method_name)
@@ -82,43 +83,43 @@ def patch_model(
         raise FactorEmbedError(f"method {method_name!r} needs calibration statistics {sorted(missing)}")
 
     params_before = model.num_parameters()
-    modules_spec: dict[str, dict] = {}
     originals = {role: adapter.get(model, role) for role in roles}
     names = {id(m): n for n, m in model.named_modules()}
     _check_memory(originals, ranks, tied)
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    factors: dict[str, Factors] = {}
     for role in roles:
         if tied and role == OUTPUT:
-            continue
-        module = originals[role]
+            continue  # served by the input's factors
         task_roles = (INPUT, OUTPUT) if tied and role == INPUT else (role,)
-        task = FactorizationTask(module.weight.detach(), ranks[role], task_roles, calibration)
+        task = FactorizationTask(originals[role].weight.detach(), ranks[role], task_roles, calibration)
         factors[role] = factorizer.factorize(task)
-    for role in roles:
-        v, d = dense_shape(originals[role])
-        modules_spec[role] = {"rank": ranks[role], "num_embeddings": v, "embedding_dim": d}
-        scale = embed_scale_of(originals[role]) if role != OUTPUT else None
-        if scale is not None:
-            modules_spec[role]["embed_scale"] = scale
 
+    modules_spec: dict[str, dict] = {}
     report = PatchReport(method=method_name, model_params_before=params_before)
     for role in roles:
         module = originals[role]
         v, d = dense_shape(module)
-        shares = INPUT if tied and role == OUTPUT else None
-        err = None
-        if role in factors:
-            err = relative_error(module.weight.detach(), *factors[role])
+        source = INPUT if tied and role == OUTPUT else role
+        f = factors[source]
+        k = 0 if f.dense_index is None else f.dense_index.numel()
+        modules_spec[role] = {"rank": f.rank, "num_embeddings": v, "embedding_dim": d}
+        if k:
+            modules_spec[role]["dense_rows"] = k
+        scale = embed_scale_of(module) if role != OUTPUT else None
+        if scale is not None:
+            modules_spec[role]["embed_scale"] = scale
+        shared = source != role
         report.modules.append(
             ModuleReport(
-                role,
-                names.get(id(module), role),
-                (v, d),
-                ranks[role],
-                v * d,
-                0 if shares else ranks[role] * (v + d),
-                shares,
-                err,
+                role=role,
+                name=names.get(id(module), role),
+                shape=(v, d),
+                rank=f.rank,
+                dense_rows=k,
+                params_before=v * d,
+                params_after=0 if shared else f.rank * (v + d) + k * d,
+                shares_with=source if shared else None,
+                relative_error=None if shared else relative_error(module.weight.detach(), f.a, f.b, f.dense_index),
             )
         )
 
@@ -129,9 +130,13 @@ def patch_model(
         modules=modules_spec,
         tied=tied,
     )
+    dense_rows = {
+        role: None if f.dense_index is None else originals[role].weight.detach()[f.dense_index]
+        for role, f in factors.items()
+    }
     layers = install_layers(model, adapter, config)
-    for role, (a, b) in factors.items():
-        layers[role].set_factors(a, b)
+    for role, f in factors.items():
+        layers[role].set_factors(f.a, f.b, f.dense_index, dense_rows[role])
     attach(model, config)
 
     report.model_params_after = model.num_parameters()
@@ -286,10 +291,7 @@ def _check_memory(originals: dict, ranks: dict[str, int], tied: bool) -> None:
 
 
 def _default_method(stats: CalibrationStats | None) -> str:
-    available = _available_stats(stats)
-    if "hidden_cov" in available:
-        return "activation"
-    return "frequency" if "token_counts" in available else "svd"
+    return "banded" if "token_counts" in _available_stats(stats) else "svd"
 
 
 def _available_stats(stats: CalibrationStats | None) -> set[str]:

@@ -11,6 +11,7 @@ class ModuleReport:
     name: str
     shape: tuple[int, int]
     rank: int
+    dense_rows: int
     params_before: int
     params_after: int
     shares_with: str | None = None  # the role whose factors a tied module reuses
@@ -41,13 +42,14 @@ class PatchReport:
     def __str__(self) -> str:
         lines = [
             f"hf_factor_embed: method={self.method}, {self.seconds:.2f} s",
-            f"{'role':<11}{'module':<40}{'V x d':>14}{'rank':>6}{'before':>12}{'after':>12}{'kept':>7}{'rel.err':>9}",
+            f"{'role':<11}{'module':<36}{'V x d':>14}{'rank':>6}{'dense':>7}{'before':>12}{'after':>12}"
+            f"{'kept':>7}{'rel.err':>9}",
         ]
         for m in self.modules:
             after = f"(tied to {m.shares_with})" if m.shares_with else f"{m.params_after:,}"
             err = f"{m.relative_error:.3f}" if m.relative_error is not None else ""
             lines.append(
-                f"{m.role:<11}{m.name:<40}{f'{m.shape[0]} x {m.shape[1]}':>14}{m.rank:>6}"
+                f"{m.role:<11}{m.name:<36}{f'{m.shape[0]} x {m.shape[1]}':>14}{m.rank:>6}{m.dense_rows:>7}"
                 f"{m.params_before:>12,}{after:>12}{m.kept:>7.1%}{err:>9}"
             )
         b, a = self.model_params_before, self.model_params_after

@@ -68,7 +68,12 @@ def install_layers(
         factory = {"device": original.weight.device, "dtype": original.weight.dtype}
         if role == OUTPUT:
             layer: FactorizedLayer = FactorizedLMHead(
-                v, d, spec["rank"], bias=getattr(original, "bias", None) is not None, **factory
+                v,
+                d,
+                spec["rank"],
+                bias=getattr(original, "bias", None) is not None,
+                dense_rows=spec.get("dense_rows", 0),
+                **factory,
             )
             if config.tied:
                 layer.tie_to(layers[INPUT])
@@ -79,6 +84,7 @@ def install_layers(
                 spec["rank"],
                 padding_idx=getattr(original, "padding_idx", None),
                 embed_scale=spec.get("embed_scale"),
+                dense_rows=spec.get("dense_rows", 0),
                 **factory,
             )
         object.__setattr__(layer, DENSE_SKELETON, meta_copy(original))
@@ -89,7 +95,7 @@ def install_layers(
 
 
 def retie(model: PreTrainedModel) -> None:
-    """Extend each tied-weight map with the ``basis`` of every tied factorized pair, recompute, and tie.
+    """Extend each tied-weight map with the other shared tensors of every tied factorized pair, recompute, tie.
 
     The map starts from the class attribute each time, so this is idempotent and undone by :func:`untie_keys`.
     """
@@ -105,7 +111,9 @@ def retie(model: PreTrainedModel) -> None:
             except AttributeError:
                 continue  # a regex pattern, or a module this model (e.g. a base model) does not have
             if isinstance(t_mod, FactorizedLayer) and isinstance(s_mod, FactorizedLayer):
-                mapping[target[:-7] + ".basis"] = source[:-7] + ".basis"
+                for name in t_mod.shared_tensors:
+                    if getattr(s_mod, name, None) is not None:
+                        mapping[f"{target[:-7]}.{name}"] = f"{source[:-7]}.{name}"
         sub._tied_weights_keys = mapping
     model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
     model.tie_weights(recompute_mapping=False)

@@ -19,6 +19,14 @@ def _problem(v=200, d=24, seed=0):
     return w, CalibrationStats(token_counts=counts, hidden_cov=(x.T @ x / 500).double(), num_tokens=500)
 
 
+def _product(f, w):
+    """The dense matrix a method's factors stand for (band rows included)."""
+    out = f.a @ f.b
+    if f.dense_index is not None:
+        out[f.dense_index] = w[f.dense_index]
+    return out
+
+
 def test_unweighted_matches_truncated_svd():
     w, _ = _problem()
     a, b = weighted_lowrank(w, 5)
@@ -30,8 +38,8 @@ def test_unweighted_matches_truncated_svd():
 @pytest.mark.parametrize("method", sorted(available_methods()))
 def test_full_rank_is_exact(method):
     w, stats = _problem()
-    a, b = get_method(method).factorize(FactorizationTask(w, w.shape[1], ("input", "output"), stats))
-    assert torch.allclose(a @ b, w, atol=1e-3)
+    f = get_method(method).factorize(FactorizationTask(w, w.shape[1], ("input", "output"), stats))
+    assert torch.allclose(_product(f, w), w, atol=1e-3)
 
 
 def _row_weighted_error(w, ab, counts):
@@ -46,23 +54,22 @@ def _logit_error(w, ab, cov):
 def test_frequency_beats_svd_on_its_own_objective():
     w, stats = _problem()
     task = FactorizationTask(w, 6, ("input",), stats)
-    a0, b0 = get_method("svd").factorize(task)
-    a1, b1 = get_method("frequency").factorize(task)
-    assert _row_weighted_error(w, a1 @ b1, stats.token_counts) < _row_weighted_error(w, a0 @ b0, stats.token_counts)
+    plain, weighted = (_product(get_method(m).factorize(task), w) for m in ("svd", "frequency"))
+    assert _row_weighted_error(w, weighted, stats.token_counts) < _row_weighted_error(w, plain, stats.token_counts)
 
 
 def test_activation_head_beats_svd_on_logit_error():
     w, stats = _problem()
     stats = CalibrationStats(token_counts=torch.zeros(w.shape[0]).double(), hidden_cov=stats.hidden_cov)
     task = FactorizationTask(w, 6, ("output",), stats)
-    a0, b0 = get_method("svd").factorize(task)
-    a1, b1 = get_method("activation").factorize(task)
-    assert _logit_error(w, a1 @ b1, stats.hidden_cov) < _logit_error(w, a0 @ b0, stats.hidden_cov)
+    plain, aware = (_product(get_method(m).factorize(task), w) for m in ("svd", "activation"))
+    assert _logit_error(w, aware, stats.hidden_cov) < _logit_error(w, plain, stats.hidden_cov)
 
 
 def test_weighted_solution_is_optimal_against_perturbations():
     w, stats = _problem()
-    a, b = get_method("activation").factorize(FactorizationTask(w, 6, ("output",), stats))
+    f = get_method("activation").factorize(FactorizationTask(w, 6, ("output",), stats))
+    a, b = f.a, f.b
 
     def objective(ab):
         e = (w - ab).double() * (stats.token_counts + 1).sqrt()[:, None]
@@ -85,9 +92,37 @@ def test_calibration_streams_counts_and_hidden_moment():
     assert torch.allclose(stats.hidden_cov, h.T @ h / 1000, rtol=1e-4, atol=1e-6)
 
 
-def test_patch_with_calibration_picks_the_data_aware_method():
-    model = hfe.patch_model(tiny_llama(), rank=8, calibration=torch.randint(1, VOCAB, (600,)))
-    assert model.config.quantization_config.method == "activation"
+def test_banded_keeps_frequent_rows_exact_within_the_budget():
+    from hf_factor_embed.factorize.banded import band_plan
+
+    w, stats = _problem()
+    f = get_method("banded").factorize(FactorizationTask(w, 6, ("input", "output"), stats))
+    k, inner = band_plan(200, 24, 6, 0.3)
+    assert f.dense_index.numel() == k and f.rank == inner
+    assert k * 24 + inner * (200 + 24) <= 6 * (200 + 24)
+    assert set(f.dense_index.tolist()) == set(
+        torch.argsort(stats.token_counts, descending=True, stable=True)[:k].tolist()
+    )
+
+
+def test_patch_with_calibration_picks_the_banded_method(tmp_path, input_ids):
+    from transformers import AutoModelForCausalLM
+
+    model = hfe.patch_model(tiny_llama(), rank=16, calibration=torch.randint(1, VOCAB // 2, (600,)))
+    emb = model.get_input_embeddings()
+    assert model.config.quantization_config.method == "banded" and emb.num_dense_rows > 0
+    assert model.lm_head.dense_rows is emb.dense_rows and model.lm_head.dense_index is emb.dense_index
+    assert model.num_parameters() <= tiny_llama().num_parameters() - VOCAB * 64 + 16 * (VOCAB + 64)
+    with torch.no_grad():
+        expected = model(input_ids).logits
+        # The band's rows are exact: the head's logits for them equal the dense head's.
+        h = model.model(input_ids).last_hidden_state
+        dense_w = emb.dense_weight()
+        assert torch.allclose(expected, h @ dense_w.T, atol=1e-4)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.lm_head.dense_rows is reloaded.model.embed_tokens.dense_rows
+    assert torch.equal(reloaded(input_ids).logits, expected)
 
 
 def test_calibration_text_needs_a_tokenizer():

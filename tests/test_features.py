@@ -157,3 +157,18 @@ def test_masked_lm_round_trip_through_pipeline_classes(tmp_path, input_ids):
     reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path)
     assert reloaded.cls.predictions.bias is reloaded.cls.predictions.decoder.bias
     assert torch.equal(reloaded(input_ids).logits, model(input_ids).logits)
+
+
+def test_resize_and_train_a_banded_model(tmp_path, input_ids):
+    model = hfe.patch_model(tiny_llama(), rank=16, method="banded", calibration=torch.arange(VOCAB).repeat(3))
+    emb = model.get_input_embeddings()
+    assert emb.num_dense_rows > 0 and not emb.dense_index.requires_grad
+    model.resize_token_embeddings(VOCAB - 50)  # drops band rows of the removed ids
+    assert int(emb.dense_index.max()) < VOCAB - 50 and model.lm_head.dense_rows is emb.dense_rows
+    model.train()
+    loss = model(input_ids.clamp_max(VOCAB - 51), labels=input_ids.clamp_max(VOCAB - 51)).loss
+    loss.backward()
+    assert emb.dense_rows.grad is not None and emb.dense_index.grad is None
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.get_input_embeddings().num_dense_rows == emb.num_dense_rows

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .activation import ActivationMethod, TiedJointMethod
-from .base import FactorizationMethod, FactorizationTask
+from .banded import BandedMethod
+from .base import FactorizationMethod, FactorizationTask, Factors
 from .frequency import FrequencyMethod
 from .svd import SVDMethod
 
@@ -26,7 +27,7 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-for _method in (SVDMethod, FrequencyMethod, ActivationMethod, TiedJointMethod):
+for _method in (SVDMethod, FrequencyMethod, ActivationMethod, TiedJointMethod, BandedMethod):
     register_method(_method)
 
-__all__ = ["FactorizationMethod", "FactorizationTask", "available_methods", "get_method", "register_method"]
+__all__ = ["FactorizationMethod", "FactorizationTask", "Factors", "available_methods", "get_method", "register_method"]

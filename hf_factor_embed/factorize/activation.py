@@ -14,12 +14,15 @@ from __future__ import annotations
 import torch
 
 from ..config import INPUT, OUTPUT
-from .base import FactorizationMethod, FactorizationTask
+from .base import FactorizationMethod, FactorizationTask, Factors
 from .frequency import row_weights
 from .lowrank import weighted_lowrank
 
 
-def normalized_cov(task: FactorizationTask) -> torch.Tensor:
+def normalized_cov(task: FactorizationTask) -> torch.Tensor | None:
+    """C scaled to mean eigenvalue 1, for a matrix that serves the output side; None otherwise."""
+    if OUTPUT not in task.roles or task.stats is None or task.stats.hidden_cov is None:
+        return None
     cov = task.stats.hidden_cov.double()
     return cov / (torch.trace(cov) / cov.shape[0])
 
@@ -30,9 +33,10 @@ class ActivationMethod(FactorizationMethod):
     name = "activation"
     needs = frozenset({"token_counts", "hidden_cov"})
 
-    def factorize(self, task: FactorizationTask) -> tuple[torch.Tensor, torch.Tensor]:
-        cov = normalized_cov(task) if OUTPUT in task.roles else None
-        return weighted_lowrank(task.weight, task.rank, row_weights=row_weights(task), col_cov=cov)
+    def factorize(self, task: FactorizationTask) -> Factors:
+        return Factors(
+            *weighted_lowrank(task.weight, task.rank, row_weights=row_weights(task), col_cov=normalized_cov(task))
+        )
 
 
 class TiedJointMethod(FactorizationMethod):
@@ -41,13 +45,11 @@ class TiedJointMethod(FactorizationMethod):
     name = "joint"
     needs = frozenset({"token_counts", "hidden_cov"})
 
-    def __init__(self, mix: float = 1.0) -> None:
+    def __init__(self, mix: float = 0.3) -> None:
         self.mix = mix
 
-    def factorize(self, task: FactorizationTask) -> tuple[torch.Tensor, torch.Tensor]:
-        if task.roles == (INPUT,):
-            return weighted_lowrank(task.weight, task.rank, row_weights=row_weights(task))
+    def factorize(self, task: FactorizationTask) -> Factors:
         metric = normalized_cov(task)
-        if INPUT in task.roles:
+        if metric is not None and INPUT in task.roles:
             metric = metric + self.mix * torch.eye(metric.shape[0], dtype=metric.dtype)
-        return weighted_lowrank(task.weight, task.rank, row_weights=row_weights(task), col_cov=metric)
+        return Factors(*weighted_lowrank(task.weight, task.rank, row_weights=row_weights(task), col_cov=metric))

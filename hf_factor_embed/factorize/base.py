@@ -28,6 +28,19 @@ class FactorizationTask:
     stats: CalibrationStats | None = None
 
 
+@dataclass
+class Factors:
+    """A method's answer: A (V x r), B (r x d), and optionally the token ids kept as exact dense rows."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    dense_index: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.a.shape[1]
+
+
 class FactorizationMethod:
     """A way to pick factors. Subclasses set ``name`` and implement :meth:`factorize`."""
 
@@ -35,6 +48,6 @@ class FactorizationMethod:
     #: Which calibration statistics the method needs; an empty set means it runs without calibration.
     needs: ClassVar[frozenset[str]] = frozenset()
 
-    def factorize(self, task: FactorizationTask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (A, B) with A: V x r, B: r x d, float32 on the CPU."""
+    def factorize(self, task: FactorizationTask) -> Factors:
+        """Return the factors (float32, on the CPU) for ``task``."""
         raise NotImplementedError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import FactorizationMethod, FactorizationTask
+from .base import FactorizationMethod, FactorizationTask, Factors
 from .lowrank import weighted_lowrank
 
 
@@ -23,5 +23,5 @@ class FrequencyMethod(FactorizationMethod):
     name = "frequency"
     needs = frozenset({"token_counts"})
 
-    def factorize(self, task: FactorizationTask) -> tuple[torch.Tensor, torch.Tensor]:
-        return weighted_lowrank(task.weight, task.rank, row_weights=row_weights(task))
+    def factorize(self, task: FactorizationTask) -> Factors:
+        return Factors(*weighted_lowrank(task.weight, task.rank, row_weights=row_weights(task)))

@@ -28,12 +28,16 @@ def estimate_bytes(v: int, d: int, rank: int) -> int:
     return 4 * v * rank + 2 * 4 * _CHUNK_ROWS * d + 6 * 8 * d * d
 
 
-def relative_error(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> float:
-    """||W - AB||_F / ||W||_F, streamed over row blocks (never a second V x d matrix in memory)."""
+def relative_error(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, exact_rows: torch.Tensor | None = None) -> float:
+    """||W - AB||_F / ||W||_F (rows in ``exact_rows`` count as exact), streamed over row blocks."""
     num = den = 0.0
+    exact = torch.zeros(w.shape[0], dtype=torch.bool)
+    if exact_rows is not None:
+        exact[exact_rows] = True
     for start in range(0, w.shape[0], _CHUNK_ROWS):
         block = w[start : start + _CHUNK_ROWS].to("cpu", torch.float32)
-        num += float(((block - a[start : start + _CHUNK_ROWS] @ b) ** 2).sum())
+        err = ((block - a[start : start + _CHUNK_ROWS] @ b) ** 2).sum(1)
+        num += float(err[~exact[start : start + _CHUNK_ROWS]].sum())
         den += float((block**2).sum())
     return (num / max(den, 1e-30)) ** 0.5
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from .base import FactorizationMethod, FactorizationTask
+from .base import FactorizationMethod, FactorizationTask, Factors
 from .lowrank import weighted_lowrank
 
 
@@ -13,5 +11,5 @@ class SVDMethod(FactorizationMethod):
 
     name = "svd"
 
-    def factorize(self, task: FactorizationTask) -> tuple[torch.Tensor, torch.Tensor]:
-        return weighted_lowrank(task.weight, task.rank)
+    def factorize(self, task: FactorizationTask) -> Factors:
+        return Factors(*weighted_lowrank(task.weight, task.rank))

@@ -1,0 +1,47 @@
+"""Frequency-banded factorization: exact rows for the most frequent tokens, a shared low-rank basis for the rest.
+
+In the spirit of GroupReduce and adaptive input embeddings. Real text uses a few thousand of SmolLM2's 49,152
+tokens for nearly all of its positions, and a rank-r basis cannot serve both them and the long tail. At the
+parameter count of a rank-r factorization, this method spends ``band_share`` of it on K exact rows (the K most
+frequent calibration tokens) and the rest on a rank r' < r factorization of the remaining rows, fitted with the
+two-sided weighting (frequency rows; hidden-state metric where the matrix serves the output side).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .activation import normalized_cov
+from .base import FactorizationMethod, FactorizationTask, Factors
+from .frequency import row_weights
+from .lowrank import weighted_lowrank
+
+
+def band_plan(v: int, d: int, rank: int, band_share: float) -> tuple[int, int]:
+    """(K dense rows, inner rank r') with K*d + r'*(V + d) <= rank*(V + d), i.e. the size of a rank-``rank``
+    factorization (A keeps all V rows, so a banded layer has the plain layer's shapes plus the band)."""
+    budget = rank * (v + d)
+    if budget >= v * d:  # room for every row: the band alone is exact
+        return v, 1
+    k = min(v, int(band_share * budget / d))
+    inner = (budget - k * d) // (v + d)
+    if inner < 1:
+        k, inner = 0, rank
+    return k, inner
+
+
+class BandedMethod(FactorizationMethod):
+    name = "banded"
+    needs = frozenset({"token_counts"})
+
+    def __init__(self, band_share: float = 0.3) -> None:
+        self.band_share = band_share
+
+    def factorize(self, task: FactorizationTask) -> Factors:
+        v, d = task.weight.shape
+        k, inner = band_plan(v, d, task.rank, self.band_share)
+        weights = row_weights(task)
+        top = torch.argsort(task.stats.token_counts, descending=True, stable=True)[:k]
+        weights[top] = 0.0  # exact rows need nothing from the basis
+        a, b = weighted_lowrank(task.weight, inner, row_weights=weights, col_cov=normalized_cov(task))
+        return Factors(a, b, dense_index=top.sort().values if k else None)
