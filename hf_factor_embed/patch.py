@@ -44,7 +44,8 @@ def patch_model(
         model: a loaded transformers model with real (not meta, not quantized) weights.
         rank: the rank r of every factorized matrix, or a mapping role -> rank.
         budget: instead of ``rank``, the share of each matrix's parameters to keep (0 < budget < 1).
-        method: the factorization method (default ``"svd"``).
+        method: the factorization method, one of :func:`hf_factor_embed.available_methods` (default: see
+            ``calibration``).
         roles: which embeddings to factorize; default the token embedding and the output head (``"input"``,
             ``"output"``). Adapters name others, e.g. ``"position"`` and ``"token_type"`` for BERT.
         calibration: data for the data-aware methods: token ids (a tensor), text (a string, a list of strings or
@@ -74,9 +75,9 @@ def patch_model(
         from .calibration import collect_stats, tokenize_calibration
 
         token_ids = tokenize_calibration(calibration, tokenizer)
-        needs_hidden = method in (None, "activation", "joint", "banded") and OUTPUT in roles
-        calibration = collect_stats(model, token_ids, hidden=needs_hidden)
-    method_name = method or _default_method(calibration)
+        wants_hidden = OUTPUT in roles and "hidden_cov" in get_method(method or _default_method(True)).uses
+        calibration = collect_stats(model, token_ids, hidden=wants_hidden)
+    method_name = method or _default_method("token_counts" in _available_stats(calibration))
     factorizer = get_method(method_name)
     missing = set(factorizer.needs) - _available_stats(calibration)
     if missing:
@@ -290,8 +291,9 @@ def _check_memory(originals: dict, ranks: dict[str, int], tied: bool) -> None:
         )
 
 
-def _default_method(stats: CalibrationStats | None) -> str:
-    return "banded" if "token_counts" in _available_stats(stats) else "svd"
+def _default_method(calibrated: bool) -> str:
+    """The best method by the quality benchmark (benchmarks/RESULTS.md) for the data at hand."""
+    return "banded" if calibrated else "svd"
 
 
 def _available_stats(stats: CalibrationStats | None) -> set[str]:

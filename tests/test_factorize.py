@@ -131,8 +131,9 @@ def test_calibration_text_needs_a_tokenizer():
 
 
 @pytest.mark.real_model
-def test_data_aware_default_beats_svd_on_smollm2(smollm2_dir, real_text):
-    """On real text, at a small rank: the default with calibration is far better than plain SVD."""
+def test_data_aware_default_beats_svd_on_smollm2(smollm2_dir, real_text, tmp_path):
+    """On real text, at a small rank: the default with calibration is far better than plain SVD, and its
+    checkpoint (with the dense band) reloads tied and identical."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_factor_embed.evaluation import perplexity
@@ -146,3 +147,10 @@ def test_data_aware_default_beats_svd_on_smollm2(smollm2_dir, real_text):
         hfe.patch_model(model, rank=128, method=method, calibration=calib_ids if method is None else None)
         results[method] = perplexity(model, eval_ids, window=256)
     assert results[None] < results["svd"] / 10, results
+    assert model.config.quantization_config.method == "banded"
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.lm_head.dense_rows is reloaded.model.embed_tokens.dense_rows
+    probe = eval_ids[:64].unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(reloaded(probe).logits, model(probe).logits)

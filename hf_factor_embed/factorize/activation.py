@@ -31,7 +31,7 @@ class ActivationMethod(FactorizationMethod):
     """Two-sided weighting diag(count + 1)^(1/2) W C^(1/2); input-only matrices fall back to frequency."""
 
     name = "activation"
-    needs = frozenset({"token_counts", "hidden_cov"})
+    needs = uses = frozenset({"token_counts", "hidden_cov"})
 
     def factorize(self, task: FactorizationTask) -> Factors:
         return Factors(
@@ -43,7 +43,7 @@ class TiedJointMethod(FactorizationMethod):
     """One pair of factors for a tied embedding and head, under the sum of both sides' objectives."""
 
     name = "joint"
-    needs = frozenset({"token_counts", "hidden_cov"})
+    needs = uses = frozenset({"token_counts", "hidden_cov"})
 
     def __init__(self, mix: float = 0.3) -> None:
         self.mix = mix

@@ -33,6 +33,7 @@ def band_plan(v: int, d: int, rank: int, band_share: float) -> tuple[int, int]:
 class BandedMethod(FactorizationMethod):
     name = "banded"
     needs = frozenset({"token_counts"})
+    uses = frozenset({"token_counts", "hidden_cov"})
 
     def __init__(self, band_share: float = 0.3) -> None:
         self.band_share = band_share

@@ -47,6 +47,8 @@ class FactorizationMethod:
     name: ClassVar[str]
     #: Which calibration statistics the method needs; an empty set means it runs without calibration.
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: Which statistics it uses when they are there (a superset of ``needs``): what calibration should gather.
+    uses: ClassVar[frozenset[str]] = frozenset()
 
     def factorize(self, task: FactorizationTask) -> Factors:
         """Return the factors (float32, on the CPU) for ``task``."""

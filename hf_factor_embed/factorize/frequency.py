@@ -22,6 +22,7 @@ def row_weights(task: FactorizationTask, smoothing: float = 1.0) -> torch.Tensor
 class FrequencyMethod(FactorizationMethod):
     name = "frequency"
     needs = frozenset({"token_counts"})
+    uses = frozenset({"token_counts"})
 
     def factorize(self, task: FactorizationTask) -> Factors:
         return Factors(*weighted_lowrank(task.weight, task.rank, row_weights=row_weights(task)))
