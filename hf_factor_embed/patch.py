@@ -36,6 +36,8 @@ def patch_model(
     roles: Iterable[str] | None = None,
     calibration=None,
     tokenizer=None,
+    target: float | None = None,
+    holdout_tokens: int = 2048,
     verbose: bool = False,
 ) -> PreTrainedModel:
     """Replace the model's token embedding and output head (in place) by low-rank factors A @ B.
@@ -54,6 +56,11 @@ def patch_model(
             frequent tokens, a two-sided weighted factorization for the rest, at the size of a rank-``rank``
             factorization); without it, plain ``"svd"``.
         tokenizer: the model's tokenizer, for calibration text.
+        target: instead of ``rank`` or ``budget``, the largest acceptable ratio of perplexity to the dense
+            model's (e.g. 1.10) on the last ``holdout_tokens`` tokens of the calibration text, which are then
+            held out from the statistics. The smallest rank (a multiple of 8) that meets it is chosen; when even
+            full rank does not, full rank is used and the report says so. Causal language models only.
+        holdout_tokens: the held-out slice for ``target``.
         verbose: print the report (it is logged at INFO level and kept as ``model.factor_embed_report`` anyway).
 
     Returns:
@@ -68,13 +75,31 @@ def patch_model(
             "the output head is tied to the input embedding; factorize both "
             "(roles=('input', 'output')) so they stay tied"
         )
+    if target is not None:
+        if rank is not None or budget is not None:
+            raise FactorEmbedError("give exactly one of rank=..., budget=... or target=...")
+        if not (isinstance(target, (int, float)) and target >= 1.0):
+            raise FactorEmbedError(f"target={target!r} is a perplexity ratio to the dense model: a number >= 1")
+        if calibration is None or isinstance(calibration, CalibrationStats):
+            raise FactorEmbedError("target=... needs calibration text or token ids (a slice is held out to evaluate)")
+        if not hasattr(model, "get_output_embeddings") or adapter.get(model, OUTPUT) is None:
+            raise FactorEmbedError("target=... measures perplexity, which needs a language-model head")
+        rank = 1  # placeholder, replaced by the search below; it passes the range checks for every role
     ranks = _resolve_ranks(model, adapter, roles, rank, budget)
     if method is not None:
         get_method(method)  # an unknown name fails before the (slow) calibration pass
+    holdout = None
     if calibration is not None and not isinstance(calibration, CalibrationStats):
         from .calibration import collect_stats, tokenize_calibration
 
         token_ids = tokenize_calibration(calibration, tokenizer)
+        if target is not None:
+            if token_ids.numel() < 2 * holdout_tokens:
+                raise FactorEmbedError(
+                    f"target=... holds out {holdout_tokens} calibration tokens and needs as many again for the "
+                    f"statistics; got {token_ids.numel()} tokens: give more text or a smaller holdout_tokens"
+                )
+            token_ids, holdout = token_ids[:-holdout_tokens], token_ids[-holdout_tokens:]
         wants_hidden = OUTPUT in roles and "hidden_cov" in get_method(method or _default_method(True)).uses
         calibration = collect_stats(model, token_ids, hidden=wants_hidden)
     method_name = method or _default_method("token_counts" in _available_stats(calibration))
@@ -86,17 +111,36 @@ def patch_model(
     params_before = model.num_parameters()
     originals = {role: adapter.get(model, role) for role in roles}
     names = {id(m): n for n, m in model.named_modules()}
+
+    def factorize_all(rank_of: dict[str, int]) -> dict[str, Factors]:
+        out = {}
+        for role in roles:
+            if tied and role == OUTPUT:
+                continue  # served by the input's factors
+            task_roles = (INPUT, OUTPUT) if tied and role == INPUT else (role,)
+            task = FactorizationTask(originals[role].weight.detach(), rank_of[role], task_roles, calibration)
+            out[role] = factorizer.factorize(task)
+        return out
+
+    search_note = None
+    if target is not None:
+        from .rank_search import smallest_rank_within
+
+        max_rank = min(min(dense_shape(originals[r])) for r in roles)
+        swapped = {r: m for r, m in originals.items() if not (tied and r == OUTPUT)}
+        found, found_ppl, dense_ppl = smallest_rank_within(
+            model, swapped, lambda r: factorize_all(dict.fromkeys(roles, r)), holdout, target, max_rank
+        )
+        ranks = dict.fromkeys(roles, found)
+        search_note = (
+            f"rank {found} chosen for target {target}: held-out perplexity {found_ppl:.3f} vs dense {dense_ppl:.3f}"
+            + ("" if found_ppl <= target * dense_ppl else " (target not reached even at full rank)")
+        )
     _check_memory(originals, ranks, tied)
-    factors: dict[str, Factors] = {}
-    for role in roles:
-        if tied and role == OUTPUT:
-            continue  # served by the input's factors
-        task_roles = (INPUT, OUTPUT) if tied and role == INPUT else (role,)
-        task = FactorizationTask(originals[role].weight.detach(), ranks[role], task_roles, calibration)
-        factors[role] = factorizer.factorize(task)
+    factors = factorize_all(ranks)
 
     modules_spec: dict[str, dict] = {}
-    report = PatchReport(method=method_name, model_params_before=params_before)
+    report = PatchReport(method=method_name, model_params_before=params_before, note=search_note)
     for role in roles:
         module = originals[role]
         v, d = dense_shape(module)
@@ -125,7 +169,7 @@ def patch_model(
         )
 
     config = FactorEmbedConfig(
-        rank=rank if isinstance(rank, int) else None,
+        rank=rank if isinstance(rank, int) and target is None else None,
         budget=budget,
         method=method_name,
         modules=modules_spec,
@@ -247,7 +291,10 @@ def _resolve_ranks(
     budget: float | None,
 ) -> dict[str, int]:
     if (rank is None) == (budget is None):
-        raise FactorEmbedError("give exactly one of rank=... or budget=... (share of parameters to keep, 0..1)")
+        raise FactorEmbedError(
+            "give exactly one of rank=..., budget=... (share of parameters to keep, 0..1) or target=... "
+            "(perplexity ratio to the dense model, with calibration text)"
+        )
     ranks: dict[str, int] = {}
     for role in roles:
         v, d = dense_shape(adapter.get(model, role))

@@ -29,6 +29,7 @@ class PatchReport:
     model_params_before: int = 0
     model_params_after: int = 0
     seconds: float = 0.0
+    note: str | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -36,6 +37,7 @@ class PatchReport:
             "model_params_before": self.model_params_before,
             "model_params_after": self.model_params_after,
             "seconds": round(self.seconds, 3),
+            "note": self.note,
             "modules": [{**vars(m), "shape": list(m.shape), "kept": round(m.kept, 4)} for m in self.modules],
         }
 
@@ -54,4 +56,6 @@ class PatchReport:
             )
         b, a = self.model_params_before, self.model_params_after
         lines.append(f"model parameters: {b:,} -> {a:,} ({a / b:.1%}; {b - a:,} fewer)")
+        if self.note:
+            lines.append(self.note)
         return "\n".join(lines)

@@ -40,6 +40,7 @@ def dir_size(path: Path, pattern: str = "*.safetensors") -> int:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rank", type=int, default=256)
+    parser.add_argument("--target", type=float, default=None, help="pick the rank: max perplexity ratio, e.g. 1.1")
     parser.add_argument("--method", default=None, help=f"one of {hfe.available_methods()} (default: best available)")
     parser.add_argument("--eval-tokens", type=int, default=4096, help="evaluation tokens (512-token windows)")
     parser.add_argument("--calibration-tokens", type=int, default=16384)
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     model.save_pretrained(dense_dir)
 
     t0 = time.perf_counter()
-    hfe.patch_model(model, rank=args.rank, method=args.method, calibration=calib_ids, verbose=True)
+    size = {"target": args.target} if args.target else {"rank": args.rank}
+    hfe.patch_model(model, **size, method=args.method, calibration=calib_ids, verbose=True)
     patch_seconds = time.perf_counter() - t0
     ppl_after = perplexity(model, eval_ids)
     model.save_pretrained(args.out)
@@ -75,7 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
         identical = torch.equal(reloaded(probe).logits, model(probe).logits)
     tied = reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
     result = {
-        "rank": args.rank,
+        "rank": args.rank if not args.target else None,
+        "target": args.target,
+        "layer_rank": reloaded.model.embed_tokens.rank,
+        "dense_rows": reloaded.model.embed_tokens.num_dense_rows,
         "method": model.factor_embed_report.method,
         "params_before": params_before,
         "params_after": reloaded.num_parameters(),

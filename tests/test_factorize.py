@@ -154,3 +154,34 @@ def test_data_aware_default_beats_svd_on_smollm2(smollm2_dir, real_text, tmp_pat
     probe = eval_ids[:64].unsqueeze(0)
     with torch.no_grad():
         assert torch.equal(reloaded(probe).logits, model(probe).logits)
+
+
+def test_rank_from_a_quality_target_on_held_out_text():
+    from hf_factor_embed.evaluation import perplexity
+
+    torch.manual_seed(0)
+    ids = torch.randint(1, VOCAB, (3000,))
+    dense = tiny_llama()
+    holdout = ids[-1000:]
+    dense_ppl = perplexity(dense, holdout, window=500)
+    model = hfe.patch_model(tiny_llama(), target=1.02, calibration=ids, holdout_tokens=1000, method="svd")
+    rank = model.get_input_embeddings().rank
+    assert rank % 8 == 0 or rank == 64
+    assert perplexity(model, holdout, window=500) <= 1.02 * dense_ppl * (1 + 1e-6)
+    assert "chosen for target 1.02" in model.factor_embed_report.note
+    smaller = hfe.patch_model(tiny_llama(), rank=max(rank - 8, 1), method="svd")
+    assert rank == 8 or perplexity(smaller, holdout, window=500) > 1.02 * dense_ppl
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"target": 1.1, "rank": 8}, "exactly one"),
+        ({"target": 0.9, "calibration": torch.arange(100)}, ">= 1"),
+        ({"target": 1.1}, "calibration"),
+        ({"target": 1.1, "calibration": torch.arange(100)}, "holds out"),
+    ],
+)
+def test_quality_target_refusals(kwargs, match):
+    with pytest.raises(hfe.FactorEmbedError, match=match):
+        hfe.patch_model(tiny_llama(), **kwargs)
