@@ -5,6 +5,8 @@ tokens for nearly all of its positions, and a rank-r basis cannot serve both the
 parameter count of a rank-r factorization, this method spends ``band_share`` of it on K exact rows (the K most
 frequent calibration tokens) and the rest on a rank r' < r factorization of the remaining rows, fitted with the
 two-sided weighting (frequency rows; hidden-state metric where the matrix serves the output side).
+Ties among equally frequent tokens (unseen ones, when K exceeds the calibration text's distinct tokens) go to
+lower ids. benchmarks/RESULTS.md has the evidence for the default share.
 """
 
 from __future__ import annotations
