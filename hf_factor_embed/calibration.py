@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedModel
 
 from .adapters import get_adapter
 from .calibration_stats import CalibrationStats
 from .config import OUTPUT
+
+if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 

@@ -12,14 +12,18 @@ import shutil
 import tempfile
 import types
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 
 from .config import INPUT, OUTPUT, QUANT_METHOD, FactorEmbedConfig
 from .errors import FactorEmbedError
 from .layers import FactorizedLayer
+from .lazy import pretrained_model_class as _pretrained_model_class
+
+if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
+    from transformers import PreTrainedModel
 
 _WEIGHT_FILE_PREFIXES = ("model", "pytorch_model", "adapter_model")
 _OVERRIDDEN = ("save_pretrained", "resize_token_embeddings")
@@ -49,7 +53,7 @@ def detach(model: PreTrainedModel) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     for module in model.modules():
-        if isinstance(module, PreTrainedModel):
+        if isinstance(module, _pretrained_model_class()):
             module.config.__dict__.pop("_is_quantized", None)
 
 

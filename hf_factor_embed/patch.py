@@ -6,9 +6,9 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedModel
 
 from .adapters import EmbeddingAdapter, get_adapter
 from .calibration_stats import CalibrationStats
@@ -17,9 +17,13 @@ from .errors import AlreadyPatchedError, FactorEmbedError, UnsupportedModelError
 from .factorize import FactorizationTask, Factors, get_method
 from .factorize.lowrank import estimate_bytes, relative_error
 from .layers import FactorizedLayer
+from .lazy import pretrained_model_class as _pretrained_model_class
 from .model_methods import attach, detach
 from .report import ModuleReport, PatchReport
 from .structure import DENSE_SKELETON, dense_shape, embed_scale_of, factorized_layers, install_layers, untie_keys
+
+if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +231,7 @@ def _factor_config(model: PreTrainedModel) -> FactorEmbedConfig | None:
 
 
 def _check_model(model: PreTrainedModel) -> EmbeddingAdapter:
-    if not isinstance(model, PreTrainedModel):
+    if not isinstance(model, _pretrained_model_class()):
         raise UnsupportedModelError(f"patch_model takes a transformers PreTrainedModel, got {type(model).__name__}")
     qc = getattr(model.config, "quantization_config", None)
     quant_method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)

@@ -8,15 +8,19 @@ submodules, so never saved) for :func:`hf_factor_embed.densify`.
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 
 from .adapters import EmbeddingAdapter
 from .config import INPUT, OUTPUT, FactorEmbedConfig
 from .errors import UnsupportedModelError
 from .layers import FactorizedEmbedding, FactorizedLayer, FactorizedLMHead
+from .lazy import pretrained_model_class as _pretrained_model_class
+
+if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
+    from transformers import PreTrainedModel
 
 #: Attribute of a factorized layer holding the replaced dense module on the meta device.
 DENSE_SKELETON = "_dense_skeleton"
@@ -100,7 +104,7 @@ def retie(model: PreTrainedModel) -> None:
     The map starts from the class attribute each time, so this is idempotent and undone by :func:`untie_keys`.
     """
     for _, sub in model.named_modules():
-        if not isinstance(sub, PreTrainedModel):
+        if not isinstance(sub, _pretrained_model_class()):
             continue
         mapping = dict(type(sub)._tied_weights_keys or {})
         for target, source in list(mapping.items()):
@@ -122,7 +126,7 @@ def retie(model: PreTrainedModel) -> None:
 def untie_keys(model: PreTrainedModel) -> None:
     """Back to the classes' own tied-weight maps."""
     for _, sub in model.named_modules():
-        if isinstance(sub, PreTrainedModel) and "_tied_weights_keys" in vars(sub):
+        if isinstance(sub, _pretrained_model_class()) and "_tied_weights_keys" in vars(sub):
             del sub._tied_weights_keys
     model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
 

@@ -190,3 +190,10 @@ def test_factorization_that_will_not_fit_in_memory_is_refused_up_front(monkeypat
     with pytest.raises(FactorEmbedError, match="GiB of free memory"):
         hfe.patch_model(model, rank=8)
     assert not any(isinstance(m, hfe.FactorizedLayer) for m in model.modules())
+
+
+def test_import_is_light():
+    """Importing the package registers the integration without loading transformers' modeling code."""
+    code = "import sys, hf_factor_embed; print('transformers.modeling_utils' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
+    assert out.strip() == "False"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING
 
 from .base import EmbeddingAdapter
 from .bert import BertAdapter
 from .generic import GenericAdapter
 from .gpt2 import GPT2Adapter
 from .llama import LlamaAdapter
+
+if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
+    from transformers import PreTrainedModel
 
 _REGISTRY: dict[str, EmbeddingAdapter] = {}
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import nn
-from transformers import PreTrainedModel
 
 from ..config import INPUT, OUTPUT
 from ..errors import UnsupportedModelError
+
+if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
+    from transformers import PreTrainedModel
 
 
 class EmbeddingAdapter:
