@@ -131,3 +131,36 @@ def test_report_counts_parameters():
     assert report.model_params_after == model.num_parameters() == before - 2 * (VOCAB * 64 - RANK * (VOCAB + 64))
     assert [m.role for m in report.modules] == ["input", "output"]
     assert "model parameters" in str(report)
+
+
+def test_generic_fallback_keeps_embed_scale_and_shared_embeddings(tmp_path):
+    """BART has no adapter of its own: the fallback finds its scaled, encoder/decoder-shared embedding."""
+    from transformers import AutoModelForSeq2SeqLM, BartConfig, BartForConditionalGeneration
+
+    from hf_factor_embed.adapters import GenericAdapter, get_adapter
+
+    torch.manual_seed(0)
+    cfg = BartConfig(
+        vocab_size=200, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        scale_embedding=True,
+    )  # fmt: skip
+    model = BartForConditionalGeneration(cfg).eval()
+    assert isinstance(get_adapter(model), GenericAdapter)
+    dense_class = type(model.get_input_embeddings())
+    ids = torch.randint(3, 200, (1, 9))
+    hfe.patch_model(model, rank=8)
+    emb = model.get_input_embeddings()
+    assert abs(emb.embed_scale - 32**0.5) < 1e-9
+    assert model.model.encoder.embed_tokens is emb and model.lm_head.basis is emb.basis
+    with torch.no_grad():
+        expected = model(input_ids=ids, decoder_input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert reloaded.model.decoder.embed_tokens is reloaded.get_input_embeddings()
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids, decoder_input_ids=ids).logits, expected)
+    hfe.densify(reloaded)
+    assert type(reloaded.get_input_embeddings()) is dense_class
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids, decoder_input_ids=ids).logits, expected, atol=1e-4)
