@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
+from tqdm.auto import tqdm
 
 from .adapters import get_adapter
 from .calibration_stats import CalibrationStats
@@ -84,6 +85,7 @@ def collect_stats(
     model.eval()
     started = time.perf_counter()
     handle = head.register_forward_pre_hook(accumulate)
+    bar = tqdm(total=windows.shape[0] * windows.shape[1], desc="calibration", unit="tok", disable=not progress)
     try:
         for i in range(0, windows.shape[0], batch_size):
             batch = windows[i : i + batch_size].to(device)
@@ -91,10 +93,10 @@ def collect_stats(
                 accumulate(head, (model.base_model(input_ids=batch).last_hidden_state,))
             else:
                 model(input_ids=batch)
-            if progress:
-                done = min(i + batch_size, windows.shape[0])
-                logger.info("calibration: %d/%d windows, %.1f s", done, windows.shape[0], time.perf_counter() - started)
+            bar.update(batch.numel())
     finally:
+        bar.close()
         handle.remove()
         model.train(was_training)
+    logger.info("calibration: %d tokens in %.1f s", ids.numel(), time.perf_counter() - started)
     return CalibrationStats(token_counts=counts, hidden_cov=second_moment / max(seen, 1), num_tokens=ids.numel())
