@@ -119,7 +119,7 @@ def resize_token_embeddings(
         return type(self).resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
     if pad_to_multiple_of is not None:
         base = embedding.num_embeddings if new_num_tokens is None else new_num_tokens
-        new_num_tokens = math_ceil_to(base, pad_to_multiple_of)
+        new_num_tokens = _round_up_to_multiple(base, pad_to_multiple_of)
     if new_num_tokens is None or new_num_tokens == embedding.num_embeddings:
         return embedding
     head = self.get_output_embeddings()
@@ -150,7 +150,7 @@ def resize_token_embeddings(
     return embedding
 
 
-def math_ceil_to(n: int, multiple: int) -> int:
+def _round_up_to_multiple(n: int, multiple: int) -> int:
     if not isinstance(multiple, int) or multiple < 1:
         raise FactorEmbedError(f"pad_to_multiple_of={multiple!r} must be a positive integer")
     return -(-n // multiple) * multiple
