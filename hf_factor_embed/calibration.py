@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,8 +22,6 @@ if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; 
     from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
-
-CalibrationInput = CalibrationStats | torch.Tensor | str | Iterable[str]
 
 
 def tokenize_calibration(data, tokenizer, text_column: str = "text") -> torch.Tensor:

@@ -72,10 +72,7 @@ def _check_checkpoint(model, layers, checkpoint_files) -> None:
         _check_file_length(file, size)
     tied_targets = set(model.all_tied_weights_keys)
     for module_name, layer in ((n, m) for n, m in model.named_modules() if m in layers.values()):
-        persistent = [
-            (n, b) for n, b in layer.named_buffers(recurse=False) if n not in layer._non_persistent_buffers_set
-        ]
-        for param_name, param in [*layer.named_parameters(recurse=False), *persistent]:
+        for param_name, param in layer.named_parameters(recurse=False):
             key = f"{module_name}.{param_name}"
             if key in tied_targets:
                 continue

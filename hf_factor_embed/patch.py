@@ -86,7 +86,7 @@ def patch_model(
             raise FactorEmbedError(f"target={target!r} is a perplexity ratio to the dense model: a number >= 1")
         if calibration is None or isinstance(calibration, CalibrationStats):
             raise FactorEmbedError("target=... needs calibration text or token ids (a slice is held out to evaluate)")
-        if not hasattr(model, "get_output_embeddings") or adapter.get(model, OUTPUT) is None:
+        if adapter.get(model, OUTPUT) is None:
             raise FactorEmbedError("target=... measures perplexity, which needs a language-model head")
         rank = 1  # placeholder, replaced by the search below; it passes the range checks for every role
     ranks = _resolve_ranks(model, adapter, roles, rank, budget)

@@ -18,13 +18,6 @@ from .factorize import Factors
 logger = logging.getLogger(__name__)
 
 
-def dense_equivalent(weight: torch.Tensor, factors: Factors) -> torch.Tensor:
-    out = (factors.a @ factors.b).to(weight.dtype)
-    if factors.dense_index is not None:
-        out[factors.dense_index] = weight[factors.dense_index]
-    return out
-
-
 @torch.no_grad()
 def smallest_rank_within(
     model: nn.Module,
@@ -49,7 +42,7 @@ def smallest_rank_within(
         factors = factorize(rank)
         try:
             for role, f in factors.items():
-                modules[role].weight.data = dense_equivalent(originals[role], f)
+                modules[role].weight.data = f.dense(originals[role])
             ppl = perplexity(model, holdout_ids, window=window)
         finally:
             for role, m in modules.items():

@@ -40,6 +40,13 @@ class Factors:
     def rank(self) -> int:
         return self.a.shape[1]
 
+    def dense(self, weight: torch.Tensor) -> torch.Tensor:
+        """The V x d matrix these factors stand for: A @ B, with the band's rows taken exact from ``weight``."""
+        out = (self.a @ self.b).to(weight.dtype)
+        if self.dense_index is not None:
+            out[self.dense_index] = weight[self.dense_index]
+        return out
+
 
 class FactorizationMethod:
     """A way to pick factors. Subclasses set ``name`` and implement :meth:`factorize`."""
