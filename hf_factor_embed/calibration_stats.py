@@ -12,9 +12,20 @@ class CalibrationStats:
     """Args:
     token_counts: how often each token id occurs in the calibration text (V,).
     hidden_cov: second moment E[h h^T] of the final hidden states fed to the output head (d x d).
+    expected_probs: the model's own next-token distribution averaged over calibration positions (V,), summing
+        to 1. It spreads weight over every token the model finds plausible in such text, not only the ones
+        that happened to occur, so it ranks tokens more robustly than counts from a short text.
     num_tokens: how many tokens the statistics were gathered from.
     """
 
     token_counts: torch.Tensor | None = None
     hidden_cov: torch.Tensor | None = None
+    expected_probs: torch.Tensor | None = None
     num_tokens: int = 0
+
+    #: The statistics a method can ask for (``FactorizationMethod.uses``), in the order they are gathered.
+    KINDS = ("token_counts", "hidden_cov", "expected_probs")
+
+    def available(self) -> set[str]:
+        """Names of the statistics present."""
+        return {k for k in self.KINDS if getattr(self, k) is not None}

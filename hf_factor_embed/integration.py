@@ -1,4 +1,5 @@
-"""The transformers integration: a registered quantization config and ``HfQuantizer``.
+"""The transformers integration: a registered quantization config and ``HfQuantizer``, and the marks it leaves on a
+model (:func:`attach` / :func:`detach`).
 
 ``from_pretrained`` reads ``quantization_config`` from config.json, finds ``quant_method="hf_factor_embed"``
 registered here, and calls :meth:`FactorEmbedHfQuantizer._process_model_before_weight_loading` on the model
@@ -8,7 +9,9 @@ into them and tying is restored by transformers itself. Nothing is quantized; "q
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors import safe_open
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
@@ -17,8 +20,12 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from .adapters import get_adapter
 from .config import QUANT_METHOD, FactorEmbedConfig
 from .errors import CheckpointError
-from .model_methods import install_methods
+from .lazy import pretrained_model_class as _pretrained_model_class
+from .model_methods import OVERRIDDEN, install_methods
 from .structure import install_layers
+
+if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
+    from transformers import PreTrainedModel
 
 
 class FactorEmbedHfQuantizer(HfQuantizer):
@@ -51,6 +58,41 @@ class FactorEmbedHfQuantizer(HfQuantizer):
     @property
     def is_compileable(self) -> bool:
         return True
+
+
+def attach(model: PreTrainedModel, config: FactorEmbedConfig) -> None:
+    """Mark ``model`` as factorized the way transformers marks a quantized model after ``from_pretrained``."""
+    model.config.quantization_config = config
+    model.hf_quantizer = FactorEmbedHfQuantizer(config, pre_quantized=True)
+    model.is_quantized = True
+    model.quantization_method = QUANT_METHOD
+    install_methods(model)
+
+
+def detach(model: PreTrainedModel) -> None:
+    """Forget everything :func:`attach` set: the model is a plain dense model again."""
+    for name in ("hf_quantizer", "quantization_method", "factor_embed_report", *OVERRIDDEN):
+        model.__dict__.pop(name, None)
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for module in model.modules():
+        if isinstance(module, _pretrained_model_class()):
+            module.config.__dict__.pop("_is_quantized", None)
+
+
+def give_own_config(model: PreTrainedModel) -> None:
+    """Give ``model`` (and every sub-model reading it) a copy of its config before :func:`attach` writes to it.
+
+    ``Model.from_config(cfg)`` and ``Model(cfg)`` keep ``cfg`` itself; were it marked factorized in place, a second
+    model built from ``cfg`` would be refused as factorized and ``from_pretrained(..., config=cfg)`` would take
+    the factorized load path.
+    """
+    memo: dict[int, object] = {}
+    own = copy.deepcopy(model.config, memo)
+    for module in model.modules():
+        if isinstance(module, _pretrained_model_class()):
+            module.config = own if module.config is model.config else memo.get(id(module.config), module.config)
 
 
 def _check_checkpoint(model, layers, checkpoint_files) -> None:

@@ -17,44 +17,21 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .config import INPUT, OUTPUT, QUANT_METHOD, FactorEmbedConfig
+from .config import INPUT, OUTPUT
 from .errors import FactorEmbedError
 from .layers import FactorizedLayer
-from .lazy import pretrained_model_class as _pretrained_model_class
 
 if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
     from transformers import PreTrainedModel
 
 _WEIGHT_FILE_PREFIXES = ("model", "pytorch_model", "adapter_model")
-_OVERRIDDEN = ("save_pretrained", "resize_token_embeddings")
-
-
-def attach(model: PreTrainedModel, config: FactorEmbedConfig) -> None:
-    """Mark ``model`` as factorized the way transformers marks a quantized model after ``from_pretrained``."""
-    from .integration import FactorEmbedHfQuantizer
-
-    model.config.quantization_config = config
-    model.hf_quantizer = FactorEmbedHfQuantizer(config, pre_quantized=True)
-    model.is_quantized = True
-    model.quantization_method = QUANT_METHOD
-    install_methods(model)
+#: The methods :func:`install_methods` sets on a factorized model instance.
+OVERRIDDEN = ("save_pretrained", "resize_token_embeddings")
 
 
 def install_methods(model: PreTrainedModel) -> None:
     model.save_pretrained = types.MethodType(atomic_save_pretrained, model)
     model.resize_token_embeddings = types.MethodType(resize_token_embeddings, model)
-
-
-def detach(model: PreTrainedModel) -> None:
-    """Forget everything :func:`attach` set: the model is a plain dense model again."""
-    for name in ("hf_quantizer", "quantization_method", "factor_embed_report", *_OVERRIDDEN):
-        model.__dict__.pop(name, None)
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    for module in model.modules():
-        if isinstance(module, _pretrained_model_class()):
-            module.config.__dict__.pop("_is_quantized", None)
 
 
 def check_saveable(model: PreTrainedModel) -> None:

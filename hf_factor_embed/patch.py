@@ -6,19 +6,21 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from .adapters import EmbeddingAdapter, get_adapter
 from .calibration_stats import CalibrationStats
 from .config import INPUT, OUTPUT, QUANT_METHOD, FactorEmbedConfig
 from .errors import AlreadyPatchedError, FactorEmbedError, UnsupportedModelError
-from .factorize import FactorizationTask, Factors, get_method
+from .factorize import FactorizationMethod, FactorizationTask, Factors, get_method
 from .factorize.lowrank import estimate_bytes, relative_error
+from .integration import attach, detach, give_own_config
 from .layers import FactorizedLayer
 from .lazy import pretrained_model_class as _pretrained_model_class
-from .model_methods import attach, detach
 from .report import ModuleReport, PatchReport
 from .structure import DENSE_SKELETON, dense_shape, embed_scale_of, factorized_layers, install_layers, untie_keys
 
@@ -29,6 +31,18 @@ logger = logging.getLogger(__name__)
 
 #: Quantizers whose models hold plain dequantized float weights, which can be factorized like any other.
 _DEQUANTIZED_ON_LOAD = {"gguf"}
+
+
+@dataclass
+class _Plan:
+    """What ``patch_model`` works out before any factor is computed."""
+
+    adapter: EmbeddingAdapter
+    roles: list[str]
+    tied: bool
+    ranks: dict[str, int]
+    originals: dict[str, nn.Module]
+    method: str | None  # None until the calibration data is known
 
 
 def patch_model(
@@ -56,9 +70,14 @@ def patch_model(
             ``"output"``). Adapters name others, e.g. ``"position"`` and ``"token_type"`` for BERT.
         calibration: data for the data-aware methods: token ids (a tensor), text (a string, a list of strings or
             a ``datasets.Dataset`` with a ``text`` column, with ``tokenizer``), or ready
-            :class:`CalibrationStats`. With it the default method is ``"banded"`` (exact rows for the most
-            frequent tokens, a two-sided weighted factorization for the rest, at the size of a rank-``rank``
-            factorization); without it, plain ``"svd"``.
+            :class:`CalibrationStats`. With it the default method is ``"banded"`` (exact rows for the tokens
+            the calibration text and the model's own predictions rank highest, a two-sided weighted
+            factorization for the rest, at the size of a rank-``rank`` factorization); without it, plain
+            ``"svd"``. What to give: text like the text the model will serve, as varied as that text is.
+            About 16k tokens is enough for the ranking of frequent tokens; more kinds of text matter more than
+            more of one kind, because the hidden-state statistics the head is fitted to are specific to the
+            kind of text (benchmarks/RESULTS.md measures both). With a few thousand tokens the model's own
+            predictions still rank the band well; text unlike the served text costs far more than little text.
         tokenizer: the model's tokenizer, for calibration text.
         target: instead of ``rank`` or ``budget``, the largest acceptable ratio of perplexity to the dense
             model's (e.g. 1.10) on the last ``holdout_tokens`` tokens of the calibration text, which are then
@@ -68,95 +87,151 @@ def patch_model(
         verbose: print the report (it is logged at INFO level and kept as ``model.factor_embed_report`` anyway).
 
     Returns:
-        The same model object, patched. A tied head shares the embedding's factor Parameters.
+        The same model object, patched. A tied head shares the embedding's factor Parameters. The model gets
+        a config object of its own, so other models built from the same config stay dense.
     """
     started = time.perf_counter()
+    plan = _plan(model, rank, budget, target, roles, method)
+    stats, holdout = _calibrate(model, plan, calibration, tokenizer, target, holdout_tokens)
+    factorizer = _pick_method(plan, stats)
+    search_note = None
+    if target is not None:
+        search_note = _search_rank(model, plan, factorizer, stats, holdout, target)
+    _check_memory(plan)
+    factors = _factorize_all(plan, factorizer, stats, plan.ranks)
+    config = _config(plan, factors, rank if isinstance(rank, int) and target is None else None, budget)
+    report = _report(model, plan, factors, search_note)
+    _install(model, plan, config, factors)
+    report.model_params_after = model.num_parameters()
+    report.seconds = time.perf_counter() - started
+    model.factor_embed_report = report
+    logger.info("%s", report)
+    if verbose:
+        print(report)
+    return model
+
+
+def _plan(model, rank, budget, target, roles, method) -> _Plan:
+    """Check the model and the arguments; resolve roles, tying and ranks (a placeholder rank for ``target``)."""
     adapter = _check_model(model)
     roles = _pick_roles(model, adapter, roles)
-    tied = OUTPUT in roles and INPUT in roles and adapter.get(model, OUTPUT).weight is adapter.get(model, INPUT).weight
+    tied = OUTPUT in roles and INPUT in roles and _head_is_tied(model, adapter)
     if INPUT in roles and OUTPUT not in roles and _head_is_tied(model, adapter):
         raise FactorEmbedError(
             "the output head is tied to the input embedding; factorize both "
             "(roles=('input', 'output')) so they stay tied"
         )
     if target is not None:
-        if rank is not None or budget is not None:
-            raise FactorEmbedError("give exactly one of rank=..., budget=... or target=...")
-        if not (isinstance(target, (int, float)) and target >= 1.0):
-            raise FactorEmbedError(f"target={target!r} is a perplexity ratio to the dense model: a number >= 1")
-        if calibration is None or isinstance(calibration, CalibrationStats):
-            raise FactorEmbedError("target=... needs calibration text or token ids (a slice is held out to evaluate)")
-        if adapter.get(model, OUTPUT) is None:
-            raise FactorEmbedError("target=... measures perplexity, which needs a language-model head")
-        rank = 1  # placeholder, replaced by the search below; it passes the range checks for every role
+        _check_target(model, adapter, rank, budget, target)
+        rank = 1  # placeholder, replaced by the search; it passes the range checks for every role
     ranks = _resolve_ranks(model, adapter, roles, rank, budget)
     if method is not None:
         get_method(method)  # an unknown name fails before the (slow) calibration pass
-    holdout = None
-    if calibration is not None and not isinstance(calibration, CalibrationStats):
-        from .calibration import collect_stats, tokenize_calibration
-
-        token_ids = tokenize_calibration(calibration, tokenizer)
-        if target is not None:
-            if token_ids.numel() < 2 * holdout_tokens:
-                raise FactorEmbedError(
-                    f"target=... holds out {holdout_tokens} calibration tokens and needs as many again for the "
-                    f"statistics; got {token_ids.numel()} tokens: give more text or a smaller holdout_tokens"
-                )
-            token_ids, holdout = token_ids[:-holdout_tokens], token_ids[-holdout_tokens:]
-        wants_hidden = OUTPUT in roles and "hidden_cov" in get_method(method or _default_method(True)).uses
-        calibration = collect_stats(model, token_ids, hidden=wants_hidden)
-    method_name = method or _default_method("token_counts" in _available_stats(calibration))
-    factorizer = get_method(method_name)
-    missing = set(factorizer.needs) - _available_stats(calibration)
-    if missing:
-        raise FactorEmbedError(f"method {method_name!r} needs calibration statistics {sorted(missing)}")
-
-    params_before = model.num_parameters()
     originals = {role: adapter.get(model, role) for role in roles}
-    names = {id(m): n for n, m in model.named_modules()}
+    return _Plan(adapter, roles, tied, ranks, originals, method)
 
-    def factorize_all(rank_of: dict[str, int]) -> dict[str, Factors]:
-        out = {}
-        for role in roles:
-            if tied and role == OUTPUT:
-                continue  # served by the input's factors
-            task_roles = (INPUT, OUTPUT) if tied and role == INPUT else (role,)
-            task = FactorizationTask(originals[role].weight.detach(), rank_of[role], task_roles, calibration)
-            out[role] = factorizer.factorize(task)
-        return out
 
-    search_note = None
+def _check_target(model, adapter, rank, budget, target) -> None:
+    if rank is not None or budget is not None:
+        raise FactorEmbedError("give exactly one of rank=..., budget=... or target=...")
+    if isinstance(target, bool) or not (isinstance(target, (int, float)) and target >= 1.0):
+        raise FactorEmbedError(f"target={target!r} is a perplexity ratio to the dense model: a number >= 1")
+    if adapter.get(model, OUTPUT) is None:
+        raise FactorEmbedError("target=... measures perplexity, which needs a language-model head")
+
+
+def _calibrate(model, plan: _Plan, calibration, tokenizer, target, holdout_tokens):
+    """(statistics, held-out token ids): what the method will use, gathered in one streamed pass."""
+    if target is not None and (calibration is None or isinstance(calibration, CalibrationStats)):
+        raise FactorEmbedError("target=... needs calibration text or token ids (a slice is held out to evaluate)")
+    if calibration is None or isinstance(calibration, CalibrationStats):
+        return calibration, None
+    from .calibration import collect_stats, tokenize_calibration
+
+    token_ids = tokenize_calibration(calibration, tokenizer)
+    holdout = None
     if target is not None:
-        from .rank_search import smallest_rank_within
+        if token_ids.numel() < 2 * holdout_tokens:
+            raise FactorEmbedError(
+                f"target=... holds out {holdout_tokens} calibration tokens and needs as many again for the "
+                f"statistics; got {token_ids.numel()} tokens: give more text or a smaller holdout_tokens"
+            )
+        token_ids, holdout = token_ids[:-holdout_tokens], token_ids[-holdout_tokens:]
+    uses = set(get_method(plan.method or _default_method(True)).uses)
+    if OUTPUT not in plan.roles:
+        uses.discard("hidden_cov")  # the metric of the head's inputs serves the head only
+    return collect_stats(model, token_ids, statistics=uses | {"token_counts"}), holdout
 
-        max_rank = min(min(dense_shape(originals[r])) for r in roles)
-        swapped = {r: m for r, m in originals.items() if not (tied and r == OUTPUT)}
-        found, found_ppl, dense_ppl = smallest_rank_within(
-            model, swapped, lambda r: factorize_all(dict.fromkeys(roles, r)), holdout, target, max_rank
-        )
-        ranks = dict.fromkeys(roles, found)
-        search_note = (
-            f"rank {found} chosen for target {target}: held-out perplexity {found_ppl:.3f} vs dense {dense_ppl:.3f}"
-            + ("" if found_ppl <= target * dense_ppl else " (target not reached even at full rank)")
-        )
-    _check_memory(originals, ranks, tied)
-    factors = factorize_all(ranks)
 
-    modules_spec: dict[str, dict] = {}
-    report = PatchReport(method=method_name, model_params_before=params_before, note=search_note)
-    for role in roles:
-        module = originals[role]
+def _pick_method(plan: _Plan, stats: CalibrationStats | None) -> FactorizationMethod:
+    available = set() if stats is None else stats.available()
+    plan.method = plan.method or _default_method("token_counts" in available)
+    factorizer = get_method(plan.method)
+    missing = set(factorizer.needs) - available
+    if missing:
+        raise FactorEmbedError(f"method {plan.method!r} needs calibration statistics {sorted(missing)}")
+    return factorizer
+
+
+def _factorize_all(plan: _Plan, factorizer, stats, rank_of: dict[str, int]) -> dict[str, Factors]:
+    """Factors for every role that owns some (a tied head is served by the input's)."""
+    out = {}
+    for role in plan.roles:
+        if plan.tied and role == OUTPUT:
+            continue
+        task_roles = (INPUT, OUTPUT) if plan.tied and role == INPUT else (role,)
+        task = FactorizationTask(plan.originals[role].weight.detach(), rank_of[role], task_roles, stats)
+        out[role] = factorizer.factorize(task)
+    return out
+
+
+def _search_rank(model, plan: _Plan, factorizer, stats, holdout, target) -> str:
+    """Set ``plan.ranks`` to the smallest rank meeting ``target``; return the report's note on it."""
+    from .rank_search import smallest_rank_within
+
+    max_rank = min(min(dense_shape(plan.originals[r])) for r in plan.roles)
+    swapped = {r: m for r, m in plan.originals.items() if not (plan.tied and r == OUTPUT)}
+    found, found_ppl, dense_ppl = smallest_rank_within(
+        model,
+        swapped,
+        lambda r: _factorize_all(plan, factorizer, stats, dict.fromkeys(plan.roles, r)),
+        holdout,
+        target,
+        max_rank,
+    )
+    plan.ranks = dict.fromkeys(plan.roles, found)
+    return f"rank {found} chosen for target {target}: held-out perplexity {found_ppl:.3f} vs dense {dense_ppl:.3f}" + (
+        "" if found_ppl <= target * dense_ppl else " (target not reached even at full rank)"
+    )
+
+
+def _source_role(plan: _Plan, role: str) -> str:
+    """The role whose factors ``role`` uses: a tied head reads the input's."""
+    return INPUT if plan.tied and role == OUTPUT else role
+
+
+def _config(plan: _Plan, factors: dict[str, Factors], rank: int | None, budget: float | None) -> FactorEmbedConfig:
+    modules: dict[str, dict] = {}
+    for role in plan.roles:
+        module, f = plan.originals[role], factors[_source_role(plan, role)]
         v, d = dense_shape(module)
-        source = INPUT if tied and role == OUTPUT else role
-        f = factors[source]
-        k = 0 if f.dense_index is None else f.dense_index.numel()
-        modules_spec[role] = {"rank": f.rank, "num_embeddings": v, "embedding_dim": d}
-        if k:
-            modules_spec[role]["dense_rows"] = k
+        modules[role] = {"rank": f.rank, "num_embeddings": v, "embedding_dim": d}
+        if f.dense_index is not None:
+            modules[role]["dense_rows"] = f.dense_index.numel()
         scale = embed_scale_of(module) if role != OUTPUT else None
         if scale is not None:
-            modules_spec[role]["embed_scale"] = scale
+            modules[role]["embed_scale"] = scale
+    return FactorEmbedConfig(rank=rank, budget=budget, method=plan.method, modules=modules, tied=plan.tied)
+
+
+def _report(model, plan: _Plan, factors: dict[str, Factors], note: str | None) -> PatchReport:
+    names = {id(m): n for n, m in model.named_modules()}
+    report = PatchReport(method=plan.method, model_params_before=model.num_parameters(), note=note)
+    for role in plan.roles:
+        module, source = plan.originals[role], _source_role(plan, role)
+        f = factors[source]
+        v, d = dense_shape(module)
+        k = 0 if f.dense_index is None else f.dense_index.numel()
         shared = source != role
         report.modules.append(
             ModuleReport(
@@ -171,30 +246,20 @@ def patch_model(
                 relative_error=None if shared else relative_error(module.weight.detach(), f.a, f.b, f.dense_index),
             )
         )
+    return report
 
-    config = FactorEmbedConfig(
-        rank=rank if isinstance(rank, int) and target is None else None,
-        budget=budget,
-        method=method_name,
-        modules=modules_spec,
-        tied=tied,
-    )
+
+def _install(model, plan: _Plan, config: FactorEmbedConfig, factors: dict[str, Factors]) -> None:
+    """Swap the factorized layers in, fill them, and mark the model as factorized."""
     dense_rows = {
-        role: None if f.dense_index is None else originals[role].weight.detach()[f.dense_index]
+        role: None if f.dense_index is None else plan.originals[role].weight.detach()[f.dense_index]
         for role, f in factors.items()
     }
-    layers = install_layers(model, adapter, config)
+    give_own_config(model)
+    layers = install_layers(model, plan.adapter, config)
     for role, f in factors.items():
         layers[role].set_factors(f.a, f.b, f.dense_index, dense_rows[role])
     attach(model, config)
-
-    report.model_params_after = model.num_parameters()
-    report.seconds = time.perf_counter() - started
-    model.factor_embed_report = report
-    logger.info("%s", report)
-    if verbose:
-        print(report)
-    return model
 
 
 def densify(model: PreTrainedModel) -> PreTrainedModel:
@@ -322,17 +387,17 @@ def _resolve_ranks(
     return ranks
 
 
-def _check_memory(originals: dict, ranks: dict[str, int], tied: bool) -> None:
+def _check_memory(plan: _Plan) -> None:
     """Refuse up front, not after minutes of work, when the factors and the workspace will not fit in RAM."""
     import psutil
 
     held, workspace = 0, 0
-    for role, module in originals.items():
-        if tied and role == OUTPUT:
+    for role, module in plan.originals.items():
+        if plan.tied and role == OUTPUT:
             continue
         v, d = dense_shape(module)
-        held += 2 * 4 * ranks[role] * (v + d)  # float32 factors, then the layer's own copy of them
-        workspace = max(workspace, estimate_bytes(v, d, ranks[role]))  # one matrix is factorized at a time
+        held += 2 * 4 * plan.ranks[role] * (v + d)  # float32 factors, then the layer's own copy of them
+        workspace = max(workspace, estimate_bytes(v, d, plan.ranks[role]))  # one matrix is factorized at a time
     need = held + workspace
     available = psutil.virtual_memory().available
     if need > available:
@@ -345,9 +410,3 @@ def _check_memory(originals: dict, ranks: dict[str, int], tied: bool) -> None:
 def _default_method(calibrated: bool) -> str:
     """The best method by the quality benchmark (benchmarks/RESULTS.md) for the data at hand."""
     return "banded" if calibrated else "svd"
-
-
-def _available_stats(stats: CalibrationStats | None) -> set[str]:
-    if stats is None:
-        return set()
-    return {k for k in ("token_counts", "hidden_cov") if getattr(stats, k) is not None}

@@ -5,7 +5,13 @@ tokens for nearly all of its positions, and a rank-r basis cannot serve both the
 parameter count of a rank-r factorization, this method spends ``band_share`` of it on K exact rows (the K most
 frequent calibration tokens) and the rest on a rank r' < r factorization of the remaining rows, fitted with the
 two-sided weighting (frequency rows; hidden-state metric where the matrix serves the output side).
-Ties among equally frequent tokens (unseen ones, when K exceeds the calibration text's distinct tokens) go to
+Which tokens get the band: by default, those with the highest calibration frequency *plus* the model's own mean
+next-token probability over the calibration text (``expected_probs``, where the model has a head). Counts alone
+know only the tokens that happened to occur: a short text leaves most of a 49k vocabulary at zero, and another
+kind of text then meets its own frequent tokens outside the band. The model's predicted distribution also
+ranks the tokens it finds plausible in such text, and so it carries over better to text of another kind
+(benchmarks/RESULTS.md: at rank 128 on SmolLM2, perplexity on text unlike the calibration text drops by a third,
+and on text like it from 20.5 to 18.8). Remaining ties (when K exceeds the tokens either statistic ranks) go to
 lower ids. benchmarks/RESULTS.md has the evidence for the default share.
 """
 
@@ -35,16 +41,28 @@ def band_plan(v: int, d: int, rank: int, band_share: float) -> tuple[int, int]:
 class BandedMethod(FactorizationMethod):
     name = "banded"
     needs = frozenset({"token_counts"})
-    uses = frozenset({"token_counts", "hidden_cov"})
+    uses = frozenset({"token_counts", "hidden_cov", "expected_probs"})
 
-    def __init__(self, band_share: float = 0.3) -> None:
+    def __init__(self, band_share: float = 0.3, use_expected_probs: bool = True) -> None:
         self.band_share = band_share
+        self.use_expected_probs = use_expected_probs
 
     def factorize(self, task: FactorizationTask) -> Factors:
         v, d = task.weight.shape
         k, inner = band_plan(v, d, task.rank, self.band_share)
         weights = row_weights(task)
-        top = torch.argsort(task.stats.token_counts, descending=True, stable=True)[:k]
+        top = torch.argsort(self.band_scores(task), descending=True, stable=True)[:k]
         weights[top] = 0.0  # exact rows need nothing from the basis
         a, b = weighted_lowrank(task.weight, inner, row_weights=weights, col_cov=normalized_cov(task))
         return Factors(a, b, dense_index=top.sort().values if k else None)
+
+    def band_scores(self, task: FactorizationTask) -> torch.Tensor:
+        """How much each token deserves an exact row: its calibration frequency plus its expected probability."""
+        counts = task.stats.token_counts.double()
+        scores = counts / counts.sum().clamp_min(1)
+        probs = task.stats.expected_probs
+        if self.use_expected_probs and probs is not None:
+            if probs.shape != counts.shape:
+                raise ValueError(f"expected_probs covers {probs.shape[0]} tokens but the counts {counts.shape[0]}")
+            scores = scores + probs.double()
+        return scores
