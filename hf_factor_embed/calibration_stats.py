@@ -29,3 +29,25 @@ class CalibrationStats:
     def available(self) -> set[str]:
         """Names of the statistics present."""
         return {k for k in self.KINDS if getattr(self, k) is not None}
+
+    @classmethod
+    def combine(cls, *parts: CalibrationStats) -> CalibrationStats:
+        """The statistics of the concatenated texts: counts add up, means are weighted by tokens.
+
+        A statistic missing from any part is missing from the result. Use it to calibrate on several sources
+        gathered one at a time.
+        """
+        if not parts:
+            raise ValueError("combine() needs at least one CalibrationStats")
+        total = sum(p.num_tokens for p in parts)
+        out = cls(num_tokens=total)
+        for kind in cls.KINDS:
+            values = [getattr(p, kind) for p in parts]
+            if any(v is None for v in values):
+                continue
+            if kind == "token_counts":
+                setattr(out, kind, torch.stack([v.double() for v in values]).sum(0))
+            else:
+                weights = [p.num_tokens / max(total, 1) for p in parts]
+                setattr(out, kind, sum(w * v.double() for w, v in zip(weights, values, strict=True)))
+        return out

@@ -197,3 +197,40 @@ def test_import_is_light():
     code = "import sys, hf_factor_embed; print('transformers.modeling_utils' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("calibration", [torch.tensor([], dtype=torch.long), "", []])
+def test_empty_calibration_is_a_clear_error(calibration):
+    model = tiny_llama()
+    with pytest.raises(FactorEmbedError, match="no (tokens|text)"):
+        hfe.patch_model(model, rank=8, calibration=calibration, tokenizer=lambda t, **_: {"input_ids": []})
+    assert not any(isinstance(m, hfe.FactorizedLayer) for m in model.modules())
+
+
+def test_models_built_from_one_config_object_stay_independent(tmp_path):
+    """patch_model marks its own model factorized, never the config object other models were built from."""
+    from transformers import LlamaForCausalLM
+
+    cfg = tiny_llama().config
+    first = LlamaForCausalLM(cfg)
+    hfe.patch_model(first, rank=8)
+    assert not hasattr(cfg, "quantization_config")
+    assert first.config.quantization_config.quant_method == "hf_factor_embed"
+    assert first.model.config is first.config  # the base model reads the same (new) config
+    second = LlamaForCausalLM(cfg)
+    hfe.patch_model(second, rank=4)  # not refused as "factorized already"
+    tiny_llama().save_pretrained(tmp_path)
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path, config=cfg)
+    assert not any(isinstance(m, hfe.FactorizedLayer) for m in dense.modules())
+
+
+def test_imports_point_one_way():
+    """integration reads model_methods; model_methods never imports integration (no cycle)."""
+    import ast
+    import inspect
+
+    from hf_factor_embed import model_methods
+
+    tree = ast.parse(inspect.getsource(model_methods))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "integration" not in imported and not any(str(m).endswith(".integration") for m in imported)
