@@ -25,15 +25,13 @@ import sys
 from pathlib import Path
 
 import torch
-from quality import RESULTS, load_smollm2
+from quality import load_smollm2, write_results_md
 from torch import nn
 
 from hf_factor_embed.calibration import collect_stats
 from hf_factor_embed.calibration_stats import CalibrationStats
 from hf_factor_embed.data import TEXT_SOURCES, source_text
 from hf_factor_embed.factorize import FactorizationTask, get_method
-
-BEGIN, END = "<!-- breakdown:begin -->", "<!-- breakdown:end -->"
 
 
 @torch.no_grad()
@@ -120,7 +118,7 @@ def main() -> None:
         print(json.dumps(entry, indent=1), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    write_results(render(result, args.ranks))
+    write_results_md(render(result, args.ranks), "breakdown")
 
 
 def render(result: dict, ranks) -> str:
@@ -151,14 +149,6 @@ def render(result: dict, ranks) -> str:
             ]
             lines.append(f"| {rank} | {name} | {' | '.join(cells)} |")
     return "\n".join(lines)
-
-
-def write_results(text: str) -> None:
-    old = RESULTS.read_text()
-    if BEGIN not in old:
-        old = f"{old.rstrip()}\n\n## Where the loss comes from\n\n{BEGIN}\n{END}\n"
-    before, rest = old.split(BEGIN, 1)
-    RESULTS.write_text(f"{before}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ from hf_factor_embed.factorize import FactorizationTask, get_method
 from hf_factor_embed.factorize.banded import BandedMethod
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+METHODS = ["svd", "banded-counts", "banded"]
 RESULTS = Path(__file__).parent / "RESULTS.md"
-BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 
 def package_dir(name: str) -> Path:
@@ -80,9 +80,9 @@ def load_smollm2():
     return model, AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF)
 
 
-def smollm2_rows(ranks, eval_tokens, calib_tokens) -> list[dict]:
+def smollm2_rows(ranks, eval_tokens, calib_tokens, sources, method_names) -> list[dict]:
     model, tok = load_smollm2()
-    ids = {name: tok(source_text(name), return_tensors="pt").input_ids[0] for name in TEXT_SOURCES}
+    ids = {name: tok(source_text(name), return_tensors="pt").input_ids[0] for name in sources}
     evals = {name: t[:eval_tokens] for name, t in ids.items()}
     half = calib_tokens // 2
     halves = {}  # (source, 0|1) -> stats of that half of its calibration text
@@ -93,9 +93,9 @@ def smollm2_rows(ranks, eval_tokens, calib_tokens) -> list[dict]:
             sys.exit(f"{name} has only {t.numel()} tokens; lower --eval-tokens / --calibration-tokens")
         for i in (0, 1):
             halves[name, i] = collect_stats(model, calib[i * half : (i + 1) * half], progress=False)
-    calib_seconds = (time.perf_counter() - t0) / len(TEXT_SOURCES)
-    calibrations = {name: hfe.CalibrationStats.combine(halves[name, 0], halves[name, 1]) for name in TEXT_SOURCES}
-    for a, b in combinations(TEXT_SOURCES, 2):
+    calib_seconds = (time.perf_counter() - t0) / len(sources)
+    calibrations = {name: hfe.CalibrationStats.combine(halves[name, 0], halves[name, 1]) for name in sources}
+    for a, b in combinations(sources, 2):
         calibrations[f"{a}+{b}"] = hfe.CalibrationStats.combine(halves[a, 0], halves[b, 0])
 
     embedding = model.get_input_embeddings()
@@ -126,9 +126,11 @@ def smollm2_rows(ranks, eval_tokens, calib_tokens) -> list[dict]:
         deq, share = fake_quantize(w, bits, group)
         add(label, None, share, None, score(deq))
     methods = {"banded": get_method("banded"), "banded-counts": BandedMethod(use_expected_probs=False)}
+    methods = {label: m for label, m in methods.items() if label in method_names}
     for rank in ranks:
         kept = rank * (v + d) / (v * d)
-        add("svd", rank, kept, None, score(dense_matrix(w, get_method("svd"), None, rank)))
+        if "svd" in method_names:
+            add("svd", rank, kept, None, score(dense_matrix(w, get_method("svd"), None, rank)))
         for calibration, stats in calibrations.items():
             for label, method in methods.items():
                 if "+" in calibration and label != "banded":
@@ -199,7 +201,7 @@ def table(rows: list[dict], model: str, key: str, fmt: str, ratio: bool) -> str:
     then the mean over same-kind and over other-kind sources, as ratios to dense where ``ratio``."""
     rows = [r for r in rows if r["model"] == model]
     dense = {r["eval"]: r[key] for r in rows if r["method"] == "dense"}
-    sources = list(TEXT_SOURCES)
+    sources = list(dict.fromkeys(r["eval"] for r in rows))
     head = f"| method | rank | calibrated on | {' | '.join(sources)} | same kind | other kinds |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     groups: dict[tuple, dict[str, float]] = {}
@@ -245,13 +247,14 @@ def render(command: str, rows: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
-def write_results_md(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in old:
-        old = f"{old.rstrip()}\n\n## Quality across kinds of text\n\n{BEGIN}\n{END}\n"
-    before, rest = old.split(BEGIN, 1)
-    after = rest.split(END, 1)[1]
-    RESULTS.write_text(f"{before}{BEGIN}\n{text}\n{END}{after}")
+def write_results_md(text: str, section: str) -> None:
+    """Replace the text between this section's markers in RESULTS.md (a new section at the end if absent)."""
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    old = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
+    if begin not in old:
+        old = f"{old.rstrip()}\n\n## {section}\n\n{begin}\n{end}\n"
+    before, rest = old.split(begin, 1)
+    RESULTS.write_text(f"{before}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
 
 
 def main() -> None:
@@ -260,17 +263,24 @@ def main() -> None:
     parser.add_argument("--calibration-tokens", type=int, default=16384)
     parser.add_argument("--ranks", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--minilm-ranks", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--sources", nargs="+", default=list(TEXT_SOURCES), choices=list(TEXT_SOURCES))
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="SmolLM2 methods")
     parser.add_argument("--skip-smollm2", action="store_true")
+    parser.add_argument("--skip-minilm", action="store_true")
+    parser.add_argument("--section", default="quality", help="the RESULTS.md section (markers) to write")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quality.json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    rows = [] if args.skip_smollm2 else smollm2_rows(args.ranks, args.eval_tokens, args.calibration_tokens)
-    rows += minilm_rows(args.minilm_ranks)
+    rows = []
+    if not args.skip_smollm2:
+        rows += smollm2_rows(args.ranks, args.eval_tokens, args.calibration_tokens, args.sources, args.methods)
+    if not args.skip_minilm:
+        rows += minilm_rows(args.minilm_ranks)
     command = " ".join(["python", *sys.argv])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": command, "rows": rows}, indent=2))
     text = render(command, rows)
-    write_results_md(text)
+    write_results_md(text, args.section)
     print(text)
 
 
