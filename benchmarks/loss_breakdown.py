@@ -102,14 +102,16 @@ def main() -> None:
     w = model.get_input_embeddings().weight.detach().clone()
     dense_nll = {name: token_nll(model, e)[0] for name, e in evals.items()}
     method = get_method("banded")
+    own_metric = {  # the head's metric from each evaluation text's own source (oracle), all else unchanged
+        name: collect_stats(model, calib[name], statistics=["hidden_cov"], progress=False).hidden_cov for name in evals
+    }
     result = {"command": " ".join(["python", *sys.argv]), "calibrated_on": args.calibrate_on}
     result["dense"] = {name: math.exp(float(n.mean())) for name, n in dense_nll.items()}
     for rank in args.ranks:
         factors = method.factorize(FactorizationTask(w, rank, ("input", "output"), stats))
         entry = breakdown(model, w, factors, evals, dense_nll)
-        for name in evals:  # the head's metric from the evaluation text itself (oracle), all else unchanged
-            own = collect_stats(model, calib[name], statistics=["hidden_cov"], progress=False).hidden_cov
-            oracle = CalibrationStats(stats.token_counts, own, stats.expected_probs, stats.num_tokens)
+        for name in evals:
+            oracle = CalibrationStats(stats.token_counts, own_metric[name], stats.expected_probs, stats.num_tokens)
             matrix = method.factorize(FactorizationTask(w, rank, ("input", "output"), oracle)).dense(w)
             set_matrices(model, matrix, matrix)
             entry[name]["both, oracle metric"] = math.exp(float(token_nll(model, evals[name])[0].mean()))
