@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -84,9 +84,8 @@ def collect_stats(
     prob_sum = torch.zeros(vocab, dtype=torch.float64) if "expected_probs" in wanted else None
     seen = sampled = 0
 
-    def accumulate(_module, args):
+    def accumulate(h: torch.Tensor) -> None:
         nonlocal seen, sampled
-        h = args[0].reshape(-1, d).float()
         seen += h.shape[0]
         if second_moment is not None:
             second_moment.add_((h.T @ h).double().cpu())
@@ -96,27 +95,9 @@ def collect_stats(
                 prob_sum.add_(torch.softmax(logits, dim=-1).sum(0).double().cpu())
                 sampled += rows.shape[0]
 
-    n_windows = max(1, ids.numel() // window)
-    windows = ids[: n_windows * window].view(n_windows, -1) if ids.numel() >= window else ids.view(1, -1)
-    device = next(model.parameters()).device
-    reads_base_output = type(model).__name__.endswith("ForCausalLM") and hasattr(model, "base_model")
-    was_training = model.training
-    model.eval()
     started = time.perf_counter()
-    handle = head.register_forward_pre_hook(accumulate)
-    bar = tqdm(total=windows.shape[0] * windows.shape[1], desc="calibration", unit="tok", disable=not progress)
-    try:
-        for i in range(0, windows.shape[0], batch_size):
-            batch = windows[i : i + batch_size].to(device)
-            if reads_base_output and model.base_model is not model:
-                accumulate(head, (model.base_model(input_ids=batch).last_hidden_state,))
-            else:
-                model(input_ids=batch)
-            bar.update(batch.numel())
-    finally:
-        bar.close()
-        handle.remove()
-        model.train(was_training)
+    for h in iter_head_inputs(model, ids, window=window, batch_size=batch_size, progress=progress):
+        accumulate(h.reshape(-1, d).float())
     logger.info("calibration: %d tokens in %.1f s", ids.numel(), time.perf_counter() - started)
     return CalibrationStats(
         token_counts=counts,
@@ -128,3 +109,44 @@ def collect_stats(
 
 def _float_or_none(bias: torch.Tensor | None) -> torch.Tensor | None:
     return None if bias is None else bias.float()
+
+
+@torch.no_grad()
+def iter_head_inputs(
+    model: PreTrainedModel,
+    token_ids: torch.Tensor,
+    *,
+    window: int = 512,
+    batch_size: int = 4,
+    progress: bool = True,
+    desc: str = "calibration",
+) -> Iterator[torch.Tensor]:
+    """The hidden states that reach the output head, one batch of ``window``-token windows at a time.
+
+    For causal LMs whose head reads the base model's output directly only the base model runs; otherwise the
+    whole model runs with the head hooked.
+    """
+    head = get_adapter(model).get(model, OUTPUT)
+    ids = token_ids.reshape(-1)
+    n_windows = max(1, ids.numel() // window)
+    windows = ids[: n_windows * window].view(n_windows, -1) if ids.numel() >= window else ids.view(1, -1)
+    device = next(model.parameters()).device
+    reads_base_output = type(model).__name__.endswith("ForCausalLM") and hasattr(model, "base_model")
+    caught: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda _module, args: caught.append(args[0]))
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=windows.shape[0] * windows.shape[1], desc=desc, unit="tok", disable=not progress)
+    try:
+        for i in range(0, windows.shape[0], batch_size):
+            batch = windows[i : i + batch_size].to(device)
+            if reads_base_output and model.base_model is not model:
+                yield model.base_model(input_ids=batch).last_hidden_state
+            else:
+                model(input_ids=batch)
+                yield caught.pop()
+            bar.update(batch.numel())
+    finally:
+        bar.close()
+        handle.remove()
+        model.train(was_training)

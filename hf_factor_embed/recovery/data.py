@@ -1,0 +1,75 @@
+"""Training text through ``datasets``: load files or a Hub dataset, tokenize, pack into fixed-length blocks.
+
+Blocks are consecutive, non-overlapping slices of one token stream, so splitting the block list splits the text:
+the evaluation blocks are always the *last* ones and never overlap the training blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import FactorEmbedError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+
+def load_text(
+    files: Sequence[str | Path] | None = None,
+    dataset: str | None = None,
+    *,
+    split: str = "train",
+    text_column: str = "text",
+) -> Dataset:
+    """Text files (one example per file: documents stay whole) or a ``datasets`` name, as a Dataset with a
+    ``text`` column."""
+    from datasets import load_dataset
+
+    if (files is None) == (dataset is None):
+        raise FactorEmbedError("give text files or a dataset name (exactly one of them)")
+    if files is not None:
+        missing = [str(f) for f in files if not Path(f).is_file()]
+        if missing:
+            raise FactorEmbedError(f"text file not found: {missing[0]}; pass existing plain-text files")
+        data = load_dataset("text", data_files=[str(f) for f in files], sample_by="document", split="train")
+    else:
+        data = load_dataset(dataset, split=split)
+    if text_column not in data.column_names:
+        raise FactorEmbedError(f"the dataset has no {text_column!r} column; it has {data.column_names}")
+    return data.select_columns([text_column]).rename_column(text_column, "text") if text_column != "text" else data
+
+
+def pack_blocks(texts: Dataset, tokenizer, block_size: int = 512) -> Dataset:
+    """Tokenize every text, join them into one stream (EOS between texts where the tokenizer has one) and cut it
+    into ``block_size``-token blocks (a trailing partial block is dropped): a Dataset with ``input_ids``."""
+    if block_size < 2:
+        raise FactorEmbedError(f"block_size={block_size} is too small; use at least 2 tokens (e.g. 512)")
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def tokenize_and_pack(batch: dict) -> dict:
+        stream: list[int] = []
+        for text in batch["text"]:
+            if text:
+                stream += tokenizer(text, add_special_tokens=False)["input_ids"] + eos
+        n = len(stream) // block_size
+        return {"input_ids": [stream[i * block_size : (i + 1) * block_size] for i in range(n)]}
+
+    # One batch for the whole dataset would hold everything in memory; 1000 texts at a time lose at most one
+    # partial block per thousand texts.
+    blocks = texts.map(tokenize_and_pack, batched=True, batch_size=1000, remove_columns=texts.column_names)
+    if len(blocks) == 0:
+        raise FactorEmbedError(f"the text holds fewer than {block_size} tokens; give more text or a smaller block")
+    return blocks.with_format("torch")
+
+
+def split_blocks(blocks: Dataset, eval_blocks: int) -> tuple[Dataset, Dataset]:
+    """(training blocks, evaluation blocks): the last ``eval_blocks`` blocks evaluate, the rest train."""
+    if not 0 < eval_blocks < len(blocks):
+        raise FactorEmbedError(
+            f"cannot hold back {eval_blocks} of {len(blocks)} blocks for evaluation; give more text or fewer "
+            "evaluation blocks"
+        )
+    n = len(blocks)
+    return blocks.select(range(n - eval_blocks)), blocks.select(range(n - eval_blocks, n))

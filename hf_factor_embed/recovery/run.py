@@ -1,0 +1,89 @@
+"""``recover``: a saved factorized student, its dense teacher and some text in; a recovered checkpoint out.
+
+The command line's ``recover`` and the recipes call this; it only loads, chooses and saves, the work is in
+:mod:`.cheap` and :mod:`.distill`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..errors import FactorEmbedError
+from .cheap import CheapRefitConfig, cheap_refit, collect_teacher_signals
+from .data import load_text, pack_blocks, split_blocks
+from .distill import DistillConfig, distill
+
+logger = logging.getLogger(__name__)
+
+MODES = ("cheap", "distill")
+SUMMARY_FILE = "recovery.json"
+
+
+def load_pair(student_dir: str | Path, teacher: str, gguf_file: str | None = None):
+    """(student, teacher, tokenizer) in fp32; the tokenizer is the teacher's (the student keeps its vocabulary)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..structure import factorized_layers
+
+    if not Path(student_dir, "config.json").is_file():
+        raise FactorEmbedError(
+            f"{student_dir} is not a saved model folder (no config.json); give a factorized checkpoint"
+        )
+    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    if not factorized_layers(student):
+        raise FactorEmbedError(f"{student_dir} is not factorized; compress it first (hf_factor_embed.patch_model)")
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    dense = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32, **kwargs)
+    if factorized_layers(dense):
+        raise FactorEmbedError(f"the teacher {teacher} is factorized; give the dense model the student came from")
+    tokenizer = AutoTokenizer.from_pretrained(teacher, **kwargs)
+    return student, dense, tokenizer
+
+
+def recover(
+    student_dir: str | Path,
+    teacher: str,
+    out: str | Path,
+    *,
+    mode: str = "cheap",
+    text_files: Sequence[str | Path] | None = None,
+    dataset: str | None = None,
+    gguf_file: str | None = None,
+    max_minutes: float | None = None,
+    max_tokens: int | None = None,
+    block_size: int = 256,
+    overwrite: bool = False,
+    distill_config: dict | None = None,
+) -> dict:
+    """Recover ``student_dir`` towards ``teacher`` on the given text; write the result to ``out``."""
+    if mode not in MODES:
+        raise FactorEmbedError(f"mode={mode!r} is not one of {MODES}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FactorEmbedError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    student, dense, tokenizer = load_pair(student_dir, teacher, gguf_file)
+    blocks = pack_blocks(load_text(text_files, dataset), tokenizer, block_size)
+    if max_tokens is not None:
+        blocks = blocks.select(range(min(len(blocks), max(2, max_tokens // block_size))))
+    train, held_back = split_blocks(blocks, max(1, len(blocks) // 10))
+    if mode == "cheap":
+        ids = train[:]["input_ids"].reshape(-1)
+        signals = collect_teacher_signals(dense, ids, window=block_size)
+        del dense  # the teacher's signals and dense matrices are kept; the network is not needed any more
+        summary = cheap_refit(student, signals, CheapRefitConfig(max_minutes=max_minutes))
+        out.mkdir(parents=True, exist_ok=True)
+        student.save_pretrained(out)
+    else:
+        config = DistillConfig(output_dir=str(out), max_minutes=max_minutes, **(distill_config or {}))
+        summary = distill(student, train, held_back, config, teacher=dense)
+        summary["config"] = asdict(config)
+    summary.update(mode=mode, teacher=teacher, student=str(student_dir), train_blocks=len(train), block_size=block_size)
+    tokenizer.save_pretrained(out)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
+    return summary

@@ -1,0 +1,59 @@
+"""What trains during recovery: the factors only, the factors and LoRA adapters (through PEFT), or everything."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import FactorEmbedError
+from ..layers import FactorizedLayer
+from ..structure import factorized_layers
+
+TRAIN_MODES = ("factors", "lora", "all")
+#: The tensors of a factorized layer that train (``dense_index`` is an integer map, never trained).
+FACTOR_TENSORS = ("weight", "basis", "dense_rows")
+
+
+def factor_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every trainable factor Parameter once (a tied head shares its embedding's objects)."""
+    seen: dict[int, nn.Parameter] = {}
+    for layer in factorized_layers(model).values():
+        for name in FACTOR_TENSORS:
+            param = getattr(layer, name, None)
+            if param is not None:
+                seen.setdefault(id(param), param)
+    return list(seen.values())
+
+
+def prepare_student(model: nn.Module, train: str = "factors", *, lora_rank: int = 16, lora_alpha: int = 32):
+    """Set ``requires_grad`` for recovery and return the model to train (a ``PeftModel`` for ``"lora"``).
+
+    ``"lora"`` wraps every linear layer of the transformer blocks in LoRA adapters (PEFT's ``all-linear``; the
+    factorized head is not an ``nn.Linear`` and stays out) and trains the factors beside them; merge with
+    :func:`finish_student` before saving.
+    """
+    if train not in TRAIN_MODES:
+        raise FactorEmbedError(f"train={train!r} is not one of {TRAIN_MODES}")
+    if not any(isinstance(m, FactorizedLayer) for m in model.modules()):
+        raise FactorEmbedError("the student has no factorized layers; patch it first (hf_factor_embed.patch_model)")
+    if train == "all":
+        model.requires_grad_(True)
+        for layer in factorized_layers(model).values():
+            if layer.dense_index is not None:
+                layer.dense_index.requires_grad_(False)
+        return model
+    if train == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules="all-linear"))
+    else:
+        model.requires_grad_(False)
+    for param in factor_parameters(model):
+        param.requires_grad_(True)
+    return model
+
+
+def finish_student(model: nn.Module) -> nn.Module:
+    """The plain transformers model to save: LoRA adapters merged into their layers (the factors stay factors)."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model
