@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import QUANT_METHOD
 from ..errors import FactorEmbedError
 from .cheap import CheapRefitConfig, cheap_refit, collect_teacher_signals
 from .data import load_text, pack_blocks, split_blocks
@@ -31,19 +32,26 @@ def load_pair(student_dir: str | Path, teacher: str, gguf_file: str | None = Non
 
     from ..structure import factorized_layers
 
-    if not Path(student_dir, "config.json").is_file():
-        raise FactorEmbedError(
-            f"{student_dir} is not a saved model folder (no config.json); give a factorized checkpoint"
-        )
-    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
-    if not factorized_layers(student):
+    if not _is_factorized_checkpoint(student_dir):
         raise FactorEmbedError(f"{student_dir} is not factorized; compress it first (hf_factor_embed.patch_model)")
+    if Path(teacher).is_dir() and _is_factorized_checkpoint(teacher):
+        raise FactorEmbedError(f"the teacher {teacher} is factorized; give the dense model the student came from")
+    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     dense = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32, **kwargs)
     if factorized_layers(dense):
         raise FactorEmbedError(f"the teacher {teacher} is factorized; give the dense model the student came from")
     tokenizer = AutoTokenizer.from_pretrained(teacher, **kwargs)
     return student, dense, tokenizer
+
+
+def _is_factorized_checkpoint(folder: str | Path) -> bool:
+    """Read from config.json alone, before any weight loads (a wrong folder fails fast and quietly)."""
+    config = Path(folder, "config.json")
+    if not config.is_file():
+        raise FactorEmbedError(f"{folder} is not a saved model folder (no config.json); give a checkpoint folder")
+    quantization = json.loads(config.read_text()).get("quantization_config") or {}
+    return quantization.get("quant_method") == QUANT_METHOD
 
 
 def recover(

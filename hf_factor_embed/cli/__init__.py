@@ -1,0 +1,59 @@
+"""The ``hf-factor-embed`` command line (typer). Each subcommand lives in its own module, parses its arguments
+and calls the public API; a user's mistake ends as one line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
+from ..errors import FactorEmbedError
+
+app = typer.Typer(
+    name="hf-factor-embed",
+    help="Factorize the token embeddings and output heads of Hugging Face models, and recover their quality.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Factorize the token embeddings and output heads of Hugging Face models, and recover their quality."""
+
+
+def _register_commands() -> None:
+    from . import recover  # noqa: F401  (registers its command on ``app``)
+
+
+#: What a user's mistake raises inside the API: shown as one line, exit status 2.
+USER_ERRORS = (FactorEmbedError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    _register_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except USER_ERRORS as error:
+        return _fail(str(error))
+    except OSError as error:  # e.g. transformers cannot find a model folder or a Hub name
+        return _fail(str(error).splitlines()[0])
+    except ClickException as error:  # a bad option or argument, found while parsing; no arguments: the help
+        return _fail(error.format_message()) if error.format_message() else 2
+    except typer.Abort:
+        return _fail("aborted", 1)
+    except typer.Exit as done:
+        return done.exit_code
+    return 0
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"hf-factor-embed: error: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,176 @@
+"""``hf-factor-embed recover`` end to end on SmolLM2, the recipes on real models, and its user errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_llama
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+import hf_factor_embed as hfe
+from hf_factor_embed.cli import main
+from hf_factor_embed.structure import factorized_layers
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def smollm2_student(smollm2_dir, tmp_path_factory, real_text) -> tuple[Path, Path]:
+    """A banded r=64 SmolLM2 saved to disk, and a training text file (Python's reference, pydoc_data)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    dense = AutoModelForCausalLM.from_pretrained(smollm2_dir)
+    ids = tok(real_text[:12000], return_tensors="pt").input_ids[0]
+    out = tmp_path_factory.mktemp("student")
+    hfe.patch_model(dense, rank=64, calibration=ids[:1024]).save_pretrained(out / "model")
+    text = out / "train.txt"
+    text.write_text(real_text[20000:40000])
+    return out / "model", text
+
+
+def assert_factorized_tied(path: Path):
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert len(factorized_layers(model)) == 2
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    return model
+
+
+@pytest.mark.real_model
+def test_recover_cheap_on_smollm2_lowers_the_head_loss_and_reloads(smollm2_student, smollm2_dir, tmp_path, capsys):
+    student, text = smollm2_student
+    code, err = run_cli(
+        capsys,
+        "recover",
+        str(student),
+        "--teacher",
+        str(smollm2_dir),
+        "--text",
+        str(text),
+        "--mode",
+        "cheap",
+        "--max-minutes",
+        "0.1",
+        "--max-tokens",
+        "2048",
+        "--out",
+        str(tmp_path / "cheap"),
+    )
+    assert code == 0, err
+    summary = json.loads((tmp_path / "cheap" / "recovery.json").read_text())
+    assert summary["after"]["head_kl"] < summary["before"]["head_kl"]
+    assert summary["after"]["input_rel_err"] <= summary["before"]["input_rel_err"] * 1.01
+    assert_factorized_tied(tmp_path / "cheap")
+
+
+@pytest.mark.real_model
+def test_recover_distill_on_smollm2_trains_and_reloads(smollm2_student, smollm2_dir, tmp_path, capsys):
+    student, text = smollm2_student
+    out = tmp_path / "distill"
+    code, err = run_cli(
+        capsys,
+        "recover",
+        str(student),
+        "--teacher",
+        str(smollm2_dir),
+        "--text",
+        str(text),
+        "--mode",
+        "distill",
+        "--max-steps",
+        "2",
+        "--max-tokens",
+        "4096",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    summary = json.loads((out / "recovery.json").read_text())
+    assert summary["steps"] == 2 and summary["evaluations"][-1]["eval_perplexity"] > 1
+    model = assert_factorized_tied(out)
+    before = AutoModelForCausalLM.from_pretrained(student)
+    assert not torch.equal(model.model.embed_tokens.basis, before.model.embed_tokens.basis)
+
+
+@pytest.mark.real_model
+def test_classifier_recipe_on_minilm_reports_three_accuracies(minilm_dir, tmp_path):
+    out = tmp_path / "cls"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "recipes" / "finetune_classifier.py"),
+            "--model",
+            str(minilm_dir),
+            "--local-sources",
+            "--rank",
+            "32",
+            "--max-steps",
+            "3",
+            "--max-length",
+            "32",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    accuracy = json.loads((out / "results.json").read_text())["accuracy"]
+    assert set(accuracy) == {"dense", "factorized", "factorized + fine-tuned"}
+    assert all(0 <= a <= 1 for a in accuracy.values())
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert factorized_layers(model)
+
+
+# --- user errors: one line, exit 2 ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_dirs(tmp_path) -> tuple[Path, Path]:
+    teacher = tiny_llama()
+    teacher.save_pretrained(tmp_path / "teacher")
+    hfe.patch_model(copy.deepcopy(teacher), rank=8).save_pretrained(tmp_path / "student")
+    (tmp_path / "t.txt").write_text("some text")
+    return tmp_path / "student", tmp_path / "teacher"
+
+
+def test_recover_user_errors_are_one_line_and_exit_2(tiny_dirs, tmp_path, capsys):
+    student, teacher = tiny_dirs
+    text = str(tmp_path / "t.txt")
+    common = ["--teacher", str(teacher), "--text", text, "--out", str(tmp_path / "o")]
+    cases = {
+        "not one of": ["recover", str(student), *common, "--mode", "fast"],
+        "not factorized": ["recover", str(teacher), *common],
+        "no config.json": ["recover", str(tmp_path / "nowhere"), *common],
+        "is factorized": [
+            "recover",
+            str(student),
+            "--teacher",
+            str(student),
+            "--text",
+            text,
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        "one of them": ["recover", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "o")],
+    }
+    for message, argv in cases.items():
+        code, err = run_cli(capsys, *argv)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (message, err)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    code, err = run_cli(
+        capsys, "recover", str(student), "--teacher", str(teacher), "--text", text, "--out", str(tmp_path / "full")
+    )
+    assert code == 2 and "--overwrite" in err
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
