@@ -194,9 +194,18 @@ def test_factorization_that_will_not_fit_in_memory_is_refused_up_front(monkeypat
 
 def test_import_is_light():
     """Importing the package registers the integration without loading transformers' modeling code."""
-    code = "import sys, hf_factor_embed; print('transformers.modeling_utils' in sys.modules)"
+    heavy = [
+        "transformers.modeling_utils",
+        "hf_factor_embed.recovery",
+        "hf_factor_embed.cli",
+        "accelerate",
+        "peft",
+        "datasets",
+        "typer",
+    ]
+    code = f"import sys, hf_factor_embed; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
-    assert out.strip() == "False"
+    assert out.strip() == "[]"
 
 
 @pytest.mark.parametrize("calibration", [torch.tensor([], dtype=torch.long), "", []])
