@@ -198,7 +198,6 @@ def test_import_is_light():
         "transformers.modeling_utils",
         "hf_factor_embed.recovery",
         "hf_factor_embed.cli",
-        "accelerate",
         "peft",
         "datasets",
         "typer",
