@@ -12,8 +12,9 @@ kind of text then meets its own frequent tokens outside the band. The model's pr
 ranks the tokens it finds plausible in such text, and so it carries over better to text of another kind
 (``python benchmarks/quality.py``, SmolLM2 at rank 128 calibrated on Python's reference: license text 208 -> 105,
 changelogs 43.4 -> 39.4, the calibration kind 19.5 -> 18.5; calibrated on license text, better on all three
-kinds; calibrated on Debian changelogs, 3% to 15% worse on all three: 21.9 -> 22.5 in-domain). Remaining ties (when K exceeds the tokens either statistic ranks) go to
-lower ids. benchmarks/RESULTS.md has the evidence for the default share.
+kinds; calibrated on Debian changelogs, 3% to 15% worse on all three: 21.9 -> 22.5 in-domain).
+Remaining ties (when K exceeds the tokens either statistic ranks) go to lower ids. benchmarks/RESULTS.md has
+the evidence for the default share.
 """
 
 from __future__ import annotations
