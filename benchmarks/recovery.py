@@ -55,10 +55,14 @@ def main() -> None:
     parser.add_argument("--calibration-tokens", type=int, default=16384)
     parser.add_argument("--cheap-tokens", type=int, default=16384)
     parser.add_argument("--cheap-steps", type=int, default=CheapRefitConfig.steps)
+    parser.add_argument("--cheap-lr", type=float, default=CheapRefitConfig.lr)
+    parser.add_argument(
+        "--distill-from", default="cheap", choices=["cheap", "training-free"], help="the model distillation starts from"
+    )
     parser.add_argument("--distill-minutes", type=float, default=30)
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=DistillConfig.lr)
     parser.add_argument("--train", default="factors", choices=["factors", "lora", "all"])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "recovery.json")
     args = parser.parse_args()
@@ -87,11 +91,13 @@ def main() -> None:
     with torch.no_grad():
         w.copy_(saved)
 
-    started = time.perf_counter()
-    signals = collect_teacher_signals(dense, train_ids[: args.cheap_tokens], progress=False)
-    signal_seconds = time.perf_counter() - started
+    with PeakMemory() as teacher_memory:
+        started = time.perf_counter()
+        signals = collect_teacher_signals(dense, train_ids[: args.cheap_tokens], progress=False)
+        signal_seconds = time.perf_counter() - started
     train_blocks = blocks_of(train_ids, args.block_size)
     held_back = blocks_of(evals[TRAIN_SOURCE], args.block_size)
+    model_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
     for rank in args.ranks:
         started = time.perf_counter()
         start = hfe.patch_model(copy.deepcopy(dense), rank=rank, calibration=train_ids[: args.calibration_tokens])
@@ -104,7 +110,8 @@ def main() -> None:
         )
 
         student = copy.deepcopy(start)
-        result = cheap_refit(student, signals, CheapRefitConfig(steps=args.cheap_steps))
+        with PeakMemory() as refit_memory:
+            result = cheap_refit(student, signals, CheapRefitConfig(steps=args.cheap_steps, lr=args.cheap_lr))
         add(
             rank,
             "cheap",
@@ -113,10 +120,12 @@ def main() -> None:
             tokens=args.cheap_tokens,
             steps=result["steps"],
             head_kl=[result["before"]["head_kl"], result["after"]["head_kl"]],
+            # beyond the models already in memory: the teacher pass, then the refit (signals, logits, Adam state)
+            extra_memory_mb=[teacher_memory.peak_mb, refit_memory.peak_mb],
+            model_mb=model_bytes / 2**20,
         )
-        del student
-
-        student = copy.deepcopy(start)
+        if args.distill_from == "training-free":
+            student = copy.deepcopy(start)
         with tempfile.TemporaryDirectory() as tmp:
             config = DistillConfig(
                 output_dir=tmp,
@@ -129,9 +138,10 @@ def main() -> None:
                 eval_every=10**9,
             )
             summary = distill(student, train_blocks, held_back, config, teacher=dense)
+        stage = "cheap + distill" if args.distill_from == "cheap" else "distill"
         add(
             rank,
-            f"distill ({args.train})",
+            f"{stage} ({args.train}, {args.distill_minutes:g} min)",
             score(student),
             seconds=summary["seconds"],
             tokens=summary["tokens"],
@@ -145,6 +155,30 @@ def main() -> None:
     text = render(command.strip(), rows)
     print(text)
     write_results_md(text, "recovery")
+
+
+class PeakMemory:
+    """The peak growth of this process's resident memory while the block runs (sampled every 20 ms), in MiB."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self._process, self._stop = psutil.Process(), threading.Event()
+        self._base = self._peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self._peak = max(self._peak, self._process.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = (self._peak - self._base) / 2**20
 
 
 def render(command: str, rows: list[dict]) -> str:
@@ -163,6 +197,15 @@ def render(command: str, rows: list[dict]) -> str:
         tokens = r.get("tokens", "")
         seconds = f"{r['seconds']:.0f}" if "seconds" in r else ""
         lines.append(f"| {r['rank'] or 'dense'} | {r['stage']} | {cells[0]} | {cells[1]} | {tokens} | {seconds} |")
+    for r in rows:
+        if "extra_memory_mb" in r:
+            teacher_mb, refit_mb = r["extra_memory_mb"]
+            lines.append(
+                f"\ncheap r={r['rank']}: {r['steps']} steps; head KL on training positions "
+                f"{r['head_kl'][0]:.4f} -> {r['head_kl'][1]:.4f}; peak memory beyond the models already loaded: "
+                f"teacher pass +{teacher_mb:.0f} MiB, refit +{refit_mb:.0f} MiB "
+                f"(the fp32 model: {r['model_mb']:.0f} MiB)."
+            )
     return "\n".join(lines)
 
 

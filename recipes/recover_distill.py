@@ -3,7 +3,10 @@
 One CPU process:
     python recipes/recover_distill.py --student out/smollm2-r128 --teacher SMOLLM2_DIR --text a.txt b.txt \
         --max-minutes 30 --out out/smollm2-r128-distilled
-Several processes or GPUs (DDP / FSDP), bf16 where the hardware has it:
+Several CPU processes on one machine (DDP over gloo; `accelerate launch --cpu --num_processes 2` starts only one
+process in accelerate 1.15 unless MPI is set up, so use its torchrun launcher and tell Accelerate it is on CPUs):
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 recipes/recover_distill.py ...
+Several GPUs (DDP / FSDP), bf16 where the hardware has it:
     accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/recover_distill.py ... --mixed-precision bf16
     accelerate launch --config_file recipes/accelerate/fsdp.yaml recipes/recover_distill.py ... --train all
 
@@ -17,8 +20,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 from dataclasses import fields
 
+from hf_factor_embed import FactorEmbedError
 from hf_factor_embed.recovery import (
     CachedTeacherBlocks,
     DistillConfig,
@@ -28,7 +33,7 @@ from hf_factor_embed.recovery import (
     pack_blocks,
     split_blocks,
 )
-from hf_factor_embed.recovery.run import load_pair
+from hf_factor_embed.recovery.run import SUMMARY_FILE, check_output_dir, load_pair
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--teacher-cache", help="cache the teacher's top-k logits here and train from the cache")
     parser.add_argument("--topk", type=int, default=64)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
     for f in fields(DistillConfig):  # every DistillConfig knob, e.g. --max-steps, --lr, --mixed-precision
         if f.name == "output_dir":
             continue
@@ -59,20 +65,34 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
     args = parse_args()
+    # One per process under a launcher; created before the Accelerator, so it must be told what Accelerator
+    # would read itself: without cpu=True a CPU-only launch does not join the process group.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    out = check_output_dir(args.out, overwrite=args.overwrite, resume=args.resume)
     student, teacher, tokenizer = load_pair(args.student, args.teacher, args.gguf_file)
     train, held_back = split_blocks(
         pack_blocks(load_text(args.text, args.dataset), tokenizer, args.block_size), args.eval_blocks
     )
     if args.teacher_cache:
-        cache_teacher_topk(teacher, train, args.teacher_cache, k=args.topk)
+        if state.is_main_process:  # one process writes the shards, the others wait and read them
+            cache_teacher_topk(teacher, train, args.teacher_cache, k=args.topk)
+        state.wait_for_everyone()
         train, teacher = CachedTeacherBlocks(train, args.teacher_cache), None
         gc.collect()
     settings = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if f.name != "output_dir"}
-    summary = distill(student, train, held_back, DistillConfig(output_dir=args.out, **settings), teacher=teacher)
-    tokenizer.save_pretrained(args.out)
-    print(json.dumps({k: v for k, v in summary.items()}, indent=1))
+    summary = distill(student, train, held_back, DistillConfig(output_dir=str(out), **settings), teacher=teacher)
+    if state.is_main_process:
+        tokenizer.save_pretrained(out)
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+        print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FactorEmbedError as error:  # a user's mistake: one line, no traceback
+        sys.exit(f"recover_distill.py: error: {error}")

@@ -118,3 +118,21 @@ def real_text() -> str:
     from hf_factor_embed.data import pydoc_topics_text
 
     return pydoc_topics_text()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over VOCAB words "w0".."w318" plus "[UNK]" (id 0) and "</s>" as EOS, for recipes
+    that load a tokenizer from the teacher's folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{f"w{i}": i for i in range(1, VOCAB - 1)}, "</s>": VOCAB - 1}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>")
+
+
+def tiny_words(n: int, seed: int = 0) -> str:
+    """n random words of tiny_tokenizer's vocabulary, as text."""
+    g = torch.Generator().manual_seed(seed)
+    return " ".join(f"w{i}" for i in torch.randint(1, VOCAB - 1, (n,), generator=g).tolist())

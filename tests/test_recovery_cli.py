@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import VOCAB, tiny_llama, tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import hf_factor_embed as hfe
@@ -139,8 +139,13 @@ def test_classifier_recipe_on_minilm_reports_three_accuracies(minilm_dir, tmp_pa
 def tiny_dirs(tmp_path) -> tuple[Path, Path]:
     teacher = tiny_llama()
     teacher.save_pretrained(tmp_path / "teacher")
+    tiny_tokenizer().save_pretrained(tmp_path / "teacher")
     hfe.patch_model(copy.deepcopy(teacher), rank=8).save_pretrained(tmp_path / "student")
+    teacher.resize_token_embeddings(VOCAB + 16)
+    teacher.save_pretrained(tmp_path / "other_vocab")
+    tiny_tokenizer().save_pretrained(tmp_path / "other_vocab")
     (tmp_path / "t.txt").write_text("some text")
+    (tmp_path / "empty.txt").write_text("")
     return tmp_path / "student", tmp_path / "teacher"
 
 
@@ -163,10 +168,32 @@ def test_recover_user_errors_are_one_line_and_exit_2(tiny_dirs, tmp_path, capsys
             str(tmp_path / "o"),
         ],
         "one of them": ["recover", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "o")],
+        "vocabulary": [
+            "recover",
+            str(student),
+            "--teacher",
+            str(tmp_path / "other_vocab"),
+            "--text",
+            text,
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        "fewer than": [
+            "recover",
+            str(student),
+            "--teacher",
+            str(teacher),
+            "--text",
+            str(tmp_path / "empty.txt"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
     }
     for message, argv in cases.items():
         code, err = run_cli(capsys, *argv)
-        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (message, err)
+        # progress bars may come before it (loading the text); the error itself is one line, with no traceback
+        errors = [line for line in err.splitlines() if line.startswith("hf-factor-embed: error:")]
+        assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, (message, err)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     code, err = run_cli(

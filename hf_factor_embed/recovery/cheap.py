@@ -67,12 +67,14 @@ def collect_teacher_signals(
         ]
     )
     bias = getattr(head, "bias", None)
+    # The teacher's own tensors, not copies (no copy at all for an fp32 CPU teacher): the signals are read-only,
+    # and a caller that drops the teacher afterwards keeps only these, once (a tied teacher shares one).
     return TeacherSignals(
         hidden=hidden,
         token_ids=ids[: hidden.shape[0]].clone(),
-        head_weight=head.weight.detach().float().cpu().clone(),
-        head_bias=None if bias is None else bias.detach().float().cpu().clone(),
-        embedding_weight=embedding.weight.detach().float().cpu().clone(),
+        head_weight=head.weight.detach().float().cpu(),
+        head_bias=None if bias is None else bias.detach().float().cpu(),
+        embedding_weight=embedding.weight.detach().float().cpu(),
     )
 
 

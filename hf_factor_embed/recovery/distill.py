@@ -190,9 +190,16 @@ def distill(student, train_data, eval_data, config: DistillConfig, *, teacher=No
     bar.close()
     if not evaluations or evaluations[-1]["step"] != progress.steps:
         evaluations.append(_evaluate(accelerator, model, eval_loader, progress))
+    in_sync = _replicas_in_sync(accelerator, params)
     _save(accelerator, model, out)
     accelerator.end_training()
-    return {"stopped_by": done, **progress.state_dict(), "evaluations": evaluations}
+    return {
+        "stopped_by": done,
+        **progress.state_dict(),
+        "processes": accelerator.num_processes,
+        "replicas_in_sync": in_sync,
+        "evaluations": evaluations,
+    }
 
 
 def _loss(model, teacher, batch: dict, config: DistillConfig) -> tuple[torch.Tensor, dict[str, float]]:
@@ -237,6 +244,18 @@ def _evaluate(accelerator, model, eval_loader, progress: _Progress) -> dict:
     result = {"step": progress.steps, "tokens": progress.tokens, "eval_perplexity": math.exp(total[0] / total[1])}
     accelerator.log({"eval_perplexity": result["eval_perplexity"]}, step=progress.steps)
     return result
+
+
+@torch.no_grad()
+def _replicas_in_sync(accelerator, params: list[torch.Tensor]) -> bool:
+    """Whether every process ended with the same trainable weights, i.e. the gradients were synchronised."""
+    if accelerator.num_processes == 1 or accelerator.distributed_type == "FSDP":  # FSDP shards: nothing to compare
+        return True
+    flat = torch.cat([p.detach().float().reshape(-1) for p in params])
+    position_weights = torch.arange(flat.numel(), device=flat.device) % 7  # sees swapped entries too
+    fingerprint = torch.stack([flat.sum(), flat.pow(2).sum(), (flat * position_weights).sum()])
+    every = accelerator.gather(fingerprint.to(accelerator.device)[None]).cpu()
+    return bool(torch.allclose(every, every[:1].expand_as(every), rtol=1e-6, atol=1e-6))
 
 
 def _stop_reason(progress: _Progress, config: DistillConfig, started: float) -> str | None:

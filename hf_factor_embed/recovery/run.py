@@ -26,23 +26,68 @@ MODES = ("cheap", "distill")
 SUMMARY_FILE = "recovery.json"
 
 
-def load_pair(student_dir: str | Path, teacher: str, gguf_file: str | None = None):
-    """(student, teacher, tokenizer) in fp32; the tokenizer is the teacher's (the student keeps its vocabulary)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..structure import factorized_layers
+def check_pair(student_dir: str | Path, teacher: str, gguf_file: str | None = None) -> None:
+    """The user errors that configs alone reveal, before any weight loads: a student that is not factorized, a
+    factorized teacher, vocabularies that differ."""
+    from transformers import AutoConfig
 
     if not _is_factorized_checkpoint(student_dir):
         raise FactorEmbedError(f"{student_dir} is not factorized; compress it first (hf_factor_embed.patch_model)")
     if Path(teacher).is_dir() and _is_factorized_checkpoint(teacher):
         raise FactorEmbedError(f"the teacher {teacher} is factorized; give the dense model the student came from")
-    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    _check_same_vocabulary(AutoConfig.from_pretrained(student_dir), AutoConfig.from_pretrained(teacher, **kwargs))
+
+
+def load_tokenizer(teacher: str, gguf_file: str | None = None):
+    """The teacher's tokenizer (the student keeps the teacher's vocabulary)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(teacher, **({"gguf_file": gguf_file} if gguf_file else {}))
+
+
+def load_pair(student_dir: str | Path, teacher: str, gguf_file: str | None = None):
+    """(student, teacher, tokenizer) in fp32, after :func:`check_pair`."""
+    from transformers import AutoModelForCausalLM
+
+    from ..structure import factorized_layers
+
+    check_pair(student_dir, teacher, gguf_file)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     dense = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32, **kwargs)
     if factorized_layers(dense):
         raise FactorEmbedError(f"the teacher {teacher} is factorized; give the dense model the student came from")
-    tokenizer = AutoTokenizer.from_pretrained(teacher, **kwargs)
-    return student, dense, tokenizer
+    _check_same_vocabulary(student.config, dense.config, _vocab_size(student), _vocab_size(dense))
+    return student, dense, load_tokenizer(teacher, gguf_file)
+
+
+def _vocab_size(model) -> int:
+    return model.get_input_embeddings().weight.shape[0]
+
+
+def _check_same_vocabulary(student_config, teacher_config, student_vocab=None, teacher_vocab=None) -> None:
+    """From the configs first (before any weight loads), then from the loaded embeddings' rows."""
+    student_vocab = student_vocab or getattr(student_config, "vocab_size", None)
+    teacher_vocab = teacher_vocab or getattr(teacher_config, "vocab_size", None)
+    if None not in (student_vocab, teacher_vocab) and student_vocab != teacher_vocab:
+        raise FactorEmbedError(
+            f"the student has {student_vocab} tokens and the teacher {teacher_vocab}: they do not share a vocabulary; "
+            "give the dense model the student was compressed from"
+        )
+
+
+def check_output_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Refuse to write into a folder that already holds something, unless told to (``overwrite``) or continuing
+    there (``resume``, which needs the folder's checkpoints)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FactorEmbedError(f"{out} is a file; give a folder for --out")
+    if resume:
+        return out
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FactorEmbedError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    return out
 
 
 def _is_factorized_checkpoint(folder: str | Path) -> bool:
@@ -72,14 +117,14 @@ def recover(
     """Recover ``student_dir`` towards ``teacher`` on the given text; write the result to ``out``."""
     if mode not in MODES:
         raise FactorEmbedError(f"mode={mode!r} is not one of {MODES}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FactorEmbedError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    student, dense, tokenizer = load_pair(student_dir, teacher, gguf_file)
-    blocks = pack_blocks(load_text(text_files, dataset), tokenizer, block_size)
+    out = check_output_dir(out, overwrite=overwrite)
+    check_pair(student_dir, teacher, gguf_file)
+    # The text is checked before the models load: an empty or too short text fails in a second.
+    blocks = pack_blocks(load_text(text_files, dataset), load_tokenizer(teacher, gguf_file), block_size)
     if max_tokens is not None:
         blocks = blocks.select(range(min(len(blocks), max(2, max_tokens // block_size))))
     train, held_back = split_blocks(blocks, max(1, len(blocks) // 10))
+    student, dense, tokenizer = load_pair(student_dir, teacher, gguf_file)
     if mode == "cheap":
         ids = train[:]["input_ids"].reshape(-1)
         signals = collect_teacher_signals(dense, ids, window=block_size)

@@ -1,0 +1,102 @@
+"""The distillation recipe on two CPU processes under ``accelerate launch``: both processes train in step, the
+result reloads, ``--resume`` continues; and the recipe's user errors.
+
+``accelerate launch --cpu --num_processes 2`` starts ONE process in accelerate 1.15 (its CPU launcher fans out only
+through ``mpirun``); two CPU processes on one machine are started through the torchrun launcher
+(``--multi_gpu``) with ``ACCELERATE_USE_CPU=true``, which makes Accelerate join them with gloo.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_llama, tiny_tokenizer, tiny_words
+from transformers import AutoModelForCausalLM
+
+import hf_factor_embed as hfe
+from hf_factor_embed.structure import factorized_layers
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = str(ROOT / "recipes" / "recover_distill.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(student folder, teacher folder with a tokenizer, a training text of 4,000 words)."""
+    root = tmp_path_factory.mktemp("ddp")
+    teacher = tiny_llama()
+    with torch.no_grad():  # a random model's next-token distribution is near uniform; peaked, it has more to teach
+        teacher.model.embed_tokens.weight.mul_(20)
+    teacher.save_pretrained(root / "teacher")
+    tiny_tokenizer().save_pretrained(root / "teacher")
+    hfe.patch_model(copy.deepcopy(teacher), rank=8, method="svd").save_pretrained(root / "student")
+    (root / "train.txt").write_text(tiny_words(4000))
+    return root / "student", root / "teacher", root / "train.txt"
+
+
+def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", RECIPE, *args]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+
+
+def kd_losses(out: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["kd"] for r in lines if "kd" in r}
+
+
+def test_two_processes_train_in_step_save_reload_and_resume(tiny_pair, tmp_path):
+    student, teacher, text = tiny_pair
+    out = tmp_path / "out"
+    common = ["--student", str(student), "--teacher", str(teacher), "--text", str(text), "--out", str(out)]
+    common += ["--block-size", "32", "--eval-blocks", "4", "--batch-size", "2", "--lr", "0.01", "--temperature", "1"]
+    common += ["--warmup-steps", "1", "--checkpoint-every", "10", "--eval-every", "10"]
+    first = launch(*common, "--max-steps", "40")
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((out / "recovery.json").read_text())
+    assert summary["processes"] == 2 and summary["replicas_in_sync"] is True
+    # 2 processes x 2 blocks x 32 tokens per step: the token count says both took part
+    assert summary["steps"] == 40 and summary["tokens"] == 40 * 2 * 2 * 32
+    losses = kd_losses(out)
+    assert sorted(losses) == list(range(1, 41))
+    assert sum(losses[s] for s in range(36, 41)) < 0.5 * sum(losses[s] for s in range(1, 6))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert len(factorized_layers(model)) == 2 and model.lm_head.weight is model.model.embed_tokens.weight
+
+    resumed = launch(*common, "--max-steps", "44", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "recovery.json").read_text())
+    assert summary["steps"] == 44 and summary["tokens"] == 44 * 2 * 2 * 32
+    assert sorted(kd_losses(out)) == list(range(1, 45))  # 41..44 appended after the checkpoint at step 40
+
+
+def run_recipe(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, RECIPE, *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_recipe_refuses_a_folder_that_holds_another_model(tiny_pair, tmp_path):
+    student, teacher, text = tiny_pair
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.json").write_text("{}")
+    result = run_recipe(
+        "--student",
+        str(student),
+        "--teacher",
+        str(teacher),
+        "--text",
+        str(text),
+        "--out",
+        str(tmp_path / "taken"),
+        "--max-steps",
+        "1",
+    )
+    assert result.returncode != 0 and "--overwrite" in result.stderr
+    assert (tmp_path / "taken" / "config.json").read_text() == "{}"
