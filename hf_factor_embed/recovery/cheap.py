@@ -80,11 +80,12 @@ def collect_teacher_signals(
 
 @dataclass
 class CheapRefitConfig:
-    """Settings of :func:`cheap_refit`; the defaults took SmolLM2 ~3 minutes on a 2-core CPU."""
+    """Settings of :func:`cheap_refit`. ``lr``: on SmolLM2 r=128 (300 steps), 3e-4 lowered the head KL most
+    (0.060 -> 0.024, against 0.030 at 1e-4 and no drop at 1e-3)."""
 
     steps: int = 300
     batch_positions: int = 256
-    lr: float = 1e-3
+    lr: float = 3e-4
     temperature: float = 1.0
     input_weight: float = 1.0
     max_minutes: float | None = None
