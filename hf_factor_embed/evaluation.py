@@ -33,3 +33,34 @@ def perplexity(model, token_ids: torch.Tensor, window: int = 512, batch_size: in
         count += batch[:, 1:].numel()
     model.train(was_training)
     return math.exp(total / count)
+
+
+@torch.no_grad()
+def sentence_embeddings(model, tokenizer, sentences: list[str], batch_size: int = 32, max_length: int = 128):
+    """Mean-pooled last hidden states (the pooling of sentence-transformers' all-MiniLM models), L2-normalised."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(sentences), batch_size):
+        batch = tokenizer(
+            sentences[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        ).to(device)
+        hidden = model(**batch).last_hidden_state if hasattr(model, "base_model") else model(**batch)[0]
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+        out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
+    return torch.cat(out)
+
+
+def sentences_of(text: str, limit: int = 512, min_chars: int = 20) -> list[str]:
+    """Non-trivial lines of ``text`` (at least ``min_chars`` characters), at most ``limit`` of them."""
+    lines = [line.strip() for line in text.splitlines()]
+    return [line for line in lines if len(line) >= min_chars][:limit]
+
+
+def cosine_agreement(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean cosine similarity of matching rows of two L2-normalised embedding matrices."""
+    return float((reference * other).sum(-1).mean())

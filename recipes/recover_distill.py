@@ -24,6 +24,7 @@ import sys
 from dataclasses import fields
 
 from hf_factor_embed import FactorEmbedError
+from hf_factor_embed.folders import check_output_dir
 from hf_factor_embed.recovery import (
     CachedTeacherBlocks,
     DistillConfig,
@@ -33,7 +34,7 @@ from hf_factor_embed.recovery import (
     pack_blocks,
     split_blocks,
 )
-from hf_factor_embed.recovery.run import SUMMARY_FILE, check_output_dir, load_pair
+from hf_factor_embed.recovery.run import SUMMARY_FILE, load_pair
 
 
 def parse_args() -> argparse.Namespace:

@@ -29,7 +29,17 @@ def _root() -> None:
 
 
 def _register_commands() -> None:
-    from . import recover  # noqa: F401  (registers its command on ``app``)
+    from . import analyze, compress, densify, evaluate, push, recover  # noqa: F401  (each registers on ``app``)
+
+
+_ARGV: list[str] = []
+
+
+def command_line() -> str:
+    """The command as the user typed it, for model cards and summaries ("how it was made")."""
+    import shlex
+
+    return "hf-factor-embed " + shlex.join(_ARGV)
 
 
 #: What a user's mistake raises inside the API: shown as one line, exit status 2.
@@ -39,6 +49,7 @@ USER_ERRORS = (FactorEmbedError, FileNotFoundError, NotADirectoryError, IsADirec
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     _register_commands()
+    _ARGV[:] = sys.argv[1:] if argv is None else list(argv)
     try:
         app(args=argv, standalone_mode=False)
     except USER_ERRORS as error:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import QUANT_METHOD
 from ..errors import FactorEmbedError
+from ..folders import check_output_dir, is_factorized_checkpoint
 from .cheap import CheapRefitConfig, cheap_refit, collect_teacher_signals
 from .data import load_text, pack_blocks, split_blocks
 from .distill import DistillConfig, distill
@@ -31,9 +31,9 @@ def check_pair(student_dir: str | Path, teacher: str, gguf_file: str | None = No
     factorized teacher, vocabularies that differ."""
     from transformers import AutoConfig
 
-    if not _is_factorized_checkpoint(student_dir):
+    if not is_factorized_checkpoint(student_dir):
         raise FactorEmbedError(f"{student_dir} is not factorized; compress it first (hf_factor_embed.patch_model)")
-    if Path(teacher).is_dir() and _is_factorized_checkpoint(teacher):
+    if Path(teacher).is_dir() and is_factorized_checkpoint(teacher):
         raise FactorEmbedError(f"the teacher {teacher} is factorized; give the dense model the student came from")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     _check_same_vocabulary(AutoConfig.from_pretrained(student_dir), AutoConfig.from_pretrained(teacher, **kwargs))
@@ -75,28 +75,6 @@ def _check_same_vocabulary(student_config, teacher_config, student_vocab=None, t
             f"the student has {student_vocab} tokens and the teacher {teacher_vocab}: they do not share a vocabulary; "
             "give the dense model the student was compressed from"
         )
-
-
-def check_output_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """Refuse to write into a folder that already holds something, unless told to (``overwrite``) or continuing
-    there (``resume``, which needs the folder's checkpoints)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FactorEmbedError(f"{out} is a file; give a folder for --out")
-    if resume:
-        return out
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FactorEmbedError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    return out
-
-
-def _is_factorized_checkpoint(folder: str | Path) -> bool:
-    """Read from config.json alone, before any weight loads (a wrong folder fails fast and quietly)."""
-    config = Path(folder, "config.json")
-    if not config.is_file():
-        raise FactorEmbedError(f"{folder} is not a saved model folder (no config.json); give a checkpoint folder")
-    quantization = json.loads(config.read_text()).get("quantization_config") or {}
-    return quantization.get("quant_method") == QUANT_METHOD
 
 
 def recover(

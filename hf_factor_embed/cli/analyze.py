@@ -1,0 +1,92 @@
+"""``hf-factor-embed analyze``: spectra, error per rank, a PCA view and a suggested rank, as PNGs and JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+
+
+@app.command(
+    epilog=(
+        "Example:\n\n  hf-factor-embed analyze HuggingFaceTB/SmolLM2-135M-Instruct --calibration notes.txt "
+        "--budget 0.3 --out out/smollm2-analysis"
+    )
+)
+def analyze(
+    model: Annotated[str, typer.Argument(help="A dense model folder or a Hub name.")],
+    out: Annotated[Path, typer.Option(help="Where to write the PNG plots and summary.json.")],
+    calibration: Annotated[list[Path] | None, typer.Option(help="Text whose token counts weight the rows.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="A `datasets` name, instead of --calibration.")] = None,
+    budget: Annotated[float, typer.Option(help="Share of each matrix's parameters to keep, for the rank.")] = 0.3,
+    gguf_file: Annotated[str | None, typer.Option(help="The GGUF file inside MODEL, if it ships one.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
+) -> None:
+    """Show how much of each embedding a rank keeps, and suggest the rank for --budget."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..adapters import get_adapter
+    from ..analysis import analyze_weight
+    from ..compress import read_texts
+    from ..errors import FactorEmbedError
+    from ..folders import check_output_dir
+    from ..loading import load_model
+    from ..plots import error_plot, pca_plot, spectrum_plot
+    from ..structure import factorized_layers
+
+    if not 0 < budget < 1:
+        raise FactorEmbedError(f"--budget {budget} must be between 0 and 1 (a share of parameters, e.g. 0.3)")
+    out = check_output_dir(out, overwrite=overwrite)
+    dense, tokenizer = load_model(model, gguf_file=gguf_file)
+    if factorized_layers(dense):
+        raise FactorEmbedError(f"{model} is factorized; analyze the dense model it came from")
+    counts = None
+    text = read_texts(calibration, dataset)
+    if text is not None:
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+        counts = torch.bincount(ids, minlength=dense.get_input_embeddings().weight.shape[0]).double()
+    adapter, seen, analyses = get_adapter(dense), set(), []
+    for role in tqdm(("input", "output"), desc="analyze"):
+        weight = getattr(adapter.get(dense, role), "weight", None)
+        if weight is None or id(weight) in seen:
+            continue
+        seen.add(id(weight))
+        analyses.append(analyze_weight(role, weight, counts[: weight.shape[0]] if counts is not None else None))
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = [a.summary(budget) for a in analyses]
+    spectrum_plot(
+        {a.role: a.singular_values for a in analyses},
+        out / "spectrum.png",
+        ranks={s["role"]: s["budget"]["rank"] for s in summaries},
+    )
+    for a, s in zip(analyses, summaries, strict=True):
+        curves = {"plain SVD": a.relative_error}
+        if a.weighted_error is not None:
+            curves["rows weighted by calibration counts"] = a.weighted_error
+        error_plot(curves, out / f"error_{a.role}.png", budget_rank=s["budget"]["rank"])
+        pca_plot(a.pca, out / f"pca_{a.role}.png", a.frequency, title=f"{a.role} rows, top two directions")
+    full = {"model": model, "budget": budget, "calibration_tokens": int(counts.sum()) if counts is not None else 0}
+    full["embeddings"] = [
+        {
+            **s,
+            "singular_values": a.singular_values,
+            "relative_error": a.relative_error,
+            "weighted_error": a.weighted_error,
+        }
+        for a, s in zip(analyses, summaries, strict=True)
+    ]
+    (out / "summary.json").write_text(json.dumps(full, indent=1))
+    for s in summaries:
+        b = s["budget"]
+        energy = ", ".join(f"{float(k):.0%}: r={v}" for k, v in s["rank_for_energy"].items())
+        typer.echo(f"{s['role']} {s['shape'][0]} x {s['shape'][1]}: rank for energy kept {energy}")
+        typer.echo(
+            f"  budget {budget:.0%}: rank {b['rank']}, energy kept {b['energy_kept']:.1%}, "
+            f"relative error {b['relative_error']:.3f}"
+        )
+    typer.echo(f"wrote {out} (spectrum.png, error_*.png, pca_*.png, summary.json)")

@@ -1,0 +1,65 @@
+"""``hf-factor-embed eval``: perplexity of a causal LM, or an encoder's agreement with a dense reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+
+
+@app.command(
+    name="eval",
+    epilog=(
+        "Examples:\n\n"
+        "  hf-factor-embed eval out/smollm2-r256 --text held_back.txt --compare HuggingFaceTB/SmolLM2-135M-Instruct"
+        "\n\n  hf-factor-embed eval out/minilm-r64 --text sentences.txt "
+        "--reference sentence-transformers/all-MiniLM-L6-v2"
+    ),
+)
+def evaluate(
+    model: Annotated[str, typer.Argument(help="A model folder (factorized or not) or a Hub name.")],
+    text: Annotated[list[Path] | None, typer.Option(help="Plain-text files (repeat the option).")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="A `datasets` name with a text column, instead of --text.")
+    ] = None,
+    compare: Annotated[str | None, typer.Option(help="A dense model to measure side by side.")] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="Encoders: the dense model whose sentence embeddings are the reference.")
+    ] = None,
+    gguf_file: Annotated[str | None, typer.Option(help="The GGUF file inside --compare/--reference.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Causal LMs: evaluate the first N tokens.")] = 8192,
+) -> None:
+    """Measure MODEL on your text; with --compare, beside a dense model."""
+    from ..compress import read_texts
+    from ..errors import FactorEmbedError
+    from ..evaluation import cosine_agreement, perplexity, sentence_embeddings, sentences_of
+    from ..loading import is_causal_lm, load_model
+
+    if (text is None) == (dataset is None):
+        raise FactorEmbedError("give --text FILE... or --dataset NAME (one of them)")
+    body = read_texts(text, dataset)
+    subject, tokenizer = load_model(model)
+    other_name = compare or reference
+    other = load_model(other_name, gguf_file=gguf_file)[0] if other_name else None
+    if is_causal_lm(subject):
+        ids = tokenizer(body, return_tensors="pt", add_special_tokens=False).input_ids[0][:max_tokens]
+        window = min(512, ids.numel())
+        if window < 16:
+            raise FactorEmbedError("the text is too short; give at least a few hundred tokens")
+        typer.echo(f"perplexity over {ids.numel()} tokens ({window}-token windows)")
+        typer.echo(f"  {model}: {perplexity(subject, ids, window=window):.3f}")
+        if other is not None:
+            typer.echo(f"  {other_name}: {perplexity(other, ids, window=window):.3f}")
+        return
+    if other is None:
+        raise FactorEmbedError("an encoder is measured against a dense model: add --reference DENSE_MODEL")
+    sentences = sentences_of(body)
+    if not sentences:
+        raise FactorEmbedError("the text has no lines of 20 characters or more; give real sentences")
+    agreement = cosine_agreement(
+        sentence_embeddings(other, tokenizer, sentences), sentence_embeddings(subject, tokenizer, sentences)
+    )
+    typer.echo(f"cosine agreement with {other_name} over {len(sentences)} sentences: {agreement:.4f}")

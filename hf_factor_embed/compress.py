@@ -1,0 +1,186 @@
+"""``compress``: a model name in, a factorized checkpoint folder out, with what it took and what it cost.
+
+The command line's ``compress`` and the main job (``recipes/compress_smollm2.py``) are thin calls of
+:func:`compress`. The folder holds the checkpoint (factors only), the tokenizer, ``compression.json`` (the patch
+report, sizes, the evaluation if text was given, the command) and a model card (``README.md``) with plots when
+matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .errors import AlreadyPatchedError, FactorEmbedError
+from .folders import check_output_dir, folder_bytes
+from .loading import is_causal_lm, load_model
+from .patch import patch_model
+from .structure import factorized_layers
+
+logger = logging.getLogger(__name__)
+
+COMPRESSION_FILE = "compression.json"
+
+
+def read_texts(files: Sequence[str | Path] | None = None, dataset: str | None = None) -> str | None:
+    """The text of plain-text files, or of a ``datasets`` name's ``text`` column; None when neither is given."""
+    if files:
+        missing = [str(f) for f in files if not Path(f).is_file()]
+        if missing:
+            raise FactorEmbedError(f"text file not found: {missing[0]}; pass existing plain-text files")
+        return "\n\n".join(Path(f).read_text(encoding="utf-8", errors="replace") for f in files)
+    if dataset:
+        from .recovery.data import load_text
+
+        return "\n\n".join(t for t in load_text(dataset=dataset)["text"] if t)
+    return None
+
+
+def compress(
+    model_name: str | Path,
+    out: str | Path,
+    *,
+    rank: int | None = None,
+    budget: float | None = None,
+    target: float | None = None,
+    method: str | None = None,
+    calibration_text: str | None = None,
+    calibration_tokens: int = 32768,
+    eval_text: str | None = None,
+    eval_tokens: int = 4096,
+    gguf_file: str | None = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    command: str | None = None,
+    plots: bool = True,
+    base_model_id: str | None = None,
+    license: str | None = None,
+) -> dict:
+    """Factorize ``model_name`` and write the folder ``out``; returns what ``compression.json`` holds.
+
+    ``eval_text``: measured before and after (perplexity for causal LMs; for encoders, the cosine agreement of
+    mean-pooled sentence embeddings with the dense model's). Its first ``eval_tokens`` tokens are used; keep it
+    apart from the calibration text. ``base_model_id``: the Hub name the card links to when ``model_name`` is a
+    local folder; ``license``: the card's license (the base model's).
+    """
+    if sum(x is not None for x in (rank, budget, target)) != 1:
+        raise FactorEmbedError("give exactly one of --rank, --budget or --target")
+    out = check_output_dir(out, overwrite=overwrite)
+    model, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype)
+    if factorized_layers(model):
+        raise AlreadyPatchedError(f"{model_name} is already factorized; give the dense model")
+    calibration = None
+    if calibration_text is not None:
+        calibration = _token_ids(calibration_text, tokenizer, "calibration")[:calibration_tokens]
+    dense_eval = _evaluate(model, tokenizer, eval_text, eval_tokens) if eval_text is not None else None
+    spectrum = _spectrum(model) if plots else None
+    bytes_dense = _param_bytes(model)
+
+    started = time.perf_counter()
+    size = {"rank": rank} if rank is not None else {"budget": budget} if budget is not None else {"target": target}
+    patch_model(model, **size, method=method, calibration=calibration)
+    seconds = time.perf_counter() - started
+    report = model.factor_embed_report
+    result = {
+        "base_model": str(model_name),
+        "base_model_id": base_model_id,
+        "license": license,
+        "gguf_file": gguf_file,
+        "dtype": dtype,
+        "architecture": type(model).__name__,
+        "requested": size,
+        "report": report.as_dict(),
+        "calibration_tokens": 0 if calibration is None else int(calibration.numel()),
+        "param_bytes_dense": bytes_dense,
+        "param_bytes_factorized": _param_bytes(model),
+        "patch_seconds": round(seconds, 2),
+        "command": command,
+    }
+    if eval_text is not None:
+        result["evaluation"] = _compare(dense_eval, _evaluate(model, tokenizer, eval_text, eval_tokens))
+    model.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    result["checkpoint_bytes"] = folder_bytes(out)
+    if spectrum is not None:
+        result["plots"] = _plots(out, spectrum, report)
+    (out / COMPRESSION_FILE).write_text(json.dumps(result, indent=2, default=str))
+    from .hub.card import write_card
+
+    write_card(out, result)
+    return result
+
+
+def _token_ids(text: str, tokenizer, what: str) -> torch.Tensor:
+    if tokenizer is None:
+        raise FactorEmbedError(f"the model folder has no tokenizer, so {what} text cannot be read; add one")
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    if ids.numel() == 0:
+        raise FactorEmbedError(f"the {what} text is empty; give a file with text in it")
+    return ids
+
+
+def _evaluate(model, tokenizer, text: str, eval_tokens: int) -> dict:
+    from .evaluation import perplexity, sentence_embeddings, sentences_of
+
+    if is_causal_lm(model):
+        ids = _token_ids(text, tokenizer, "evaluation")[:eval_tokens]
+        window = min(512, ids.numel())
+        if window < 16:
+            raise FactorEmbedError("the evaluation text is too short; give at least a few hundred tokens")
+        return {"perplexity": perplexity(model, ids, window=window)}
+    sentences = sentences_of(text)
+    if not sentences:
+        raise FactorEmbedError("the evaluation text has no lines of 20 characters or more; give real sentences")
+    return {"embeddings": sentence_embeddings(model, tokenizer, sentences)}
+
+
+def _compare(dense: dict, factorized: dict) -> dict:
+    from .evaluation import cosine_agreement
+
+    if "perplexity" in dense:
+        d, f = dense["perplexity"], factorized["perplexity"]
+        return {"metric": "perplexity", "dense": round(d, 3), "factorized": round(f, 3), "ratio": round(f / d, 4)}
+    return {
+        "metric": "cosine agreement with the dense model's sentence embeddings",
+        "dense": 1.0,
+        "factorized": round(cosine_agreement(dense["embeddings"], factorized["embeddings"]), 4),
+        "sentences": int(dense["embeddings"].shape[0]),
+    }
+
+
+def _param_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _spectrum(model) -> dict[str, list[float]]:
+    """Singular values of each dense embedding matrix (a tied head once), before it is replaced."""
+    from .adapters import get_adapter
+    from .analysis import singular_values
+
+    adapter = get_adapter(model)
+    spectra, seen = {}, set()
+    for role in ("input", "output"):
+        weight = getattr(adapter.get(model, role), "weight", None)
+        if weight is None or id(weight) in seen:
+            continue
+        seen.add(id(weight))
+        spectra[role] = singular_values(weight).tolist()
+    return spectra
+
+
+def _plots(out: Path, spectrum: dict, report) -> list[str]:
+    try:
+        from .plots import spectrum_plot
+    except ImportError:
+        logger.info("matplotlib is not installed: no plots (pip install 'hf-factor-embed[plots]')")
+        return []
+    ranks = {m.role: m.rank for m in report.modules}
+    path = out / "spectrum.png"
+    spectrum_plot(spectrum, path, ranks=ranks)
+    return [path.name]

@@ -1,0 +1,60 @@
+"""Upload a compressed checkpoint folder to the Hub with ``huggingface_hub`` (``create_repo`` + one
+``create_commit``), its model card included. The local folder is only read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import FactorEmbedError
+from ..folders import is_factorized_checkpoint
+from .card import CARD_FILE, write_card
+
+COMMIT_MESSAGE = "Upload factorized checkpoint (hf-factor-embed)"
+
+
+def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None, api=None) -> str:
+    """Create ``repo_id`` if needed and upload ``folder`` in one commit; returns the commit's URL.
+
+    A folder without a card gets one rendered from its ``compression.json`` first (written to the folder, the
+    only change made to it). Network and Hub failures become one clear :class:`FactorEmbedError`.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FactorEmbedError(f"{folder} is not a folder; give the folder that compress wrote")
+    if not is_factorized_checkpoint(folder):
+        raise FactorEmbedError(f"{folder} is not a factorized checkpoint; compress it first (hf-factor-embed compress)")
+    if not (folder / CARD_FILE).is_file() and (folder / "compression.json").is_file():
+        write_card(folder, json.loads((folder / "compression.json").read_text()), repo_id=repo_id)
+    api = api or HfApi(token=token)
+    operations = [
+        CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
+        for path in upload_files(folder)
+    ]
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        # One commit with explicit operations (not upload_folder's pipeline): exactly these files, nothing else.
+        commit = api.create_commit(repo_id, operations=operations, commit_message=COMMIT_MESSAGE, repo_type="model")
+    except Exception as error:  # httpx / HfHubHTTPError / OSError: the user gets one line, never a traceback
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise FactorEmbedError(
+            f"the upload to {repo_id} failed ({type(error).__name__}: {first_line}); the local folder {folder} "
+            "is unchanged"
+        ) from error
+    return str(getattr(commit, "commit_url", commit))
+
+
+#: Sub-folders that stay local: training checkpoints (optimizer state) are not part of the model.
+LOCAL_ONLY = ("checkpoints",)
+
+
+def upload_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` that make up the model: everything but :data:`LOCAL_ONLY` and hidden files."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        parts = path.relative_to(folder).parts
+        if path.is_file() and parts[0] not in LOCAL_ONLY and not any(p.startswith(".") for p in parts):
+            files.append(path)
+    return files
