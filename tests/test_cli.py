@@ -129,7 +129,7 @@ class RecordingHub:
     """Stands in for the Hub's HTTP API at huggingface_hub's own seam: records what would be sent."""
 
     def __init__(self, fail: bool = False) -> None:
-        self.repos, self.commits, self.validated, self.fail = [], [], [], fail
+        self.repos, self.commits, self.validated, self.cards, self.fail = [], [], [], [], fail
 
     def install(self, monkeypatch) -> None:
         from huggingface_hub import HfApi
@@ -150,7 +150,8 @@ class RecordingHub:
             hub.commits.append((repo_id, sorted(op.path_in_repo for op in operations), commit_message))
             (card,) = [op for op in operations if op.path_in_repo == "README.md"]
             with card.as_file() as f:  # what the Hub's /api/validate-yaml checks first: the front matter parses
-                hub.validated.append(ModelCard(f.read().decode()).data.to_dict())
+                hub.cards.append(f.read().decode())
+            hub.validated.append(ModelCard(hub.cards[-1]).data.to_dict())
             return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
 
         monkeypatch.setattr(HfApi, "create_repo", create_repo)
@@ -169,6 +170,7 @@ def test_push_uploads_the_folder_with_its_card_in_one_commit(compressed, monkeyp
     assert repo == "me/tiny-factorized" and set(paths) == expected
     assert {"README.md", "config.json", "model.safetensors", "compression.json"} <= set(paths)
     assert hub.validated and hub.validated[0]["base_model"] == "org/tiny-llama"
+    assert hub.cards[0].count('from_pretrained("me/tiny-factorized")') == 1  # the card names the repository
 
 
 def test_a_network_failure_is_one_line_and_leaves_the_folder_untouched(compressed, monkeypatch, capsys):

@@ -35,7 +35,8 @@ def render_card(info: dict, repo_id: str | None = None):
     )
     modules = report["modules"]
     auto_class = next((a for s, a in _AUTO_CLASSES.items() if info["architecture"].endswith(s)), "AutoModel")
-    name = repo_id or f"{Path(str(base)).name}-factorized"
+    rank = max((m["rank"] for m in modules), default=0)
+    name = repo_id or f"{Path(str(hub_base or base)).name}-factorized-r{rank}"
     return ModelCard.from_template(
         data,
         template_path=str(TEMPLATE),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import FactorEmbedError
 from ..folders import is_factorized_checkpoint
-from .card import CARD_FILE, write_card
+from .card import CARD_FILE, render_card
 
 COMMIT_MESSAGE = "Upload factorized checkpoint (hf-factor-embed)"
 
@@ -16,8 +16,9 @@ COMMIT_MESSAGE = "Upload factorized checkpoint (hf-factor-embed)"
 def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None, api=None) -> str:
     """Create ``repo_id`` if needed and upload ``folder`` in one commit; returns the commit's URL.
 
-    A folder without a card gets one rendered from its ``compression.json`` first (written to the folder, the
-    only change made to it). Network and Hub failures become one clear :class:`FactorEmbedError`.
+    The card is rendered afresh from the folder's ``compression.json`` with ``repo_id`` in its loading snippet
+    (the local README.md is left as it is); without that file the folder's own README.md goes up unchanged.
+    Network and Hub failures become one clear :class:`FactorEmbedError`.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
@@ -26,13 +27,15 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str 
         raise FactorEmbedError(f"{folder} is not a folder; give the folder that compress wrote")
     if not is_factorized_checkpoint(folder):
         raise FactorEmbedError(f"{folder} is not a factorized checkpoint; compress it first (hf-factor-embed compress)")
-    if not (folder / CARD_FILE).is_file() and (folder / "compression.json").is_file():
-        write_card(folder, json.loads((folder / "compression.json").read_text()), repo_id=repo_id)
     api = api or HfApi(token=token)
     operations = [
         CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
         for path in upload_files(folder)
+        if path.relative_to(folder).as_posix() != CARD_FILE
     ]
+    card = _card_for(folder, repo_id)
+    if card is not None:
+        operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode()))
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         # One commit with explicit operations (not upload_folder's pipeline): exactly these files, nothing else.
@@ -58,3 +61,11 @@ def upload_files(folder: Path) -> list[Path]:
         if path.is_file() and parts[0] not in LOCAL_ONLY and not any(p.startswith(".") for p in parts):
             files.append(path)
     return files
+
+
+def _card_for(folder: Path, repo_id: str) -> str | None:
+    summary = folder / "compression.json"
+    if summary.is_file():
+        return str(render_card(json.loads(summary.read_text()), repo_id=repo_id))
+    readme = folder / CARD_FILE
+    return readme.read_text() if readme.is_file() else None
