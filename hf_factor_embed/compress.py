@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -49,9 +49,9 @@ def compress(
     budget: float | None = None,
     target: float | None = None,
     method: str | None = None,
-    calibration_text: str | None = None,
+    calibration: str | torch.Tensor | None = None,
     calibration_tokens: int = 32768,
-    eval_text: str | None = None,
+    eval_texts: Mapping[str, str | torch.Tensor] | None = None,
     eval_tokens: int = 4096,
     gguf_file: str | None = None,
     dtype: str = "float32",
@@ -63,10 +63,13 @@ def compress(
 ) -> dict:
     """Factorize ``model_name`` and write the folder ``out``; returns what ``compression.json`` holds.
 
-    ``eval_text``: measured before and after (perplexity for causal LMs; for encoders, the cosine agreement of
-    mean-pooled sentence embeddings with the dense model's). Its first ``eval_tokens`` tokens are used; keep it
-    apart from the calibration text. ``base_model_id``: the Hub name the card links to when ``model_name`` is a
-    local folder; ``license``: the card's license (the base model's).
+    ``calibration``: text or token ids (its first ``calibration_tokens`` tokens). ``eval_texts``: name -> text
+    (or token ids), each measured before and after (perplexity for causal LMs; for encoders, the cosine agreement
+    of mean-pooled sentence embeddings with the dense model's); the first ``eval_tokens`` tokens are used. Keep
+    them apart from the calibration text, and give one of another kind too: quality on the calibration text's
+    own kind says little about the rest. The saved folder is reloaded and checked (identical logits, tying).
+    ``base_model_id``: the Hub name the card links to when ``model_name`` is a local folder; ``license``: the
+    card's license (the base model's).
     """
     if sum(x is not None for x in (rank, budget, target)) != 1:
         raise FactorEmbedError("give exactly one of --rank, --budget or --target")
@@ -74,10 +77,10 @@ def compress(
     model, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype)
     if factorized_layers(model):
         raise AlreadyPatchedError(f"{model_name} is already factorized; give the dense model")
-    calibration = None
-    if calibration_text is not None:
-        calibration = _token_ids(calibration_text, tokenizer, "calibration")[:calibration_tokens]
-    dense_eval = _evaluate(model, tokenizer, eval_text, eval_tokens) if eval_text is not None else None
+    if calibration is not None:
+        calibration = _token_ids(calibration, tokenizer, "calibration")[:calibration_tokens]
+    eval_texts = dict(eval_texts or {})
+    dense_eval = {name: _evaluate(model, tokenizer, text, eval_tokens) for name, text in eval_texts.items()}
     spectrum = _spectrum(model) if plots else None
     bytes_dense = _param_bytes(model)
 
@@ -101,12 +104,15 @@ def compress(
         "patch_seconds": round(seconds, 2),
         "command": command,
     }
-    if eval_text is not None:
-        result["evaluation"] = _compare(dense_eval, _evaluate(model, tokenizer, eval_text, eval_tokens))
+    result["evaluation"] = {
+        name: _compare(dense_eval[name], _evaluate(model, tokenizer, text, eval_tokens))
+        for name, text in eval_texts.items()
+    }
     model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     result["checkpoint_bytes"] = folder_bytes(out)
+    result["reload"] = _check_reload(model, out)
     if spectrum is not None:
         result["plots"] = _plots(out, spectrum, report)
     (out / COMPRESSION_FILE).write_text(json.dumps(result, indent=2, default=str))
@@ -116,7 +122,9 @@ def compress(
     return result
 
 
-def _token_ids(text: str, tokenizer, what: str) -> torch.Tensor:
+def _token_ids(text: str | torch.Tensor, tokenizer, what: str) -> torch.Tensor:
+    if isinstance(text, torch.Tensor):
+        return text.reshape(-1).long()
     if tokenizer is None:
         raise FactorEmbedError(f"the model folder has no tokenizer, so {what} text cannot be read; add one")
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
@@ -125,7 +133,7 @@ def _token_ids(text: str, tokenizer, what: str) -> torch.Tensor:
     return ids
 
 
-def _evaluate(model, tokenizer, text: str, eval_tokens: int) -> dict:
+def _evaluate(model, tokenizer, text: str | torch.Tensor, eval_tokens: int) -> dict:
     from .evaluation import perplexity, sentence_embeddings, sentences_of
 
     if is_causal_lm(model):
@@ -151,6 +159,20 @@ def _compare(dense: dict, factorized: dict) -> dict:
         "dense": 1.0,
         "factorized": round(cosine_agreement(dense["embeddings"], factorized["embeddings"]), 4),
         "sentences": int(dense["embeddings"].shape[0]),
+    }
+
+
+@torch.no_grad()
+def _check_reload(model, out: Path) -> dict:
+    """Reload ``out`` the way users will and compare: the checkpoint must give the same outputs and tying."""
+    reloaded = type(model).from_pretrained(out, dtype=next(model.parameters()).dtype).eval()
+    probe = torch.arange(1, 65).remainder(model.get_input_embeddings().weight.shape[0])[None]
+    first, second = model(input_ids=probe)[0], reloaded(input_ids=probe)[0]
+    head, embedding = reloaded.get_output_embeddings(), reloaded.get_input_embeddings()
+    return {
+        "identical": bool(torch.equal(first, second)),
+        "tied": head is not None and getattr(head, "weight", None) is getattr(embedding, "weight", 0),
+        "factorized_layers": len(factorized_layers(reloaded)),
     }
 
 

@@ -18,8 +18,7 @@ def load_model(name: str | Path, *, gguf_file: str | None = None, dtype: str = "
     The class is the config's first ``architectures`` entry (``LlamaForCausalLM``, ``BertModel``, ...), as
     pipelines do, so heads are kept; without one, ``AutoModel``. A GGUF file is dequantized by transformers.
     """
-    import transformers
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     if dtype not in DTYPES:
         raise FactorEmbedError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")
@@ -27,9 +26,7 @@ def load_model(name: str | Path, *, gguf_file: str | None = None, dtype: str = "
         raise FactorEmbedError(f"{name} is not a saved model folder (no config.json); give a model folder")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     config = AutoConfig.from_pretrained(name, **kwargs)
-    architectures = getattr(config, "architectures", None) or []
-    model_class = getattr(transformers, architectures[0], None) if architectures else None
-    model = (model_class or AutoModel).from_pretrained(name, dtype=DTYPES[dtype], **kwargs).eval()
+    model = _model_class(config).from_pretrained(name, dtype=DTYPES[dtype], **kwargs).eval()
     if gguf_file and getattr(model.config, "quantization_config", None) is not None:
         # The GGUF was dequantized on load: the model in memory is a plain float model, saved as one.
         del model.config.quantization_config
@@ -39,6 +36,20 @@ def load_model(name: str | Path, *, gguf_file: str | None = None, dtype: str = "
     except (OSError, ValueError):  # a folder without tokenizer files: calibration needs token ids then
         tokenizer = None
     return model, tokenizer
+
+
+def _model_class(config):
+    """The config's first ``architectures`` entry; without one (GGUF files name none), the causal-LM class when
+    the model type has one, else ``AutoModel``."""
+    import transformers
+    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    architectures = getattr(config, "architectures", None) or []
+    named = getattr(transformers, architectures[0], None) if architectures else None
+    if named is not None:
+        return named
+    return AutoModelForCausalLM if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else AutoModel
 
 
 def is_causal_lm(model) -> bool:

@@ -55,7 +55,10 @@ def test_compress_writes_a_reloadable_checkpoint_card_and_summary(compressed):
     assert len(factorized_layers(model)) == 2 and model.lm_head.weight is model.model.embed_tokens.weight
     assert info["report"]["method"] == "banded" and info["calibration_tokens"] > 0
     assert info["param_bytes_factorized"] < info["param_bytes_dense"]
-    assert info["evaluation"]["metric"] == "perplexity" and info["evaluation"]["factorized"] > 0
+    assert (
+        info["evaluation"]["held_back"]["metric"] == "perplexity" and info["evaluation"]["held_back"]["factorized"] > 0
+    )
+    assert info["reload"] == {"identical": True, "tied": True, "factorized_layers": 2}
     assert info["command"].startswith("hf-factor-embed compress ")
 
 
@@ -68,6 +71,7 @@ def test_the_card_parses_and_its_metadata_is_what_the_hub_accepts(compressed):
     assert data["base_model"] == "org/tiny-llama" and data["base_model_relation"] == "quantized"
     assert data["library_name"] == "transformers" and "hf-factor-embed" in data["tags"]
     assert "| input" in card.text and "AutoModelForCausalLM.from_pretrained" in card.text
+    assert "| held_back | perplexity |" in card.text
     assert info["command"] in card.text and "![spectrum.png](spectrum.png)" in card.text
     card.validate = None  # network validation is the Hub's; the YAML round trip is checked here
     assert ModelCard(str(card)).data.to_dict() == data
@@ -87,8 +91,8 @@ def test_eval_prints_perplexity_beside_the_dense_model(compressed, dense_dir, ca
     assert code == 0
     lines = [line for line in stdout.splitlines() if line.strip().endswith(tuple("0123456789"))]
     assert len(lines) == 2
-    assert float(lines[0].split()[-1]) == pytest.approx(info["evaluation"]["factorized"], rel=1e-3)
-    assert float(lines[1].split()[-1]) == pytest.approx(info["evaluation"]["dense"], rel=1e-3)
+    assert float(lines[0].split()[-1]) == pytest.approx(info["evaluation"]["held_back"]["factorized"], rel=1e-3)
+    assert float(lines[1].split()[-1]) == pytest.approx(info["evaluation"]["held_back"]["dense"], rel=1e-3)
 
 
 def test_analyze_draws_spectrum_error_and_pca_and_suggests_a_rank(dense_dir, tmp_path, capsys):

@@ -53,9 +53,9 @@ def compress(
         budget=budget,
         target=target,
         method=method,
-        calibration_text=read_texts(calibration, dataset),
+        calibration=read_texts(calibration, dataset),
         calibration_tokens=calibration_tokens,
-        eval_text=read_texts(eval_text),
+        eval_texts={Path(f).stem: read_texts([f]) for f in eval_text or []},
         gguf_file=gguf_file,
         dtype=dtype,
         overwrite=overwrite,
@@ -65,7 +65,6 @@ def compress(
     report = result["report"]
     b, a = report["model_params_before"], report["model_params_after"]
     typer.echo(f"method {report['method']}: parameters {b:,} -> {a:,} ({a / b:.1%})")
-    if "evaluation" in result:
-        e = result["evaluation"]
-        typer.echo(f"{e['metric']}: dense {e['dense']}, factorized {e['factorized']}")
+    for name, e in result["evaluation"].items():
+        typer.echo(f"{name}: {e['metric']}: dense {e['dense']}, factorized {e['factorized']}")
     typer.echo(f"wrote {out} (checkpoint, README.md, compression.json)")

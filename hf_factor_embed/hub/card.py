@@ -35,7 +35,7 @@ def render_card(info: dict, repo_id: str | None = None):
     )
     modules = report["modules"]
     auto_class = next((a for s, a in _AUTO_CLASSES.items() if info["architecture"].endswith(s)), "AutoModel")
-    rank = max((m["rank"] for m in modules), default=0)
+    rank = (info.get("requested") or {}).get("rank") or max((m["rank"] for m in modules), default=0)
     name = repo_id or f"{Path(str(hub_base or base)).name}-factorized-r{rank}"
     return ModelCard.from_template(
         data,
@@ -57,6 +57,7 @@ def render_card(info: dict, repo_id: str | None = None):
         checkpoint_bytes=info.get("checkpoint_bytes", 0),
         evaluation=info.get("evaluation"),
         peers=info.get("peers", []),
+        text_notes=info.get("text_notes"),
         plots=info.get("plots", []),
         auto_class=auto_class,
         command=info.get("command") or "(made from Python: hf_factor_embed.patch_model)",

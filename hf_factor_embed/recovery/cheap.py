@@ -128,8 +128,14 @@ def cheap_refit(student: nn.Module, signals: TeacherSignals, config: CheapRefitC
 
     n = signals.hidden.shape[0]
     probe = torch.randperm(n, generator=generator)[: 4 * config.batch_positions]
-    with torch.no_grad():
-        before = {k: float(v) for k, v in losses(probe).items()}
+
+    @torch.no_grad()
+    def probe_losses() -> dict[str, float]:
+        # in training-batch-sized chunks: V logits per position, so a whole probe at once would set the peak
+        chunks = [losses(c) for c in probe.split(config.batch_positions)]
+        return {k: sum(float(c[k]) for c in chunks) / len(chunks) for k in chunks[0]}
+
+    before = probe_losses()
     started, steps = time.perf_counter(), 0
     student_was_training = student.training
     student.eval()  # dropout off: the factors are fitted to deterministic signals
@@ -142,8 +148,7 @@ def cheap_refit(student: nn.Module, signals: TeacherSignals, config: CheapRefitC
         optimizer.step()
         if deadline is not None and time.perf_counter() > deadline:
             break
-    with torch.no_grad():
-        after = {k: float(v) for k, v in losses(probe).items()}
+    after = probe_losses()
     student.train(student_was_training)
     for p, flag in zip(params, trainable_before, strict=True):
         p.requires_grad_(flag)
