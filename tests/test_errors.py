@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -171,7 +172,10 @@ def test_fresh_process_without_the_plugin_fails_loudly(checkpoint):
         "print('LOADED')\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "warning"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    # -S: no site processing, hence no autoload .pth (a Python where the plugin is not installed); the
+    # site-packages folder is put back by hand for transformers itself.
+    code = f"import sys; sys.path.append({sysconfig.get_paths()['purelib']!r})\n" + code
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode != 0 and "LOADED" not in result.stdout
     assert "hf_factor_embed" in result.stderr  # the warning names the missing plugin
     assert "mismatch" in result.stderr.lower()
@@ -198,6 +202,10 @@ def test_import_is_light():
         "transformers.modeling_utils",
         "hf_factor_embed.recovery",
         "hf_factor_embed.cli",
+        "hf_factor_embed.compress",
+        "hf_factor_embed.hub",
+        "hf_factor_embed.plots",
+        "matplotlib",
         "peft",
         "datasets",
         "typer",
