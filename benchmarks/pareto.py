@@ -1,0 +1,215 @@
+"""Embedding bytes against perplexity for SmolLM2: quantization alone, factorization alone, and both.
+
+    python benchmarks/pareto.py                       # ranks 64 128 192 256 384; float, int8 and int4 factors
+
+Calibration and held-back text: Python's language reference (``pydoc_data.topics``; its first --eval-tokens
+tokens evaluate, the --calibration-tokens after them calibrate). Text of another kind, never calibrated on: the
+license texts under /usr/share/common-licenses. Every point is measured in this run with the same
+round-to-nearest symmetric quantizer (fp16 scales): per row for 8 bits, groups of 32 for 4 bits, groups of 16
+for 6 bits (a stand-in for llama.cpp's Q6_K, 6.56 bits per weight). Factorized points use the default method
+(``banded``); A, B and the band's rows are quantized alike, ``int4 A, B refit`` quantizes A and the band and
+refits the small B (r x d, kept in fp32) in closed form to the quantized A (least squares over the rows outside
+the band). Bytes count every stored tensor (the band's int64 index included) against the fp32 embedding
+(tied: one matrix). Writes benchmarks/results/pareto.json, pareto.png and a section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from quality import load_smollm2, write_results_md  # noqa: E402
+
+import hf_factor_embed as hfe  # noqa: E402
+from hf_factor_embed.data import source_text  # noqa: E402
+from hf_factor_embed.evaluation import perplexity  # noqa: E402
+
+TRAIN, OTHER = "pydoc", "licenses"
+#: name -> (bits, group size; None = per row)
+PRECISIONS = {"int8": (8, None), "int6 g16": (6, 16), "int4 g32": (4, 32)}
+
+
+def quantized(w: torch.Tensor, bits: int | None, group: int | None) -> tuple[torch.Tensor, int]:
+    """(the matrix as stored and read back, its bytes)."""
+    if bits is None:
+        return w, w.numel() * 4
+    v, d = w.shape
+    g = d if group is None or d % group else group
+    blocks = w.reshape(v, d // g, g)
+    qmax = 2 ** (bits - 1) - 1
+    # fp16 scales; all-zero rows (A's rows under the band are never read) get the smallest fp16 scale, not 0
+    scale = (blocks.abs().amax(-1, keepdim=True) / qmax).half().float().clamp_min(torch.finfo(torch.float16).tiny)
+    deq = (blocks / scale).round().clamp(-qmax - 1, qmax) * scale
+    return deq.reshape(v, d), round(v * d * bits / 8 + v * (d // g) * 2)
+
+
+@torch.no_grad()
+def quantize_factors(layer, bits: int | None, group: int | None, refit_b: bool = False) -> int:
+    """Quantize a factorized layer's tensors in place; returns the bytes it stores."""
+    a, a_bytes = quantized(layer.weight.data, bits, group)
+    total = a_bytes
+    if layer.dense_rows is not None:
+        rows, rows_bytes = quantized(layer.dense_rows.data, bits, group)
+        layer.dense_rows.copy_(rows)
+        total += rows_bytes + layer.dense_index.numel() * 8
+    if refit_b:
+        # B = argmin || W_low - A_q B || over the rows outside the band: what the float A @ B stood for.
+        target = layer.weight.data @ layer.basis.data
+        keep = torch.ones(a.shape[0], dtype=torch.bool)
+        if layer.dense_index is not None:
+            keep[layer.dense_index] = False
+        aq, t = a[keep].double(), target[keep].double()
+        layer.basis.copy_(torch.linalg.solve(aq.T @ aq, aq.T @ t).float())  # normal equations: r x r, tiny
+        total += layer.basis.numel() * 4
+    else:
+        b, b_bytes = quantized(layer.basis.data, bits, group)
+        layer.basis.copy_(b)
+        total += b_bytes
+    layer.weight.copy_(a)
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ranks", type=int, nargs="+", default=[64, 128, 192, 256, 384])
+    parser.add_argument("--eval-tokens", type=int, default=4096)
+    parser.add_argument("--calibration-tokens", type=int, default=16384)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pareto.json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    dense, tok = load_smollm2()
+    ids = {name: tok(source_text(name), return_tensors="pt").input_ids[0] for name in (TRAIN, OTHER)}
+    evals = {name: t[: args.eval_tokens] for name, t in ids.items()}
+    calibration = ids[TRAIN][args.eval_tokens :][: args.calibration_tokens]
+    weight = dense.get_input_embeddings().weight
+    fp32_bytes = weight.numel() * 4
+    rows = []
+
+    def add(kind, name, model, stored_bytes, rank=None):
+        ppl = {k: perplexity(model, e) for k, e in evals.items()}
+        rows.append(
+            {
+                "kind": kind,
+                "name": name,
+                "rank": rank,
+                "bytes": stored_bytes,
+                "share_of_fp32": stored_bytes / fp32_bytes,
+                **{f"ppl_{k}": v for k, v in ppl.items()},
+            }
+        )
+        print(rows[-1], flush=True)
+
+    original = weight.detach().clone()
+    add("dense", "fp32", dense, fp32_bytes)
+    with torch.no_grad():
+        weight.copy_(original.bfloat16().float())
+    add("quantization", "bf16", dense, fp32_bytes // 2)
+    for name, (bits, group) in PRECISIONS.items():
+        deq, stored = quantized(original, bits, group)
+        with torch.no_grad():
+            weight.copy_(deq)
+        add("quantization", name, dense, stored)
+    with torch.no_grad():
+        weight.copy_(original)
+
+    for rank in args.ranks:
+        start = hfe.patch_model(copy.deepcopy(dense), rank=rank, calibration=calibration)
+        variants = {
+            "float": (None, None, False),
+            "int8": (8, None, False),
+            "int4 g32": (4, 32, False),
+            "int4 g32, B refit": (4, 32, True),
+        }
+        for name, (bits, group, refit) in variants.items():
+            model = copy.deepcopy(start)
+            stored = quantize_factors(model.get_input_embeddings(), bits, group, refit)
+            add("factorized", name, model, stored, rank)
+            del model
+        del start
+
+    command = "python benchmarks/pareto.py " + " ".join(sys.argv[1:])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"command": command.strip(), "rows": rows}, indent=1))
+    plot(rows, args.out.with_suffix(".png"))
+    text = render(command.strip(), rows)
+    print(text)
+    write_results_md(text, "pareto")
+
+
+def render(command: str, rows: list[dict]) -> str:
+    dense = rows[0]
+    int4 = next(r for r in rows if r["name"] == "int4 g32" and r["kind"] == "quantization")
+    lines = [
+        f"Command: `{command}`. SmolLM2-135M tied 49152 x 576 embedding; perplexity ratio to dense in this run; "
+        f"`{TRAIN}` held back (calibration text's kind), `{OTHER}` never calibrated on. *dominates int4 g32*: "
+        "fewer bytes and perplexity no higher on both texts. Plot: `benchmarks/results/pareto.png`.",
+        "",
+        f"| kind | precision | rank | bytes (share of fp32) | {TRAIN} | {OTHER} | dominates int4 g32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [f"{r[f'ppl_{s}']:.2f} ({r[f'ppl_{s}'] / dense[f'ppl_{s}']:.3f}x)" for s in (TRAIN, OTHER)]
+        dominates = (
+            r["kind"] == "factorized"
+            and r["bytes"] < int4["bytes"]
+            and all(r[f"ppl_{s}"] <= int4[f"ppl_{s}"] for s in (TRAIN, OTHER))
+        )
+        lines.append(
+            f"| {r['kind']} | {r['name']} | {r['rank'] or ''} | {r['bytes']:,} ({r['share_of_fp32']:.1%}) | "
+            f"{cells[0]} | {cells[1]} | {'yes' if dominates else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for ax, source in zip(axes, (TRAIN, OTHER), strict=True):
+        for kind, marker in (("quantization", "s"), ("dense", "*")):
+            pts = [r for r in rows if r["kind"] == kind]
+            ax.scatter(
+                [100 * r["share_of_fp32"] for r in pts],
+                [r[f"ppl_{source}"] for r in pts],
+                marker=marker,
+                s=60,
+                label=kind,
+                zorder=3,
+            )
+            for r in pts:
+                ax.annotate(r["name"], (100 * r["share_of_fp32"], r[f"ppl_{source}"]), fontsize=7)
+        for name in ("float", "int8", "int4 g32", "int4 g32, B refit"):
+            pts = sorted((r for r in rows if r["kind"] == "factorized" and r["name"] == name), key=lambda r: r["bytes"])
+            ax.plot(
+                [100 * r["share_of_fp32"] for r in pts],
+                [r[f"ppl_{source}"] for r in pts],
+                "o-",
+                ms=4,
+                label=f"factorized, {name}",
+            )
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="embedding bytes, % of fp32",
+            ylabel="perplexity",
+            title=f"{source} ({'held back' if source == TRAIN else 'other kind'})",
+        )
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
