@@ -5,8 +5,10 @@
 Calibration and held-back text: Python's language reference (``pydoc_data.topics``; its first --eval-tokens
 tokens evaluate, the --calibration-tokens after them calibrate). Text of another kind, never calibrated on: the
 license texts under /usr/share/common-licenses. Every point is measured in this run with the same
-round-to-nearest symmetric quantizer (fp16 scales): per row for 8 bits, groups of 32 for 4 bits, groups of 16
-for 6 bits (a stand-in for llama.cpp's Q6_K, 6.56 bits per weight). Factorized points use the default method
+round-to-nearest symmetric quantizer with fp16 scales, the package's own storage format
+(``hf_factor_embed.quantize``, what ``patch_model(bits=...)`` saves): per row for 8 bits, groups of 32 for 4 bits,
+groups of 16 for 6 bits (a stand-in for llama.cpp's Q6_K, 6.56 bits per weight; 6-bit values are counted at 6
+bits, as a packed format would store them). Factorized points use the default method
 (``banded``); A, B and the band's rows are quantized alike, ``int4 A, B refit`` quantizes A and the band and
 refits the small B (r x d, kept in fp32) in closed form to the quantized A (least squares over the rows outside
 the band). Bytes count every stored tensor (the band's int64 index included) against the fp32 embedding
@@ -29,6 +31,7 @@ from quality import load_smollm2, write_results_md  # noqa: E402
 import hf_factor_embed as hfe  # noqa: E402
 from hf_factor_embed.data import source_text  # noqa: E402
 from hf_factor_embed.evaluation import perplexity  # noqa: E402
+from hf_factor_embed.quantize import dequantize, quantize  # noqa: E402
 
 TRAIN, OTHER = "pydoc", "licenses"
 #: name -> (bits, group size; None = per row)
@@ -36,17 +39,12 @@ PRECISIONS = {"int8": (8, None), "int6 g16": (6, 16), "int4 g32": (4, 32)}
 
 
 def quantized(w: torch.Tensor, bits: int | None, group: int | None) -> tuple[torch.Tensor, int]:
-    """(the matrix as stored and read back, its bytes)."""
+    """(the matrix as stored and read back, its bytes), with the package's own storage format."""
     if bits is None:
         return w, w.numel() * 4
-    v, d = w.shape
-    g = d if group is None or d % group else group
-    blocks = w.reshape(v, d // g, g)
-    qmax = 2 ** (bits - 1) - 1
-    # fp16 scales; all-zero rows (A's rows under the band are never read) get the smallest fp16 scale, not 0
-    scale = (blocks.abs().amax(-1, keepdim=True) / qmax).half().float().clamp_min(torch.finfo(torch.float16).tiny)
-    deq = (blocks / scale).round().clamp(-qmax - 1, qmax) * scale
-    return deq.reshape(v, d), round(v * d * bits / 8 + v * (d // g) * 2)
+    q, scale = quantize(w, bits, group)  # 6 bits: int8 storage here, counted at 6 bits below
+    values = w.numel() * bits // 8 if bits not in (8, 4) else q.numel() * q.element_size()
+    return dequantize(q, scale, bits, w.shape[1], group), values + scale.numel() * 2
 
 
 @torch.no_grad()

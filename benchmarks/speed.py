@@ -1,6 +1,7 @@
 """Factorization time and peak memory at the sizes of real vocabularies.
 
     python benchmarks/speed.py                      # SmolLM2's 49152 x 576 and a Llama-3-sized 128256 x 4096
+    python benchmarks/speed.py --inference          # head and generation timings (benchmarks/inference.py)
 
 Random matrices of the given shapes (the time and memory of the Gram eigendecomposition route do not depend on
 the values); for each: the factorization time of plain SVD and of the two-sided weighted fit, against
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +28,11 @@ def peak_rss_gib() -> float:
 
 
 def main() -> None:
+    if "--inference" in sys.argv[1:2]:  # the inference part: head and generation timings (inference.py)
+        from inference import main as inference_main
+
+        inference_main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description="factorization speed and memory")
     parser.add_argument("--shapes", nargs="+", default=["49152x576x256", "128256x4096x1024"], help="VxDxRANK")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speed.json")

@@ -49,6 +49,8 @@ def compress(
     budget: float | None = None,
     target: float | None = None,
     method: str | None = None,
+    bits: int | None = None,
+    group_size: int | None = None,
     calibration: str | torch.Tensor | None = None,
     calibration_tokens: int = 32768,
     eval_texts: Mapping[str, str | torch.Tensor] | None = None,
@@ -86,7 +88,7 @@ def compress(
 
     started = time.perf_counter()
     size = {"rank": rank} if rank is not None else {"budget": budget} if budget is not None else {"target": target}
-    patch_model(model, **size, method=method, calibration=calibration)
+    patch_model(model, **size, method=method, calibration=calibration, bits=bits, group_size=group_size)
     seconds = time.perf_counter() - started
     report = model.factor_embed_report
     result = {
@@ -97,6 +99,8 @@ def compress(
         "dtype": dtype,
         "architecture": type(model).__name__,
         "requested": size,
+        "bits": bits,
+        "group_size": model.config.quantization_config.group_size,
         "report": report.as_dict(),
         "calibration_tokens": 0 if calibration is None else int(calibration.numel()),
         "param_bytes_dense": bytes_dense,

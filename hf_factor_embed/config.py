@@ -28,6 +28,9 @@ class FactorEmbedConfig(QuantizationConfigMixin):
         modules: role -> ``{"rank", "num_embeddings", "embedding_dim"}`` for each factorized module; roles are
             ``"input"``, ``"output"`` and the adapter's extra embeddings (``"position"``, ``"token_type"``).
         tied: whether the output head shares the input embedding's factors.
+        bits: 8 or 4 when the factors are stored as integers with fp16 scales (:mod:`hf_factor_embed.quantize`);
+            None for float factors.
+        group_size: the columns sharing one scale; None: one scale per row.
     """
 
     rank: int | None = None
@@ -35,6 +38,8 @@ class FactorEmbedConfig(QuantizationConfigMixin):
     method: str = "svd"
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)
     tied: bool = False
+    bits: int | None = None
+    group_size: int | None = None
     format_version: int = FORMAT_VERSION
     quant_method: str = QUANT_METHOD
 

@@ -22,6 +22,8 @@ from .config import QUANT_METHOD, FactorEmbedConfig
 from .errors import CheckpointError
 from .lazy import pretrained_model_class as _pretrained_model_class
 from .model_methods import OVERRIDDEN, install_methods
+from .quantize import QUANTIZED_TENSORS
+from .storage import add_placeholders, quantized_state_dict, restore_from_placeholders
 from .structure import install_layers
 
 if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
@@ -34,14 +36,26 @@ class FactorEmbedHfQuantizer(HfQuantizer):
     requires_calibration = False
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
-        layers = install_layers(model, get_adapter(model), self.quantization_config)
+        config = self.quantization_config
+        layers = install_layers(model, get_adapter(model), config)
+        if config.bits:  # integer factors: placeholders to read them into; the float keys are not in the file
+            expected_missing = add_placeholders(model, config)
+            model._keys_to_ignore_on_load_missing = {*(model._keys_to_ignore_on_load_missing or ()), *expected_missing}
         if checkpoint_files:
-            _check_checkpoint(model, layers, checkpoint_files)
+            _check_checkpoint(model, layers, checkpoint_files, skip=QUANTIZED_TENSORS if config.bits else ())
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        if self.quantization_config.bits:
+            restore_from_placeholders(model, self.quantization_config)
         install_methods(model)
         return model
+
+    def get_state_dict_and_metadata(self, model):
+        """With ``bits``: the factors as integers and scales (what ``save_pretrained`` writes)."""
+        if self.quantization_config.bits:
+            return quantized_state_dict(model, self.quantization_config), {}
+        return None, {}
 
     def is_serializable(self) -> bool:
         return True
@@ -95,7 +109,7 @@ def give_own_config(model: PreTrainedModel) -> None:
             module.config = own if module.config is model.config else memo.get(id(module.config), module.config)
 
 
-def _check_checkpoint(model, layers, checkpoint_files) -> None:
+def _check_checkpoint(model, layers, checkpoint_files, skip: tuple[str, ...] = ()) -> None:
     """Every factor the config promises is in the checkpoint with the right shape, and the files are whole.
 
     transformers would only warn about a missing factor and leave it uninitialised; we refuse instead.
@@ -116,7 +130,7 @@ def _check_checkpoint(model, layers, checkpoint_files) -> None:
     for module_name, layer in ((n, m) for n, m in model.named_modules() if m in layers.values()):
         for param_name, param in layer.named_parameters(recurse=False):
             key = f"{module_name}.{param_name}"
-            if key in tied_targets:
+            if key in tied_targets or param_name in skip:
                 continue
             found = [k for k in shapes if k == key or k.endswith("." + key) or key.endswith("." + k)]
             if not found:

@@ -183,7 +183,9 @@ class FactorizedLMHead(FactorizedLayer):
         logits = F.linear(F.linear(hidden_states, self.basis), self.weight, self.bias)
         if self.dense_rows is not None:
             bias = None if self.bias is None else self.bias[self.dense_index]
-            logits = logits.index_copy(-1, self.dense_index, F.linear(hidden_states, self.dense_rows, bias))
+            # In place: the logits are a fresh tensor that linear's backward does not need, so overwriting the
+            # band's columns saves a second V-wide tensor and its copy per token.
+            logits.index_copy_(-1, self.dense_index, F.linear(hidden_states, self.dense_rows, bias))
         return logits
 
     def to_dense(self) -> nn.Linear:

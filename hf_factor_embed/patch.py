@@ -21,7 +21,9 @@ from .factorize.lowrank import estimate_bytes, relative_error
 from .integration import attach, detach, give_own_config
 from .layers import FactorizedLayer
 from .lazy import pretrained_model_class as _pretrained_model_class
+from .quantize import check_bits, default_group
 from .report import ModuleReport, PatchReport
+from .storage import round_factors
 from .structure import DENSE_SKELETON, dense_shape, embed_scale_of, factorized_layers, install_layers, untie_keys
 
 if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
@@ -56,6 +58,8 @@ def patch_model(
     tokenizer=None,
     target: float | None = None,
     holdout_tokens: int = 2048,
+    bits: int | None = None,
+    group_size: int | None = None,
     verbose: bool = False,
 ) -> PreTrainedModel:
     """Replace the model's token embedding and output head (in place) by low-rank factors A @ B.
@@ -84,6 +88,11 @@ def patch_model(
             held out from the statistics. The smallest rank (a multiple of 8) that meets it is chosen; when even
             full rank does not, full rank is used and the report says so. Causal language models only.
         holdout_tokens: the held-out slice for ``target``.
+        bits: 8 or 4 to store the factors (A, B, the band's rows) as integers with fp16 scales: the checkpoint
+            shrinks by about 4x / 8x more. The factors in memory are rounded to the stored values at once, so
+            what you measure is what you save; they stay float Parameters (training moves them; saving rounds
+            them again). Default None: float factors. See :mod:`hf_factor_embed.quantize`.
+        group_size: columns per scale with ``bits`` (default: one scale per row for 8 bits, 32 for 4 bits).
         verbose: print the report (it is logged at INFO level and kept as ``model.factor_embed_report`` anyway).
 
     Returns:
@@ -91,6 +100,7 @@ def patch_model(
         a config object of its own, so other models built from the same config stay dense.
     """
     started = time.perf_counter()
+    check_bits(bits, group_size)
     plan = _plan(model, rank, budget, target, roles, method)
     stats, holdout = _calibrate(model, plan, calibration, tokenizer, target, holdout_tokens)
     factorizer = _pick_method(plan, stats)
@@ -100,8 +110,12 @@ def patch_model(
     _check_memory(plan)
     factors = _factorize_all(plan, factorizer, stats, plan.ranks)
     config = _config(plan, factors, rank if isinstance(rank, int) and target is None else None, budget)
+    if bits is not None:
+        config.bits, config.group_size = bits, default_group(bits, group_size)
     report = _report(model, plan, factors, search_note)
     _install(model, plan, config, factors)
+    if bits is not None:
+        round_factors(model, config)
     report.model_params_after = model.num_parameters()
     report.seconds = time.perf_counter() - started
     model.factor_embed_report = report

@@ -223,6 +223,20 @@ def test_user_mistakes_are_one_line_exit_2_and_overwrite_nothing(compressed, den
     assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
 
 
+def test_compress_with_integer_factors_reloads_identical(dense_dir, tmp_path, capsys, input_ids):
+    code, _, err = run_cli(
+        capsys, "compress", dense_dir / "dense", "--rank", "16", "--bits", "4", "--out", tmp_path / "q"
+    )
+    assert code == 0, err
+    info = json.loads((tmp_path / "q" / "compression.json").read_text())
+    assert info["bits"] == 4 and info["group_size"] == 32 and info["reload"]["identical"]
+    assert "4-bit integers" in (tmp_path / "q" / "README.md").read_text()
+    code, _, err = run_cli(
+        capsys, "compress", dense_dir / "dense", "--rank", "16", "--bits", "5", "--out", tmp_path / "x"
+    )
+    assert code == 2 and "bits=5" in err
+
+
 def test_python_api_compress_matches_patch_model(dense_dir, tmp_path, input_ids):
     from hf_factor_embed.compress import compress
 

@@ -31,6 +31,12 @@ def compress(
     method: Annotated[
         str | None, typer.Option(help="Factorization method (default: banded with text, else svd).")
     ] = None,
+    bits: Annotated[
+        int | None, typer.Option(help="Store the factors as 8- or 4-bit integers with fp16 scales.")
+    ] = None,
+    group_size: Annotated[
+        int | None, typer.Option(help="With --bits: columns per scale (default: per row for 8, 32 for 4).")
+    ] = None,
     calibration: Files = None,
     dataset: Annotated[str | None, typer.Option(help="A `datasets` name whose text calibrates.")] = None,
     calibration_tokens: Annotated[int, typer.Option(help="Calibration tokens used at most.")] = 32768,
@@ -53,6 +59,8 @@ def compress(
         budget=budget,
         target=target,
         method=method,
+        bits=bits,
+        group_size=group_size,
         calibration=read_texts(calibration, dataset),
         calibration_tokens=calibration_tokens,
         eval_texts={Path(f).stem: read_texts([f]) for f in eval_text or []},

@@ -1,0 +1,86 @@
+"""Integer storage for the factors: symmetric round-to-nearest with fp16 scales, per row or per group of columns.
+
+``patch_model(..., bits=8 | 4)`` rounds the factors (A, B and the band's rows) to what they will be stored as,
+so the model in memory is the model on disk; ``save_pretrained`` writes each as ``<name>_q`` (int8; two 4-bit
+values per uint8) and ``<name>_scale`` (fp16), and ``from_pretrained`` turns them back into the float factors
+(:mod:`.integration`). Training between the two (recovery) moves the float factors; saving rounds them again.
+
+Why by hand and not torchao: torchao is not a dependency of transformers and its int4 layouts target linear
+layers with CUDA / CPU kernels; here the factors are read back into float at load, so what is needed is only a
+storage format, and safetensors holds plain integer tensors. The arithmetic is the same symmetric RTN that
+llama.cpp's Q8_0 / Q4_0 and torchao's int8/int4 weight-only schemes use.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import FactorEmbedError
+
+BITS = (8, 4)
+#: The float tensors of a factorized layer that are stored as integers when ``bits`` is set.
+QUANTIZED_TENSORS = ("weight", "basis", "dense_rows")
+
+
+def check_bits(bits: int | None, group_size: int | None) -> None:
+    if bits is not None and bits not in BITS:
+        raise FactorEmbedError(f"bits={bits} is not supported; use one of {BITS} (or None for float factors)")
+    if group_size is not None and (bits is None or group_size < 2 or group_size % 2):
+        raise FactorEmbedError(f"group_size={group_size} needs bits and an even size >= 2 (e.g. 32); or leave it None")
+
+
+def default_group(bits: int, group_size: int | None) -> int | None:
+    """Per row (None) for 8 bits, groups of 32 for 4 bits, unless told otherwise."""
+    return group_size if group_size is not None else (None if bits == 8 else 32)
+
+
+def _group(cols: int, group: int | None) -> int:
+    return cols if group is None else min(group, cols)
+
+
+def quantize(w: torch.Tensor, bits: int, group: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(integers, fp16 scales (rows x groups)). The last group of a row may be partial (no padding is stored);
+    4-bit values are packed two per byte, low nibble first."""
+    rows, cols = w.shape
+    g = _group(cols, group)
+    groups = math.ceil(cols / g)
+    padded = torch.nn.functional.pad(w.detach().float(), (0, groups * g - cols))  # zeros never raise a max
+    blocks = padded.reshape(rows, groups, g)
+    qmax = 2 ** (bits - 1) - 1
+    # fp16 scales; an all-zero group (A's rows under the band are never read) gets the smallest one, not 0
+    scale = (blocks.abs().amax(-1, keepdim=True) / qmax).half().clamp_min(torch.finfo(torch.float16).tiny)
+    q = (blocks / scale.float()).round().clamp(-qmax - 1, qmax).to(torch.int8).reshape(rows, -1)[:, :cols]
+    if bits == 4:
+        nibbles = (torch.nn.functional.pad(q, (0, cols % 2)) + 8).to(torch.uint8)
+        q = nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
+    return q.contiguous(), scale.squeeze(-1).contiguous()
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, bits: int, cols: int, group: int | None) -> torch.Tensor:
+    """The float32 matrix (rows x cols) that :func:`quantize` stored."""
+    if bits == 4:
+        low, high = (q & 0xF).to(torch.int8) - 8, (q >> 4).to(torch.int8) - 8
+        q = torch.stack([low, high], dim=-1).reshape(q.shape[0], -1)
+    g = _group(cols, group)
+    groups = scale.shape[1]
+    values = torch.nn.functional.pad(q[:, :cols].float(), (0, groups * g - cols)).reshape(q.shape[0], groups, g)
+    return (values * scale.float().unsqueeze(-1)).reshape(q.shape[0], -1)[:, :cols]
+
+
+def stored_shapes(rows: int, cols: int, bits: int, group: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Shapes of (integers, scales) for a rows x cols matrix: what the load path allocates before reading."""
+    width = cols if bits == 8 else math.ceil(cols / 2)
+    return (rows, width), (rows, math.ceil(cols / _group(cols, group)))
+
+
+def stored_dtype(bits: int) -> torch.dtype:
+    return torch.int8 if bits == 8 else torch.uint8
+
+
+@torch.no_grad()
+def round_in_place(tensor: torch.Tensor, bits: int, group: int | None) -> None:
+    """Replace ``tensor``'s values by what storing them with ``bits`` gives back."""
+    q, scale = quantize(tensor, bits, group)
+    tensor.copy_(dequantize(q, scale, bits, tensor.shape[1], group).to(tensor.dtype))

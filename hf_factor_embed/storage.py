@@ -1,0 +1,91 @@
+"""Integer factors in the checkpoint (``bits`` set): what ``save_pretrained`` writes instead of the float factors,
+and how ``from_pretrained`` reads them back. The arithmetic is in :mod:`.quantize`.
+
+Saving: the quantizer's ``get_state_dict_and_metadata`` (transformers' hook for quantized state dicts) replaces
+each float factor ``<module>.<name>`` by ``<name>_q`` and ``<name>_scale``; a tied head's factors are the
+embedding's and are written once. Loading: before the weights load, each factorized layer gets placeholder
+Parameters under those names, so transformers reads them like any weight; afterwards they become the float
+factors again and the placeholders go. The float factors' keys are declared as expected-missing.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from .config import FactorEmbedConfig
+from .layers import FactorizedLayer
+from .quantize import QUANTIZED_TENSORS, dequantize, quantize, round_in_place, stored_dtype, stored_shapes
+from .structure import factorized_layers, retie
+
+Q, SCALE = "_q", "_scale"
+
+
+def _owned(model: nn.Module) -> dict[str, tuple[FactorizedLayer, str]]:
+    """``module.name`` -> (layer, tensor name) for every float factor, each shared tensor once (tied heads skip)."""
+    seen, owned = set(), {}
+    for module_name, layer in factorized_layers(model).items():
+        for name in QUANTIZED_TENSORS:
+            tensor = getattr(layer, name, None)
+            if tensor is not None and id(tensor) not in seen:
+                seen.add(id(tensor))
+                owned[f"{module_name}.{name}"] = (layer, name)
+    return owned
+
+
+def round_factors(model: nn.Module, config: FactorEmbedConfig) -> None:
+    """Round every float factor to its stored value (in place; shared tensors once)."""
+    for layer, name in _owned(model).values():
+        round_in_place(getattr(layer, name).data, config.bits, config.group_size)
+
+
+def quantized_state_dict(model: nn.Module, config: FactorEmbedConfig) -> dict[str, torch.Tensor]:
+    """The model's state dict with every float factor replaced by its integers and scales."""
+    state = model.state_dict()
+    owned = _owned(model)
+    for module_name in factorized_layers(model):
+        for name in QUANTIZED_TENSORS:
+            state.pop(f"{module_name}.{name}", None)
+    for key, (layer, name) in owned.items():
+        q, scale = quantize(getattr(layer, name), config.bits, config.group_size)
+        state[key + Q], state[key + SCALE] = q, scale
+    return state
+
+
+def add_placeholders(model: nn.Module, config: FactorEmbedConfig) -> list[str]:
+    """Register ``<name>_q`` / ``<name>_scale`` Parameters for transformers to load into; returns the regexes of
+    the float factors' keys, which the checkpoint does not hold."""
+    missing = []
+    for key, (layer, name) in _owned(model).items():
+        rows, cols = getattr(layer, name).shape
+        q_shape, scale_shape = stored_shapes(rows, cols, config.bits, config.group_size)
+        device = getattr(layer, name).device
+        q = torch.zeros(q_shape, dtype=stored_dtype(config.bits), device=device)
+        layer.register_parameter(name + Q, nn.Parameter(q, requires_grad=False))
+        scale = torch.ones(scale_shape, dtype=torch.float16, device=device)
+        layer.register_parameter(name + SCALE, nn.Parameter(scale, requires_grad=False))
+        missing.append(rf"(^|\.){re.escape(key)}$")
+    # a tied head's float factors are tied targets, restored by tying; declared too, for models loaded headless
+    for module_name, layer in factorized_layers(model).items():
+        present = [n for n in QUANTIZED_TENSORS if getattr(layer, n, None) is not None]
+        missing += [rf"(^|\.){re.escape(module_name)}\.{n}$" for n in present]
+    return missing
+
+
+@torch.no_grad()
+def restore_from_placeholders(model: nn.Module, config: FactorEmbedConfig) -> None:
+    """Turn the loaded integers back into the float factors, drop the placeholders, tie again."""
+    for layer in factorized_layers(model).values():
+        for name in QUANTIZED_TENSORS:
+            if name + Q not in layer._parameters:
+                continue
+            target = getattr(layer, name)
+            q, scale = layer._parameters.pop(name + Q), layer._parameters.pop(name + SCALE)
+            values = dequantize(q.data, scale.data, config.bits, target.shape[1], config.group_size).to(target.dtype)
+            if target.device.type == "meta":
+                setattr(layer, name, nn.Parameter(values.to(q.device), requires_grad=target.requires_grad))
+            else:
+                target.data = values.to(target.device)
+    retie(model)

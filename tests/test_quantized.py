@@ -1,0 +1,101 @@
+"""Integer factors (``bits``): what is measured is what is saved, the checkpoint holds integers and scales only,
+and ``from_pretrained`` restores identical logits, tying and the float factors; ``densify`` still works."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_llama
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+import hf_factor_embed as hfe
+from hf_factor_embed import FactorEmbedError
+from hf_factor_embed.quantize import dequantize, quantize
+from hf_factor_embed.structure import factorized_layers
+
+
+def calibration() -> torch.Tensor:
+    return torch.randint(1, VOCAB, (2000,), generator=torch.Generator().manual_seed(0))
+
+
+def tensors(path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("tied", [True, False])
+def test_integer_factors_round_trip_identical_and_tied(bits, tied, tmp_path, input_ids):
+    model = hfe.patch_model(tiny_llama(tied), rank=16, calibration=calibration(), bits=bits)
+    with torch.no_grad():
+        before = model(input_ids).logits
+    model.save_pretrained(tmp_path)
+    stored = tensors(tmp_path)
+    for name in factorized_layers(model):
+        assert f"{name}.weight" not in stored and f"{name}.basis" not in stored  # no float factor on disk
+    assert stored["model.embed_tokens.weight_q"].dtype == (torch.int8 if bits == 8 else torch.uint8)
+    assert stored["model.embed_tokens.weight_scale"].dtype == torch.float16
+    assert ("lm_head.weight_q" in stored) == (not tied)  # a tied head's factors are written once
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids).logits, before)
+    assert (reloaded.lm_head.weight is reloaded.model.embed_tokens.weight) == tied
+    assert not [n for n, _ in reloaded.named_parameters() if n.endswith(("_q", "_scale"))]
+    assert reloaded.config.quantization_config.bits == bits
+
+    reloaded.save_pretrained(tmp_path / "again")  # a second round trip stores the same integers
+    assert all(torch.equal(v, tensors(tmp_path / "again")[k]) for k, v in stored.items())
+
+
+def test_integer_factors_shrink_the_embedding_bytes(tmp_path):
+    sizes = {}
+    for bits in (None, 8, 4):
+        model = hfe.patch_model(tiny_llama(), rank=16, calibration=calibration(), bits=bits)
+        model.save_pretrained(tmp_path / str(bits))
+        sizes[bits] = sum(
+            v.numel() * v.element_size()
+            for k, v in tensors(tmp_path / str(bits)).items()
+            if k.startswith("model.embed_tokens.")
+        )
+    assert sizes[8] < 0.4 * sizes[None] and sizes[4] < 0.7 * sizes[8]
+
+
+def test_densify_of_an_integer_factor_model_keeps_its_outputs(input_ids):
+    model = hfe.patch_model(tiny_llama(), rank=16, calibration=calibration(), bits=4)
+    with torch.no_grad():
+        before = model(input_ids).logits
+        dense = hfe.densify(model)
+        torch.testing.assert_close(dense(input_ids).logits, before, rtol=1e-5, atol=1e-5)
+
+
+def test_training_moves_the_floats_and_saving_rounds_them_again(tmp_path, input_ids):
+    model = hfe.patch_model(tiny_llama(), rank=16, calibration=calibration(), bits=8)
+    with torch.no_grad():
+        model.model.embed_tokens.basis.add_(0.01)  # what an optimizer step does to the float factor
+        q, scale = quantize(model.model.embed_tokens.basis, 8, None)
+        expected = dequantize(q, scale, 8, model.model.embed_tokens.basis.shape[1], None)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(reloaded.model.embed_tokens.basis, expected)
+
+
+@pytest.mark.parametrize(("bits", "group_size"), [(3, None), (16, None), (8, 3), (None, 32)])
+def test_unsupported_bits_are_refused_before_anything_changes(bits, group_size):
+    model = tiny_llama()
+    with pytest.raises(FactorEmbedError, match="bits|group_size"):
+        hfe.patch_model(model, rank=8, bits=bits, group_size=group_size)
+    assert not factorized_layers(model)
+
+
+@pytest.mark.parametrize("shape", [(7, 64), (5, 179), (3, 11)])
+@pytest.mark.parametrize(("bits", "group"), [(8, None), (8, 16), (4, 32), (4, None)])
+def test_quantize_is_idempotent_and_within_half_a_step(shape, bits, group):
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    q, scale = quantize(w, bits, group)
+    back = dequantize(q, scale, bits, shape[1], group)
+    assert back.shape == w.shape
+    step = scale.float().max()
+    assert (back - w).abs().max() <= 0.5 * step * 1.01
+    assert torch.equal(quantize(back, bits, group)[0], q)
