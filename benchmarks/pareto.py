@@ -131,13 +131,67 @@ def main() -> None:
             del model
         del start
 
+    rows_load = load_times(dense, calibration, rank=max(args.ranks))
     command = "python benchmarks/pareto.py " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": command.strip(), "rows": rows}, indent=1))
+    args.out.write_text(json.dumps({"command": command.strip(), "rows": rows, "load": rows_load}, indent=1))
     plot(rows, args.out.with_suffix(".png"))
-    text = render(command.strip(), rows)
+    text = render(command.strip(), rows) + "\n\n" + render_load(rows_load)
     print(text)
     write_results_md(text, "pareto")
+
+
+def load_times(dense, calibration, rank: int, reps: int = 3) -> list[dict]:
+    """from_pretrained time (median of ``reps``, warm file cache) of the dense fp32 checkpoint and of factorized
+    ones with float, 8-bit and 4-bit factors, all saved here."""
+    import statistics
+    import tempfile
+    import time
+
+    from transformers import AutoModelForCausalLM
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = {"dense fp32": None, "factorized float": "float", "factorized int8": 8, "factorized int4": 4}
+        for name, bits in variants.items():
+            folder = Path(tmp) / name.replace(" ", "_")
+            if bits is None:
+                dense.save_pretrained(folder)
+            else:
+                model = hfe.patch_model(
+                    copy.deepcopy(dense), rank=rank, calibration=calibration, bits=None if bits == "float" else bits
+                )
+                model.save_pretrained(folder)
+                del model
+            AutoModelForCausalLM.from_pretrained(folder)  # warm the file cache
+            times = []
+            for _ in range(reps):
+                started = time.perf_counter()
+                AutoModelForCausalLM.from_pretrained(folder)
+                times.append(time.perf_counter() - started)
+            size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+            out.append(
+                {
+                    "checkpoint": name,
+                    "rank": None if bits is None else rank,
+                    "seconds": statistics.median(times),
+                    "file_bytes": size,
+                }
+            )
+            print(out[-1], flush=True)
+    return out
+
+
+def render_load(rows: list[dict]) -> str:
+    lines = [
+        "Loading (`from_pretrained`, median of 3, warm file cache; whole SmolLM2 checkpoint files):",
+        "",
+        "| checkpoint | rank | file bytes | load s |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['checkpoint']} | {r['rank'] or ''} | {r['file_bytes']:,} | {r['seconds']:.2f} |")
+    return "\n".join(lines)
 
 
 def render(command: str, rows: list[dict]) -> str:
