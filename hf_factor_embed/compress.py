@@ -145,7 +145,7 @@ def _evaluate(model, tokenizer, text: str | torch.Tensor, eval_tokens: int) -> d
         window = min(512, ids.numel())
         if window < 16:
             raise FactorEmbedError("the evaluation text is too short; give at least a few hundred tokens")
-        return {"perplexity": perplexity(model, ids, window=window)}
+        return {"perplexity": perplexity(model, ids, window=window, progress=True)}
     sentences = sentences_of(text)
     if not sentences:
         raise FactorEmbedError("the evaluation text has no lines of 20 characters or more; give real sentences")

@@ -8,7 +8,7 @@ import torch
 
 
 @torch.no_grad()
-def perplexity(model, token_ids: torch.Tensor, window: int = 512, batch_size: int = 4) -> float:
+def perplexity(model, token_ids: torch.Tensor, window: int = 512, batch_size: int = 4, progress: bool = False) -> float:
     """exp(mean next-token loss) over consecutive, non-overlapping ``window``-token windows of ``token_ids``.
 
     Every window is scored on its own (no context carried over), so the figure depends only on the text, the
@@ -23,7 +23,9 @@ def perplexity(model, token_ids: torch.Tensor, window: int = 512, batch_size: in
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
-    for start in range(0, n, batch_size):
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, n, batch_size), desc="perplexity", disable=not progress, unit="batch"):
         batch = windows[start : start + batch_size].to(device)
         logits = model(input_ids=batch).logits[:, :-1].float()
         loss = torch.nn.functional.cross_entropy(

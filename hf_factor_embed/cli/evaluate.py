@@ -50,9 +50,9 @@ def evaluate(
         if window < 16:
             raise FactorEmbedError("the text is too short; give at least a few hundred tokens")
         typer.echo(f"perplexity over {ids.numel()} tokens ({window}-token windows)")
-        typer.echo(f"  {model}: {perplexity(subject, ids, window=window):.3f}")
+        typer.echo(f"  {model}: {perplexity(subject, ids, window=window, progress=True):.3f}")
         if other is not None:
-            typer.echo(f"  {other_name}: {perplexity(other, ids, window=window):.3f}")
+            typer.echo(f"  {other_name}: {perplexity(other, ids, window=window, progress=True):.3f}")
         return
     if other is None:
         raise FactorEmbedError("an encoder is measured against a dense model: add --reference DENSE_MODEL")
