@@ -17,7 +17,7 @@ def push(
     private: Annotated[bool, typer.Option(help="Create the repository private.")] = False,
     token: Annotated[str | None, typer.Option(help="A Hub token (default: the logged-in one, HF_TOKEN).")] = None,
 ) -> None:
-    """Create REPO_ID if needed and upload FOLDER in one commit (huggingface_hub upload_folder)."""
+    """Create REPO_ID if needed and upload FOLDER in one commit (huggingface_hub create_commit)."""
     from ..hub.push import push as run_push
 
     typer.echo(f"uploaded: {run_push(folder, repo_id, private=private, token=token)}")
