@@ -11,6 +11,20 @@ from dataclasses import dataclass, field
 import torch
 
 
+def embedding_weights(model) -> dict[str, torch.Tensor]:
+    """Role -> the dense matrix of the model's token embedding and output head (a tied head's once)."""
+    from .adapters import get_adapter
+
+    adapter = get_adapter(model)
+    weights, seen = {}, set()
+    for role in ("input", "output"):
+        weight = getattr(adapter.get(model, role), "weight", None)
+        if weight is not None and id(weight) not in seen:
+            seen.add(id(weight))
+            weights[role] = weight
+    return weights
+
+
 def singular_values(weight: torch.Tensor) -> torch.Tensor:
     """Singular values of a (V x d) matrix, largest first, float64 on the CPU."""
     return torch.linalg.svdvals(weight.detach().double().cpu())

@@ -82,7 +82,7 @@ def compress(
     if calibration is not None:
         calibration = _token_ids(calibration, tokenizer, "calibration")[:calibration_tokens]
     eval_texts = dict(eval_texts or {})
-    dense_eval = {name: _evaluate(model, tokenizer, text, eval_tokens) for name, text in eval_texts.items()}
+    dense_eval = {name: evaluate_text(model, tokenizer, text, eval_tokens) for name, text in eval_texts.items()}
     spectrum = _spectrum(model) if plots else None
     bytes_dense = _param_bytes(model)
 
@@ -109,7 +109,7 @@ def compress(
         "command": command,
     }
     result["evaluation"] = {
-        name: _compare(dense_eval[name], _evaluate(model, tokenizer, text, eval_tokens))
+        name: compare_to_dense(dense_eval[name], evaluate_text(model, tokenizer, text, eval_tokens))
         for name, text in eval_texts.items()
     }
     model.save_pretrained(out)
@@ -137,7 +137,9 @@ def _token_ids(text: str | torch.Tensor, tokenizer, what: str) -> torch.Tensor:
     return ids
 
 
-def _evaluate(model, tokenizer, text: str | torch.Tensor, eval_tokens: int) -> dict:
+def evaluate_text(model, tokenizer, text: str | torch.Tensor, eval_tokens: int) -> dict:
+    """What ``compress`` and ``hf-factor-embed eval`` measure on a text: for a causal LM its perplexity (with the
+    tokens and window used), for an encoder its sentence embeddings (compared by :func:`compare_to_dense`)."""
     from .evaluation import perplexity, sentence_embeddings, sentences_of
 
     if is_causal_lm(model):
@@ -145,14 +147,15 @@ def _evaluate(model, tokenizer, text: str | torch.Tensor, eval_tokens: int) -> d
         window = min(512, ids.numel())
         if window < 16:
             raise FactorEmbedError("the evaluation text is too short; give at least a few hundred tokens")
-        return {"perplexity": perplexity(model, ids, window=window, progress=True)}
+        ppl = perplexity(model, ids, window=window, progress=True)
+        return {"perplexity": ppl, "tokens": int(ids.numel()), "window": window}
     sentences = sentences_of(text)
     if not sentences:
         raise FactorEmbedError("the evaluation text has no lines of 20 characters or more; give real sentences")
     return {"embeddings": sentence_embeddings(model, tokenizer, sentences)}
 
 
-def _compare(dense: dict, factorized: dict) -> dict:
+def compare_to_dense(dense: dict, factorized: dict) -> dict:
     from .evaluation import cosine_agreement
 
     if "perplexity" in dense:
@@ -186,18 +189,9 @@ def _param_bytes(model) -> int:
 
 def _spectrum(model) -> dict[str, list[float]]:
     """Singular values of each dense embedding matrix (a tied head once), before it is replaced."""
-    from .adapters import get_adapter
-    from .analysis import singular_values
+    from .analysis import embedding_weights, singular_values
 
-    adapter = get_adapter(model)
-    spectra, seen = {}, set()
-    for role in ("input", "output"):
-        weight = getattr(adapter.get(model, role), "weight", None)
-        if weight is None or id(weight) in seen:
-            continue
-        seen.add(id(weight))
-        spectra[role] = singular_values(weight).tolist()
-    return spectra
+    return {role: singular_values(weight).tolist() for role, weight in embedding_weights(model).items()}
 
 
 def _plots(out: Path, spectrum: dict, report) -> list[str]:

@@ -30,8 +30,7 @@ def analyze(
     import torch
     from tqdm.auto import tqdm
 
-    from ..adapters import get_adapter
-    from ..analysis import analyze_weight
+    from ..analysis import analyze_weight, embedding_weights
     from ..compress import read_texts
     from ..errors import FactorEmbedError
     from ..folders import check_output_dir
@@ -50,13 +49,10 @@ def analyze(
     if text is not None:
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
         counts = torch.bincount(ids, minlength=dense.get_input_embeddings().weight.shape[0]).double()
-    adapter, seen, analyses = get_adapter(dense), set(), []
-    for role in tqdm(("input", "output"), desc="analyze"):
-        weight = getattr(adapter.get(dense, role), "weight", None)
-        if weight is None or id(weight) in seen:
-            continue
-        seen.add(id(weight))
-        analyses.append(analyze_weight(role, weight, counts[: weight.shape[0]] if counts is not None else None))
+    analyses = [
+        analyze_weight(role, weight, counts[: weight.shape[0]] if counts is not None else None)
+        for role, weight in tqdm(embedding_weights(dense).items(), desc="analyze")
+    ]
     out.mkdir(parents=True, exist_ok=True)
     summaries = [a.summary(budget) for a in analyses]
     spectrum_plot(

@@ -33,9 +33,8 @@ def evaluate(
     max_tokens: Annotated[int, typer.Option(help="Causal LMs: evaluate the first N tokens.")] = 8192,
 ) -> None:
     """Measure MODEL on your text; with --compare, beside a dense model."""
-    from ..compress import read_texts
+    from ..compress import compare_to_dense, evaluate_text, read_texts
     from ..errors import FactorEmbedError
-    from ..evaluation import cosine_agreement, perplexity, sentence_embeddings, sentences_of
     from ..loading import is_causal_lm, load_model
 
     if (text is None) == (dataset is None):
@@ -43,23 +42,17 @@ def evaluate(
     body = read_texts(text, dataset)
     subject, tokenizer = load_model(model)
     other_name = compare or reference
-    other = load_model(other_name, gguf_file=gguf_file)[0] if other_name else None
-    if is_causal_lm(subject):
-        ids = tokenizer(body, return_tensors="pt", add_special_tokens=False).input_ids[0][:max_tokens]
-        window = min(512, ids.numel())
-        if window < 16:
-            raise FactorEmbedError("the text is too short; give at least a few hundred tokens")
-        typer.echo(f"perplexity over {ids.numel()} tokens ({window}-token windows)")
-        typer.echo(f"  {model}: {perplexity(subject, ids, window=window, progress=True):.3f}")
-        if other is not None:
-            typer.echo(f"  {other_name}: {perplexity(other, ids, window=window, progress=True):.3f}")
-        return
-    if other is None:
+    if not is_causal_lm(subject) and other_name is None:
         raise FactorEmbedError("an encoder is measured against a dense model: add --reference DENSE_MODEL")
-    sentences = sentences_of(body)
-    if not sentences:
-        raise FactorEmbedError("the text has no lines of 20 characters or more; give real sentences")
-    agreement = cosine_agreement(
-        sentence_embeddings(other, tokenizer, sentences), sentence_embeddings(subject, tokenizer, sentences)
+    other = load_model(other_name, gguf_file=gguf_file)[0] if other_name else None
+    measured = evaluate_text(subject, tokenizer, body, max_tokens)
+    if "perplexity" in measured:
+        typer.echo(f"perplexity over {measured['tokens']} tokens ({measured['window']}-token windows)")
+        typer.echo(f"  {model}: {measured['perplexity']:.3f}")
+        if other is not None:
+            typer.echo(f"  {other_name}: {evaluate_text(other, tokenizer, body, max_tokens)['perplexity']:.3f}")
+        return
+    agreement = compare_to_dense(evaluate_text(other, tokenizer, body, max_tokens), measured)
+    typer.echo(
+        f"cosine agreement with {other_name} over {agreement['sentences']} sentences: {agreement['factorized']:.4f}"
     )
-    typer.echo(f"cosine agreement with {other_name} over {len(sentences)} sentences: {agreement:.4f}")
