@@ -1,6 +1,7 @@
 """Embedding bytes against perplexity for SmolLM2: quantization alone, factorization alone, and both.
 
-    python benchmarks/pareto.py                       # ranks 64 128 192 256 384; float, int8 and int4 factors
+    python benchmarks/pareto.py                       # ranks 64 128 192 256 384; float, int8 and int4 factors;
+                                                      # ranks 128 256 again after cheap recovery
 
 Calibration and held-back text: Python's language reference (``pydoc_data.topics``; its first --eval-tokens
 tokens evaluate, the --calibration-tokens after them calibrate). Text of another kind, never calibrated on: the
@@ -11,7 +12,9 @@ groups of 16 for 6 bits (a stand-in for llama.cpp's Q6_K, 6.56 bits per weight; 
 bits, as a packed format would store them). Factorized points use the default method
 (``banded``); A, B and the band's rows are quantized alike, ``int4 A, B refit`` quantizes A and the band and
 refits the small B (r x d, kept in fp32) in closed form to the quantized A (least squares over the rows outside
-the band). Bytes count every stored tensor (the band's int64 index included) against the fp32 embedding
+the band). ``factorized + cheap`` points first run the package's cheap recovery (``hf_factor_embed.recovery``:
+the factors refitted to the dense model's head inputs on the calibration text, no backpropagation through the
+blocks), then quantize. Bytes count every stored tensor (the band's int64 index included) against the fp32 embedding
 (tied: one matrix). Writes benchmarks/results/pareto.json, pareto.png and a section of RESULTS.md.
 """
 
@@ -32,6 +35,7 @@ import hf_factor_embed as hfe  # noqa: E402
 from hf_factor_embed.data import source_text  # noqa: E402
 from hf_factor_embed.evaluation import perplexity  # noqa: E402
 from hf_factor_embed.quantize import dequantize, quantize  # noqa: E402
+from hf_factor_embed.recovery import CheapRefitConfig, cheap_refit, collect_teacher_signals  # noqa: E402
 
 TRAIN, OTHER = "pydoc", "licenses"
 #: name -> (bits, group size; None = per row)
@@ -76,6 +80,10 @@ def quantize_factors(layer, bits: int | None, group: int | None, refit_b: bool =
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", type=int, nargs="+", default=[64, 128, 192, 256, 384])
+    parser.add_argument(
+        "--recover-ranks", type=int, nargs="*", default=[128, 256], help="ranks measured again after cheap recovery"
+    )
+    parser.add_argument("--no-load-times", action="store_true", help="skip the from_pretrained timings")
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--calibration-tokens", type=int, default=16384)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pareto.json")
@@ -89,7 +97,7 @@ def main() -> None:
     fp32_bytes = weight.numel() * 4
     rows = []
 
-    def add(kind, name, model, stored_bytes, rank=None):
+    def add(kind, name, model, stored_bytes, rank=None, **extra):
         ppl = {k: perplexity(model, e) for k, e in evals.items()}
         rows.append(
             {
@@ -99,6 +107,7 @@ def main() -> None:
                 "bytes": stored_bytes,
                 "share_of_fp32": stored_bytes / fp32_bytes,
                 **{f"ppl_{k}": v for k, v in ppl.items()},
+                **extra,
             }
         )
         print(rows[-1], flush=True)
@@ -131,14 +140,35 @@ def main() -> None:
             del model
         del start
 
-    rows_load = load_times(dense, calibration, rank=max(args.ranks))
+    recovered_points(dense, calibration, args.recover_ranks, add)
+    rows_load = [] if args.no_load_times else load_times(dense, calibration, rank=max(args.ranks))
     command = "python benchmarks/pareto.py " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": command.strip(), "rows": rows, "load": rows_load}, indent=1))
     plot(rows, args.out.with_suffix(".png"))
-    text = render(command.strip(), rows) + "\n\n" + render_load(rows_load)
+    text = render(command.strip(), rows) + ("\n\n" + render_load(rows_load) if rows_load else "")
     print(text)
     write_results_md(text, "pareto")
+
+
+def recovered_points(dense, calibration: torch.Tensor, ranks: list[int], add) -> None:
+    """Factorize, run cheap recovery on the calibration text, then store the factors as float, int8 and int4."""
+    import time
+
+    if not ranks:
+        return
+    signals = collect_teacher_signals(dense, calibration, progress=False)
+    for rank in ranks:
+        student = hfe.patch_model(copy.deepcopy(dense), rank=rank, calibration=calibration)
+        started = time.perf_counter()
+        cheap_refit(student, signals, CheapRefitConfig())
+        seconds = time.perf_counter() - started
+        for name, (bits, group) in {"float": (None, None), "int8": (8, None), "int4 g32": (4, 32)}.items():
+            model = copy.deepcopy(student)
+            stored = quantize_factors(model.get_input_embeddings(), bits, group)
+            add("factorized + cheap", name, model, stored, rank, refit_seconds=seconds)
+            del model
+        del student
 
 
 def load_times(dense, calibration, rank: int, reps: int = 3) -> list[dict]:
@@ -208,7 +238,7 @@ def render(command: str, rows: list[dict]) -> str:
     for r in rows:
         cells = [f"{r[f'ppl_{s}']:.2f} ({r[f'ppl_{s}'] / dense[f'ppl_{s}']:.3f}x)" for s in (TRAIN, OTHER)]
         dominates = (
-            r["kind"] == "factorized"
+            r["kind"].startswith("factorized")
             and r["bytes"] < int4["bytes"]
             and all(r[f"ppl_{s}"] <= int4[f"ppl_{s}"] for s in (TRAIN, OTHER))
         )
@@ -241,14 +271,16 @@ def plot(rows: list[dict], path: Path) -> None:
             )
             for r in pts:
                 ax.annotate(r["name"], (100 * r["share_of_fp32"], r[f"ppl_{source}"]), fontsize=7)
-        for name in ("float", "int8", "int4 g32", "int4 g32, B refit"):
-            pts = sorted((r for r in rows if r["kind"] == "factorized" and r["name"] == name), key=lambda r: r["bytes"])
+        for kind, name in [("factorized", n) for n in ("float", "int8", "int4 g32", "int4 g32, B refit")] + [
+            ("factorized + cheap", n) for n in ("int8", "int4 g32")
+        ]:
+            pts = sorted((r for r in rows if r["kind"] == kind and r["name"] == name), key=lambda r: r["bytes"])
             ax.plot(
                 [100 * r["share_of_fp32"] for r in pts],
                 [r[f"ppl_{source}"] for r in pts],
-                "o-",
+                "o-" if kind == "factorized" else "D--",
                 ms=4,
-                label=f"factorized, {name}",
+                label=f"{kind}, {name}",
             )
         ax.set(
             xscale="log",

@@ -128,6 +128,8 @@ def iter_head_inputs(
     """
     head = get_adapter(model).get(model, OUTPUT)
     ids = token_ids.reshape(-1)
+    # a window longer than the model's positions would index past its position table (BERT, GPT-2)
+    window = min(window, getattr(model.config.get_text_config(), "max_position_embeddings", None) or window)
     n_windows = max(1, ids.numel() // window)
     windows = ids[: n_windows * window].view(n_windows, -1) if ids.numel() >= window else ids.view(1, -1)
     device = next(model.parameters()).device

@@ -7,6 +7,9 @@ from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from .errors import CheckpointError, FactorEmbedError
+from .quantize import check_bits
+
 #: The ``quant_method`` written into config.json. transformers prints it in its warning when a Python without
 #: this plugin meets such a checkpoint, so it names the package to install and import.
 QUANT_METHOD = "hf_factor_embed"
@@ -51,6 +54,10 @@ class FactorEmbedConfig(QuantizationConfigMixin):
                 f"this checkpoint uses hf_factor_embed format {self.format_version}, newer than this installed "
                 f"version understands ({FORMAT_VERSION}); upgrade hf-factor-embed."
             )
+        try:
+            check_bits(self.bits, self.group_size)
+        except FactorEmbedError as error:
+            raise CheckpointError(f"quantization_config in config.json: {error} (an edited config.json?)") from None
         for role, spec in self.modules.items():
             missing = {"rank", "num_embeddings", "embedding_dim"} - set(spec)
             if missing:

@@ -10,10 +10,12 @@ into them and tying is restored by transformers itself. Nothing is quantized; "q
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from safetensors import safe_open
+from torch import nn
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 
@@ -24,7 +26,7 @@ from .lazy import pretrained_model_class as _pretrained_model_class
 from .model_methods import OVERRIDDEN, install_methods
 from .quantize import QUANTIZED_TENSORS
 from .storage import add_placeholders, quantized_state_dict, restore_from_placeholders
-from .structure import install_layers
+from .structure import factorized_layers, install_layers
 
 if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
     from transformers import PreTrainedModel
@@ -41,13 +43,18 @@ class FactorEmbedHfQuantizer(HfQuantizer):
         if config.bits:  # integer factors: placeholders to read them into; the float keys are not in the file
             expected_missing = add_placeholders(model, config)
             model._keys_to_ignore_on_load_missing = {*(model._keys_to_ignore_on_load_missing or ()), *expected_missing}
+            self._tie_warning_filter = _ExpectedAbsentTies(factorized_layers(model))
+            _modeling_logger().addFilter(self._tie_warning_filter)
         if checkpoint_files:
             _check_checkpoint(model, layers, checkpoint_files, skip=QUANTIZED_TENSORS if config.bits else ())
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        _modeling_logger().removeFilter(getattr(self, "_tie_warning_filter", None))
         if self.quantization_config.bits:
             restore_from_placeholders(model, self.quantization_config)
+        for layer in factorized_layers(model).values():
+            layer.use_head_layout()  # loading replaced the factors' storage with row-major copies
         install_methods(model)
         return model
 
@@ -72,6 +79,23 @@ class FactorEmbedHfQuantizer(HfQuantizer):
     @property
     def is_compileable(self) -> bool:
         return True
+
+
+class _ExpectedAbsentTies(logging.Filter):
+    """Drops transformers' "This checkpoint seem corrupted ... both are absent" for the float factors of integer
+    checkpoints: they are absent by design, rebuilt from ``<name>_q`` / ``<name>_scale`` and tied right after."""
+
+    def __init__(self, layers: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.names = tuple(f" {module}." for module in layers)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("seem corrupted" in message and any(name in message for name in self.names))
+
+
+def _modeling_logger() -> logging.Logger:
+    return logging.getLogger("transformers.modeling_utils")
 
 
 def attach(model: PreTrainedModel, config: FactorEmbedConfig) -> None:

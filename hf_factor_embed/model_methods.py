@@ -150,5 +150,6 @@ def _resize_rows(model: PreTrainedModel, layer: FactorizedLayer, new_num_tokens:
         keep = layer.dense_index < new_num_tokens
         layer.dense_index = nn.Parameter(layer.dense_index[keep], requires_grad=False)
         layer.dense_rows = nn.Parameter(layer.dense_rows.detach()[keep], requires_grad=layer.dense_rows.requires_grad)
+    layer.use_head_layout()
     if getattr(layer, "padding_idx", None) is not None and layer.padding_idx >= new_num_tokens:
         layer.padding_idx = None

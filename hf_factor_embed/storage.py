@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import FactorEmbedConfig
+from .errors import CheckpointError
 from .layers import FactorizedLayer
 from .quantize import QUANTIZED_TENSORS, dequantize, quantize, round_in_place, stored_dtype, stored_shapes
 from .structure import factorized_layers, retie
@@ -74,15 +75,26 @@ def add_placeholders(model: nn.Module, config: FactorEmbedConfig) -> list[str]:
     return missing
 
 
+def _check_scales(scale: torch.Tensor, name: str) -> None:
+    """Saved scales are finite and positive (:func:`.quantize.quantize` clamps them); anything else is damage."""
+    if not (torch.isfinite(scale).all() and (scale > 0).all()):
+        bad = int((~torch.isfinite(scale) | (scale <= 0)).sum())
+        raise CheckpointError(
+            f"{bad} of the {scale.numel()} scales in {name} are zero, negative or not finite: the checkpoint is "
+            "damaged; save the model again from its float factors"
+        )
+
+
 @torch.no_grad()
 def restore_from_placeholders(model: nn.Module, config: FactorEmbedConfig) -> None:
     """Turn the loaded integers back into the float factors, drop the placeholders, tie again."""
-    for layer in factorized_layers(model).values():
+    for module_name, layer in factorized_layers(model).items():
         for name in QUANTIZED_TENSORS:
             if name + Q not in layer._parameters:
                 continue
             target = getattr(layer, name)
             q, scale = layer._parameters.pop(name + Q), layer._parameters.pop(name + SCALE)
+            _check_scales(scale.data, f"{module_name}.{name}{SCALE}")
             values = dequantize(q.data, scale.data, config.bits, target.shape[1], config.group_size).to(target.dtype)
             if target.device.type == "meta":
                 setattr(layer, name, nn.Parameter(values.to(q.device), requires_grad=target.requires_grad))

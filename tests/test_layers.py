@@ -61,3 +61,47 @@ def test_set_factors_checks_shapes():
     emb, _ = _layers()
     with pytest.raises(ValueError, match="do not match"):
         emb.set_factors(torch.zeros(50, 5), torch.zeros(5, 16))
+
+
+def _column_major(t: torch.Tensor) -> bool:
+    return t.stride() == (1, t.shape[0])
+
+
+def test_a_and_the_band_are_stored_column_major_and_saved_row_major(tmp_path):
+    from conftest import tiny_llama
+    from transformers import AutoModelForCausalLM
+
+    import hf_factor_embed as hfe
+
+    model = hfe.patch_model(tiny_llama(), rank=16, calibration=torch.randint(1, 320, (2000,)))
+    layer = model.model.embed_tokens
+    assert _column_major(layer.weight) and _column_major(layer.dense_rows)
+    assert torch.equal(layer.dense_index, layer.dense_index.sort().values)  # the head writes columns in order
+    state = model.state_dict()
+    assert all(t.is_contiguous() for t in state.values())
+    # one row-major copy for the tied pair: savers find the tie by shared storage
+    assert state["lm_head.weight"].data_ptr() == state["model.embed_tokens.weight"].data_ptr()
+    assert model.state_dict(keep_vars=True)["model.embed_tokens.weight"] is layer.weight  # Parameters stay as they are
+
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert _column_major(reloaded.model.embed_tokens.weight) and _column_major(reloaded.model.embed_tokens.dense_rows)
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    ids = torch.randint(1, 320, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)
+
+
+def test_the_layouts_give_the_same_head_and_gradients():
+    emb, head = _layers()
+    h = torch.randn(3, 16)
+    row_major = FactorizedLMHead(50, 16, 6, bias=True)
+    with torch.no_grad():
+        row_major.weight.data = head.weight.detach().contiguous()
+        row_major.basis.copy_(head.basis)
+        row_major.bias.copy_(head.bias)
+    assert not _column_major(row_major.weight) and _column_major(head.weight)
+    torch.testing.assert_close(head(h), row_major(h))
+    head(h).square().sum().backward()
+    row_major(h).square().sum().backward()
+    torch.testing.assert_close(head.weight.grad, row_major.weight.grad, rtol=1e-4, atol=1e-4)

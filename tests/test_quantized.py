@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB, tiny_llama
+from conftest import TINY_MODELS, VOCAB, tiny_llama
 from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 import hf_factor_embed as hfe
-from hf_factor_embed import FactorEmbedError
-from hf_factor_embed.quantize import dequantize, quantize
+from hf_factor_embed import CheckpointError, FactorEmbedError
+from hf_factor_embed.quantize import default_group, dequantize, quantize, stored_shapes
 from hf_factor_embed.structure import factorized_layers
 
 
@@ -99,3 +100,63 @@ def test_quantize_is_idempotent_and_within_half_a_step(shape, bits, group):
     step = scale.float().max()
     assert (back - w).abs().max() <= 0.5 * step * 1.01
     assert torch.equal(quantize(back, bits, group)[0], q)
+
+
+def rewrite(path, **changes) -> None:
+    """Overwrite some tensors of a saved checkpoint (what a damaged or hand-edited file looks like)."""
+    stored = tensors(path)
+    stored.update(changes)
+    save_file(stored, str(path / "model.safetensors"), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_every_family_round_trips_with_the_expected_bytes(tiny_name, bits, tmp_path, input_ids, capfd):
+    model = hfe.patch_model(TINY_MODELS[tiny_name](), rank=16, calibration=calibration(), bits=bits)
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    with torch.no_grad():
+        before = model(input_ids).logits
+    model.save_pretrained(tmp_path)
+    stored = tensors(tmp_path)
+    expected, seen = 0, set()  # what stored_shapes promises for every factor, a tied one counted once
+    for layer in factorized_layers(model).values():
+        for name in ("weight", "basis", "dense_rows"):
+            tensor = getattr(layer, name)
+            if tensor is None or id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            q_shape, scale_shape = stored_shapes(*tensor.shape, bits, default_group(bits, None))
+            expected += q_shape[0] * q_shape[1] + 2 * scale_shape[0] * scale_shape[1]
+    found = sum(v.numel() * v.element_size() for k, v in stored.items() if k.endswith(("_q", "_scale")))
+    assert found == expected
+
+    reloaded = type(model).from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids).logits, before)
+    assert (reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight) == tied
+    assert "seem corrupted" not in capfd.readouterr().err  # the float keys are absent by design, not damage
+
+
+@pytest.mark.parametrize("damage", ["zero", "nan", "shape"])
+def test_a_damaged_scale_tensor_is_refused(damage, tmp_path):
+    hfe.patch_model(tiny_llama(), rank=16, calibration=calibration(), bits=8).save_pretrained(tmp_path)
+    scale = tensors(tmp_path)["model.embed_tokens.weight_scale"].clone()
+    if damage == "shape":
+        scale = scale[:-1]
+    else:
+        scale[3] = 0 if damage == "zero" else float("nan")
+    rewrite(tmp_path, **{"model.embed_tokens.weight_scale": scale})
+    with pytest.raises(CheckpointError, match="weight_scale") as error:
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert ("save the model again" in str(error.value)) or ("disagree" in str(error.value))
+
+
+@pytest.mark.parametrize("bits", [4, 5])
+def test_a_wrong_bits_in_config_json_is_refused(bits, tmp_path):
+    import json
+
+    hfe.patch_model(tiny_llama(), rank=16, calibration=calibration(), bits=8).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"]["bits"] = bits
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="disagree" if bits == 4 else "bits=5"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)

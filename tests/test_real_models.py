@@ -42,6 +42,23 @@ def test_smollm2_round_trip(smollm2, smollm2_ids, tmp_path):
     assert out.shape == (1, 12)
 
 
+def test_smollm2_integer_factors_round_trip(smollm2, smollm2_ids, tmp_path):
+    from safetensors import safe_open
+
+    model = hfe.patch_model(_fresh(smollm2), rank=128, bits=8)
+    with torch.no_grad():
+        expected = model(smollm2_ids).logits
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        factor_bytes = sum(f.get_tensor(k).nbytes for k in f.keys() if k.startswith("model.embed_tokens."))
+    assert factor_bytes < 0.06 * 49152 * 576 * 4  # int8 A and B at r=128: ~5.7% of the fp32 embedding
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    assert reloaded.model.embed_tokens.weight.stride() == (1, 49152)  # the head's column-major layout is back
+    with torch.no_grad():
+        assert torch.equal(reloaded(smollm2_ids).logits, expected)
+
+
 def test_smollm2_full_rank_reproduces_dense(smollm2, smollm2_ids):
     with torch.no_grad():
         dense = smollm2(smollm2_ids).logits
