@@ -10,12 +10,14 @@ round-to-nearest symmetric quantizer with fp16 scales, the package's own storage
 (``hf_factor_embed.quantize``, what ``patch_model(bits=...)`` saves): per row for 8 bits, groups of 32 for 4 bits,
 groups of 16 for 6 bits (a stand-in for llama.cpp's Q6_K, 6.56 bits per weight; 6-bit values are counted at 6
 bits, as a packed format would store them). Factorized points use the default method
-(``banded``); A, B and the band's rows are quantized alike, ``int4 A, B refit`` quantizes A and the band and
-refits the small B (r x d, kept in fp32) in closed form to the quantized A (least squares over the rows outside
-the band). ``factorized + cheap`` points first run the package's cheap recovery (``hf_factor_embed.recovery``:
-the factors refitted to the dense model's head inputs on the calibration text, no backpropagation through the
-blocks), then quantize. Bytes count every stored tensor (the band's int64 index included) against the fp32 embedding
-(tied: one matrix). Writes benchmarks/results/pareto.json, pareto.png and a section of RESULTS.md.
+(``banded``), rounded by the package's own path (``hf_factor_embed.storage.round_factors``: A's columns balanced
+against B's rows, then A at ``bits``, B and the band's rows at ``band_bits``). ``int4 g32`` is the package's
+default for 4 bits (B and band in int8), ``int4 g32, all`` puts them in int4 too; ``int4 g32, B refit`` refits
+the small B (r x d, kept in fp32) in closed form to the rounded A (least squares over the rows outside the
+band). ``factorized + cheap`` points first run the package's cheap recovery (``hf_factor_embed.recovery``: the
+factors refitted to the dense model's head inputs on the calibration text, no backpropagation through the
+blocks), then quantize. Bytes count every stored tensor (the band's int64 index included) against the fp32
+embedding (tied: one matrix). Writes benchmarks/results/pareto.json, pareto.png and a section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from hf_factor_embed.data import source_text  # noqa: E402
 from hf_factor_embed.evaluation import perplexity  # noqa: E402
 from hf_factor_embed.quantize import dequantize, quantize  # noqa: E402
 from hf_factor_embed.recovery import CheapRefitConfig, cheap_refit, collect_teacher_signals  # noqa: E402
+from hf_factor_embed.storage import quantized_state_dict, round_factors  # noqa: E402
 
 TRAIN, OTHER = "pydoc", "licenses"
 #: name -> (bits, group size; None = per row)
@@ -51,30 +54,40 @@ def quantized(w: torch.Tensor, bits: int | None, group: int | None) -> tuple[tor
     return dequantize(q, scale, bits, w.shape[1], group), values + scale.numel() * 2
 
 
+#: factorized variants: name -> (bits of A, group size of A, bits of B and the band's rows); None: float
+FACTOR_PRECISIONS = {
+    "float": None,
+    "int8": (8, None, 8),
+    "int4 g32": (4, 32, 8),
+    "int4 g32, all": (4, 32, 4),
+}
+
+
 @torch.no_grad()
-def quantize_factors(layer, bits: int | None, group: int | None, refit_b: bool = False) -> int:
-    """Quantize a factorized layer's tensors in place; returns the bytes it stores."""
-    a, a_bytes = quantized(layer.weight.data, bits, group)
-    total = a_bytes
-    if layer.dense_rows is not None:
-        rows, rows_bytes = quantized(layer.dense_rows.data, bits, group)
-        layer.dense_rows.copy_(rows)
-        total += rows_bytes + layer.dense_index.numel() * 8
+def quantize_factors(model, precision: tuple[int, int | None, int] | None, refit_b: bool = False) -> int:
+    """Round the factors in place the way ``patch_model(bits=..., band_bits=...)`` does; returns their bytes."""
+    layer = model.get_input_embeddings()
+    index_bytes = 0 if layer.dense_index is None else layer.dense_index.numel() * 8
+    if precision is None:
+        return index_bytes + 4 * sum(t.numel() for t in (layer.weight, layer.basis, layer.dense_rows) if t is not None)
+    config = copy.copy(model.config.quantization_config)
+    config.bits, config.group_size, config.band_bits = precision
+    float_product = (layer.weight @ layer.basis).detach() if refit_b else None
+    round_factors(model, config)
+    state = quantized_state_dict(model, config)
+    prefix = next(k for k in state if k.endswith("weight_q")).rsplit(".", 1)[0]  # the embedding (tied: the owner)
+    stored = {k: v for k, v in state.items() if k.startswith(prefix + ".") and k.endswith(("_q", "_scale"))}
     if refit_b:
-        # B = argmin || W_low - A_q B || over the rows outside the band: what the float A @ B stood for.
-        target = layer.weight.data @ layer.basis.data
-        keep = torch.ones(a.shape[0], dtype=torch.bool)
+        # B = argmin || A_float B_float - A_q B || over the rows outside the band, kept in fp32
+        keep = torch.ones(layer.weight.shape[0], dtype=torch.bool)
         if layer.dense_index is not None:
             keep[layer.dense_index] = False
-        aq, t = a[keep].double(), target[keep].double()
-        layer.basis.copy_(torch.linalg.solve(aq.T @ aq, aq.T @ t).float())  # normal equations: r x r, tiny
-        total += layer.basis.numel() * 4
-    else:
-        b, b_bytes = quantized(layer.basis.data, bits, group)
-        layer.basis.copy_(b)
-        total += b_bytes
-    layer.weight.copy_(a)
-    return total
+        target = float_product[keep].double()
+        aq = layer.weight.data[keep].double()
+        layer.basis.copy_(torch.linalg.solve(aq.T @ aq, aq.T @ target).float())
+        stored = {k: v for k, v in stored.items() if ".basis_" not in k}
+        index_bytes += layer.basis.numel() * 4
+    return index_bytes + sum(v.numel() * v.element_size() for v in stored.values())
 
 
 def main() -> None:
@@ -128,14 +141,12 @@ def main() -> None:
     for rank in args.ranks:
         start = hfe.patch_model(copy.deepcopy(dense), rank=rank, calibration=calibration)
         variants = {
-            "float": (None, None, False),
-            "int8": (8, None, False),
-            "int4 g32": (4, 32, False),
-            "int4 g32, B refit": (4, 32, True),
+            **{name: (p, False) for name, p in FACTOR_PRECISIONS.items()},
+            "int4 g32, B refit": (FACTOR_PRECISIONS["int4 g32"], True),
         }
-        for name, (bits, group, refit) in variants.items():
+        for name, (precision, refit) in variants.items():
             model = copy.deepcopy(start)
-            stored = quantize_factors(model.get_input_embeddings(), bits, group, refit)
+            stored = quantize_factors(model, precision, refit)
             add("factorized", name, model, stored, rank)
             del model
         del start
@@ -163,9 +174,9 @@ def recovered_points(dense, calibration: torch.Tensor, ranks: list[int], add) ->
         started = time.perf_counter()
         cheap_refit(student, signals, CheapRefitConfig())
         seconds = time.perf_counter() - started
-        for name, (bits, group) in {"float": (None, None), "int8": (8, None), "int4 g32": (4, 32)}.items():
+        for name in ("float", "int8", "int4 g32"):
             model = copy.deepcopy(student)
-            stored = quantize_factors(model.get_input_embeddings(), bits, group)
+            stored = quantize_factors(model, FACTOR_PRECISIONS[name])
             add("factorized + cheap", name, model, stored, rank, refit_seconds=seconds)
             del model
         del student
@@ -271,7 +282,7 @@ def plot(rows: list[dict], path: Path) -> None:
             )
             for r in pts:
                 ax.annotate(r["name"], (100 * r["share_of_fp32"], r[f"ppl_{source}"]), fontsize=7)
-        for kind, name in [("factorized", n) for n in ("float", "int8", "int4 g32", "int4 g32, B refit")] + [
+        for kind, name in [("factorized", n) for n in (*FACTOR_PRECISIONS, "int4 g32, B refit")] + [
             ("factorized + cheap", n) for n in ("int8", "int4 g32")
         ]:
             pts = sorted((r for r in rows if r["kind"] == kind and r["name"] == name), key=lambda r: r["bytes"])

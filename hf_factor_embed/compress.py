@@ -101,6 +101,7 @@ def compress(
         "requested": size,
         "bits": bits,
         "group_size": model.config.quantization_config.group_size,
+        "band_bits": model.config.quantization_config.band_bits,
         "report": report.as_dict(),
         "calibration_tokens": 0 if calibration is None else int(calibration.numel()),
         "param_bytes_dense": bytes_dense,

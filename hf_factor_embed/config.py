@@ -8,7 +8,7 @@ from typing import Any
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .errors import CheckpointError, FactorEmbedError
-from .quantize import check_bits
+from .quantize import check_bits, default_group
 
 #: The ``quant_method`` written into config.json. transformers prints it in its warning when a Python without
 #: this plugin meets such a checkpoint, so it names the package to install and import.
@@ -33,7 +33,9 @@ class FactorEmbedConfig(QuantizationConfigMixin):
         tied: whether the output head shares the input embedding's factors.
         bits: 8 or 4 when the factors are stored as integers with fp16 scales (:mod:`hf_factor_embed.quantize`);
             None for float factors.
-        group_size: the columns sharing one scale; None: one scale per row.
+        group_size: the columns sharing one scale of A; None: one scale per row.
+        band_bits: the bits of the basis B and of the band's rows (one scale per row for 8 bits); None: as
+            ``bits`` (checkpoints written before this field). ``patch_model`` writes 8 (see its docstring).
     """
 
     rank: int | None = None
@@ -43,6 +45,7 @@ class FactorEmbedConfig(QuantizationConfigMixin):
     tied: bool = False
     bits: int | None = None
     group_size: int | None = None
+    band_bits: int | None = None
     format_version: int = FORMAT_VERSION
     quant_method: str = QUANT_METHOD
 
@@ -56,12 +59,20 @@ class FactorEmbedConfig(QuantizationConfigMixin):
             )
         try:
             check_bits(self.bits, self.group_size)
+            if self.band_bits is not None:
+                check_bits(self.band_bits, None)
         except FactorEmbedError as error:
             raise CheckpointError(f"quantization_config in config.json: {error} (an edited config.json?)") from None
         for role, spec in self.modules.items():
             missing = {"rank", "num_embeddings", "embedding_dim"} - set(spec)
             if missing:
                 raise ValueError(f"quantization_config.modules[{role!r}] lacks {sorted(missing)}: edited config.json?")
+
+    def precision(self, tensor: str) -> tuple[int, int | None]:
+        """(bits, group size) that ``tensor`` (``weight``, ``basis`` or ``dense_rows``) is stored with."""
+        if tensor == "weight" or self.band_bits in (None, self.bits):
+            return self.bits, self.group_size
+        return self.band_bits, default_group(self.band_bits, None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import hf_factor_embed as hfe
 from hf_factor_embed import CheckpointError, FactorEmbedError
-from hf_factor_embed.quantize import default_group, dequantize, quantize, stored_shapes
+from hf_factor_embed.quantize import dequantize, quantize, stored_shapes
 from hf_factor_embed.structure import factorized_layers
 
 
@@ -52,15 +52,17 @@ def test_integer_factors_round_trip_identical_and_tied(bits, tied, tmp_path, inp
 
 def test_integer_factors_shrink_the_embedding_bytes(tmp_path):
     sizes = {}
-    for bits in (None, 8, 4):
-        model = hfe.patch_model(tiny_llama(), rank=16, calibration=calibration(), bits=bits)
-        model.save_pretrained(tmp_path / str(bits))
-        sizes[bits] = sum(
+    for bits, band_bits in ((None, None), (8, None), (4, None), (4, 4)):
+        model = hfe.patch_model(tiny_llama(), rank=16, calibration=calibration(), bits=bits, band_bits=band_bits)
+        model.save_pretrained(tmp_path / f"{bits}-{band_bits}")
+        sizes[bits, band_bits] = sum(
             v.numel() * v.element_size()
-            for k, v in tensors(tmp_path / str(bits)).items()
+            for k, v in tensors(tmp_path / f"{bits}-{band_bits}").items()
             if k.startswith("model.embed_tokens.")
         )
-    assert sizes[8] < 0.4 * sizes[None] and sizes[4] < 0.7 * sizes[8]
+    assert sizes[8, None] < 0.4 * sizes[None, None]
+    assert sizes[4, 4] < sizes[4, None] < sizes[8, None]
+    assert sizes[4, 4] < 0.7 * sizes[8, None]
 
 
 def test_densify_of_an_integer_factor_model_keeps_its_outputs(input_ids):
@@ -124,7 +126,7 @@ def test_every_family_round_trips_with_the_expected_bytes(tiny_name, bits, tmp_p
             if tensor is None or id(tensor) in seen:
                 continue
             seen.add(id(tensor))
-            q_shape, scale_shape = stored_shapes(*tensor.shape, bits, default_group(bits, None))
+            q_shape, scale_shape = stored_shapes(*tensor.shape, *model.config.quantization_config.precision(name))
             expected += q_shape[0] * q_shape[1] + 2 * scale_shape[0] * scale_shape[1]
     found = sum(v.numel() * v.element_size() for k, v in stored.items() if k.endswith(("_q", "_scale")))
     assert found == expected
@@ -160,3 +162,41 @@ def test_a_wrong_bits_in_config_json_is_refused(bits, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="disagree" if bits == 4 else "bits=5"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_4_bit_codes_keep_the_basis_and_band_in_8_bits_unless_told(tmp_path):
+    for band_bits, expected in ((None, torch.int8), (4, torch.uint8)):
+        model = hfe.patch_model(tiny_llama(), rank=16, calibration=calibration(), bits=4, band_bits=band_bits)
+        folder = tmp_path / str(band_bits)
+        model.save_pretrained(folder)
+        stored = tensors(folder)
+        assert stored["model.embed_tokens.weight_q"].dtype == torch.uint8
+        assert stored["model.embed_tokens.basis_q"].dtype == expected
+        assert stored["model.embed_tokens.dense_rows_q"].dtype == expected
+    with pytest.raises(FactorEmbedError, match="band_bits needs bits"):
+        hfe.patch_model(tiny_llama(), rank=16, band_bits=8)
+
+
+def test_a_checkpoint_written_before_band_bits_reads_every_factor_at_bits(tmp_path, input_ids):
+    import json
+
+    model = hfe.patch_model(tiny_llama(), rank=16, calibration=calibration(), bits=4, band_bits=4)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["quantization_config"]["band_bits"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with torch.no_grad():
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path)(input_ids).logits, model(input_ids).logits)
+
+
+def test_balancing_keeps_the_product_and_evens_the_columns_of_a():
+    from hf_factor_embed.storage import balance_factors
+
+    layer = hfe.patch_model(tiny_llama(), rank=16, calibration=calibration()).model.embed_tokens
+    with torch.no_grad():
+        layer.weight.mul_(torch.logspace(0, -2, layer.weight.shape[1]))  # columns as unequal as a factorization leaves them
+        before = layer.dense_weight()
+        balance_factors(layer)
+        torch.testing.assert_close(layer.dense_weight(), before, rtol=1e-5, atol=1e-6)
+    rms = layer.weight.pow(2).mean(0).sqrt()
+    torch.testing.assert_close(rms, torch.ones_like(rms))

@@ -60,6 +60,7 @@ def render_card(info: dict, repo_id: str | None = None):
         text_notes=info.get("text_notes"),
         bits=info.get("bits"),
         group_size=info.get("group_size"),
+        band_bits=info.get("band_bits") or info.get("bits"),
         plots=info.get("plots", []),
         auto_class=auto_class,
         command=info.get("command") or "(made from Python: hf_factor_embed.patch_model)",
