@@ -5,9 +5,12 @@
 Random weights at real shapes (time does not depend on the values): SmolLM2's head (49152 x 576) and a head that
 dominates its model (262144 x 640, Gemma-3-270M-like). Rank d/4 for the plain head; the banded head has the same
 parameter count (30% of it in exact rows for random token ids, the rest a rank-0.7 r fit). Head time for one
-token (decode) and 512 tokens (prefill), medians after warm-up, in one process; greedy generation tokens/s with
-the whole model (tied, 18 layers for the 262k shape, 30 for SmolLM2's); resident memory growth while a model is
-built; and a torch.compile check (the compiled factorized model gives the eager logits). Writes
+token (decode), 16 and 512 tokens (prefill), medians after warm-up, in one process; greedy generation tokens/s
+with the whole model (tied, 18 layers for the 262k shape, 30 for SmolLM2's), dense, plain and banded; resident
+memory after ``from_pretrained`` of saved dense, float-factor and integer-factor checkpoints (each in a fresh
+process: RSS after loading and the peak while loading, beyond the interpreter's own); and a torch.compile check
+(the compiled factorized model gives the eager logits). Integer factors are read back into float at load, so
+their head and generation time is the float factors'; only their load is measured apart. Writes
 benchmarks/results/inference.json and a section of RESULTS.md.
 """
 
@@ -64,7 +67,7 @@ def heads(v: int, d: int, rank: int) -> dict[str, nn.Module]:
 def head_times(v: int, d: int, rank: int) -> list[dict]:
     rows = []
     modules = heads(v, d, rank)
-    for tokens, reps in ((1, 200), (512, 10)):
+    for tokens, reps in ((1, 200), (16, 50), (512, 10)):
         h = torch.randn(1, tokens, d)
         for name, module in modules.items():
             seconds = median_seconds(lambda m=module, h=h: m(h), reps)
@@ -110,7 +113,12 @@ def generation(shape: str, new_tokens: int) -> list[dict]:
     dense_mb = (psutil.Process().memory_info().rss - rss) / 2**20
     prompt = torch.randint(0, v, (1, 16))
     rows = []
-    variants = {"dense": dense, "plain r=d/4": hfe.patch_model(copy.deepcopy(dense), rank=d // 4, method="svd")}
+    calibration = torch.randint(0, v, (2048,), generator=torch.Generator().manual_seed(0))
+    variants = {
+        "dense": dense,
+        "plain r=d/4": hfe.patch_model(copy.deepcopy(dense), rank=d // 4, method="svd"),
+        "banded r=d/4": hfe.patch_model(copy.deepcopy(dense), rank=d // 4, calibration=calibration),
+    }
     for name, m in variants.items():
 
         def run(m=m):
@@ -133,6 +141,42 @@ def generation(shape: str, new_tokens: int) -> list[dict]:
     return rows
 
 
+LOAD_CHILD = """
+import resource, sys
+import psutil
+import hf_factor_embed  # noqa: F401  (what a serving process has through the autoload hook)
+from transformers import AutoModelForCausalLM
+base = psutil.Process().memory_info().rss
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+after = psutil.Process().memory_info().rss
+print(after - base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+"""
+
+
+def load_memory(shape: str) -> list[dict]:
+    """RSS after from_pretrained, and the peak while loading, for dense / float / int8 / int4-factor checkpoints."""
+    import subprocess
+    import tempfile
+
+    v, d, *rest = SHAPES[shape]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        dense = model(v, d, *rest)
+        variants = {"dense": "dense", "plain r=d/4, float": None, "plain r=d/4, int8": 8, "plain r=d/4, int4": 4}
+        for name, bits in variants.items():
+            folder = Path(tmp) / str(len(rows))
+            m = dense if bits == "dense" else hfe.patch_model(copy.deepcopy(dense), rank=d // 4, bits=bits)
+            m.save_pretrained(folder)
+            del m
+            out = subprocess.run(
+                [sys.executable, "-c", LOAD_CHILD, str(folder)], capture_output=True, text=True, check=True
+            ).stdout.split()
+            after, peak = (int(x) / 2**20 for x in out[-2:])
+            rows.append({"shape": shape, "checkpoint": name, "rss_after_load_mb": after, "peak_load_mb": peak})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def compile_check(m, prompt) -> bool | str:
     try:
         compiled = torch.compile(m)
@@ -148,36 +192,43 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "inference.json")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    head_rows, gen_rows = [], []
+    head_rows, gen_rows, load_rows = [], [], []
     for shape in args.shapes:
         v, d = SHAPES[shape][:2]
         head_rows += head_times(v, d, d // 4)
         gen_rows += generation(shape, args.new_tokens)
-        print(head_rows[-6:], gen_rows[-2:], flush=True)
+        load_rows += load_memory(shape)
+        print(head_rows[-9:], gen_rows[-3:], flush=True)
     command = "python benchmarks/speed.py --inference " + " ".join(sys.argv[2:] if argv is None else argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": command.strip(), "heads": head_rows, "generation": gen_rows}, indent=1))
-    text = render(command.strip(), head_rows, gen_rows, torch.get_num_threads())
+    args.out.write_text(
+        json.dumps(
+            {"command": command.strip(), "heads": head_rows, "generation": gen_rows, "load_memory": load_rows}, indent=1
+        )
+    )
+    text = render(command.strip(), head_rows, gen_rows, load_rows, torch.get_num_threads())
     print(text)
     write_results_md(text, "inference")
 
 
-def render(command: str, head_rows: list[dict], gen_rows: list[dict], threads: int) -> str:
+def render(command: str, head_rows: list[dict], gen_rows: list[dict], load_rows: list[dict], threads: int) -> str:
     lines = [
         f"Command: `{command}` (CPU, {threads} threads, fp32, random weights at these shapes).",
         "",
-        "| V x d | head (rank) | params / dense | 1 token ms (x dense) | 512 tokens ms (x dense) |",
-        "|---|---|---|---|---|",
+        "| V x d | head (rank) | params / dense | 1 token ms (x dense) | 16 tokens ms (x dense) "
+        "| 512 tokens ms (x dense) |",
+        "|---|---|---|---|---|---|",
     ]
     for shape in dict.fromkeys(r["shape"] for r in head_rows):
         for head in ("dense", "plain", "banded"):
-            one, many = (
+            one, few, many = (
                 next(r for r in head_rows if r["shape"] == shape and r["head"] == head and r["tokens"] == t)
-                for t in (1, 512)
+                for t in (1, 16, 512)
             )
             lines.append(
                 f"| {shape} | {head} | {one['flop_ratio']:.3f} | {1e3 * one['seconds']:.3f} "
-                f"({one['vs_dense']:.2f}x) | {1e3 * many['seconds']:.1f} ({many['vs_dense']:.2f}x) |"
+                f"({one['vs_dense']:.2f}x) | {1e3 * few['seconds']:.2f} ({few['vs_dense']:.2f}x) "
+                f"| {1e3 * many['seconds']:.1f} ({many['vs_dense']:.2f}x) |"
             )
     lines += [
         "",
@@ -189,6 +240,13 @@ def render(command: str, head_rows: list[dict], gen_rows: list[dict], threads: i
             f"| {r['shape']} | {r['model']} | {r['params']:,} | {r['tokens_per_s']:.1f} ({r['vs_dense']:.2f}x) "
             f"| {r['torch_compile_matches_eager']} |"
         )
+    lines += [
+        "",
+        "| V x d | checkpoint | RSS after from_pretrained MiB | peak while loading MiB |",
+        "|---|---|---|---|",
+    ]
+    for r in load_rows:
+        lines.append(f"| {r['shape']} | {r['checkpoint']} | {r['rss_after_load_mb']:.0f} | {r['peak_load_mb']:.0f} |")
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ def compress(
     method: str | None = None,
     bits: int | None = None,
     group_size: int | None = None,
+    band_bits: int | None = None,
     calibration: str | torch.Tensor | None = None,
     calibration_tokens: int = 32768,
     eval_texts: Mapping[str, str | torch.Tensor] | None = None,
@@ -88,7 +89,9 @@ def compress(
 
     started = time.perf_counter()
     size = {"rank": rank} if rank is not None else {"budget": budget} if budget is not None else {"target": target}
-    patch_model(model, **size, method=method, calibration=calibration, bits=bits, group_size=group_size)
+    patch_model(
+        model, **size, method=method, calibration=calibration, bits=bits, group_size=group_size, band_bits=band_bits
+    )
     seconds = time.perf_counter() - started
     report = model.factor_embed_report
     result = {

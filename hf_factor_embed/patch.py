@@ -91,9 +91,10 @@ def patch_model(
         holdout_tokens: the held-out slice for ``target``.
         bits: 8 or 4 to store the factors as integers with fp16 scales: ``bits`` for the codes A (V x r, the
             bulk), ``band_bits`` for the basis B and the band's rows. The checkpoint's factors shrink by about
-            4x / 7x. A's columns are balanced against B's rows first (the product is unchanged). The factors in memory are rounded to the stored values at once, so
-            what you measure is what you save; they stay float Parameters (training moves them; saving rounds
-            them again). Default None: float factors. See :mod:`hf_factor_embed.quantize`.
+            4x / 7x. A's columns are balanced against B's rows first (the product is unchanged). The factors in
+            memory are rounded to the stored values at once, so what you measure is what you save; they stay
+            float Parameters (training moves them; saving rounds them again). Default None: float factors.
+            See :mod:`hf_factor_embed.quantize`.
         group_size: columns per scale of A with ``bits`` (default: one scale per row for 8 bits, 32 for 4 bits).
         band_bits: bits of B and the band's rows, one scale per row for 8 (default 8 whenever ``bits`` is set:
             B is small, and the band holds the most used tokens' exact rows, which lose in int4 what the whole

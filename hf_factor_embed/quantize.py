@@ -1,7 +1,8 @@
 """Integer storage for the factors: symmetric round-to-nearest with fp16 scales, per row or per group of columns.
 
-``patch_model(..., bits=8 | 4)`` rounds the factors (A, B and the band's rows) to what they will be stored as,
-so the model in memory is the model on disk; ``save_pretrained`` writes each as ``<name>_q`` (int8; two 4-bit
+``patch_model(..., bits=8 | 4, band_bits=8)`` rounds the factors (A at ``bits``; B and the band's rows at
+``band_bits``; A's columns balanced against B's rows first, :func:`.storage.balance_factors`) to what they will be
+stored as, so the model in memory is the model on disk; ``save_pretrained`` writes each as ``<name>_q`` (int8; two 4-bit
 values per uint8) and ``<name>_scale`` (fp16), and ``from_pretrained`` turns them back into the float factors
 (:mod:`.integration`). Training between the two (recovery) moves the float factors; saving rounds them again.
 

@@ -230,7 +230,24 @@ def test_compress_with_integer_factors_reloads_identical(dense_dir, tmp_path, ca
     assert code == 0, err
     info = json.loads((tmp_path / "q" / "compression.json").read_text())
     assert info["bits"] == 4 and info["group_size"] == 32 and info["reload"]["identical"]
+    assert info["band_bits"] == 8
     assert "4-bit integers" in (tmp_path / "q" / "README.md").read_text()
+    assert "band's rows as 8-bit" in (tmp_path / "q" / "README.md").read_text()
+    code, _, err = run_cli(
+        capsys,
+        "compress",
+        dense_dir / "dense",
+        "--rank",
+        "16",
+        "--bits",
+        "4",
+        "--band-bits",
+        "4",
+        "--out",
+        tmp_path / "q4",
+    )
+    assert code == 0, err
+    assert json.loads((tmp_path / "q4" / "compression.json").read_text())["band_bits"] == 4
     code, _, err = run_cli(
         capsys, "compress", dense_dir / "dense", "--rank", "16", "--bits", "5", "--out", tmp_path / "x"
     )

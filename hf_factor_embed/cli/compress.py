@@ -32,10 +32,13 @@ def compress(
         str | None, typer.Option(help="Factorization method (default: banded with text, else svd).")
     ] = None,
     bits: Annotated[
-        int | None, typer.Option(help="Store the factors as 8- or 4-bit integers with fp16 scales.")
+        int | None, typer.Option(help="Store the codes A as 8- or 4-bit integers with fp16 scales.")
     ] = None,
     group_size: Annotated[
-        int | None, typer.Option(help="With --bits: columns per scale (default: per row for 8, 32 for 4).")
+        int | None, typer.Option(help="With --bits: columns per scale of A (default: per row for 8, 32 for 4).")
+    ] = None,
+    band_bits: Annotated[
+        int | None, typer.Option(help="With --bits: bits of the basis B and the band's rows (default 8).")
     ] = None,
     calibration: Files = None,
     dataset: Annotated[str | None, typer.Option(help="A `datasets` name whose text calibrates.")] = None,
@@ -61,6 +64,7 @@ def compress(
         method=method,
         bits=bits,
         group_size=group_size,
+        band_bits=band_bits,
         calibration=read_texts(calibration, dataset),
         calibration_tokens=calibration_tokens,
         eval_texts={Path(f).stem: read_texts([f]) for f in eval_text or []},
