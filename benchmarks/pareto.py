@@ -16,8 +16,10 @@ default for 4 bits (B and band in int8), ``int4 g32, all`` puts them in int4 too
 the small B (r x d, kept in fp32) in closed form to the rounded A (least squares over the rows outside the
 band). ``factorized + cheap`` points first run the package's cheap recovery (``hf_factor_embed.recovery``: the
 factors refitted to the dense model's head inputs on the calibration text, no backpropagation through the
-blocks), then quantize. Bytes count every stored tensor (the band's int64 index included) against the fp32
-embedding (tied: one matrix). Writes benchmarks/results/pareto.json, pareto.png and a section of RESULTS.md.
+blocks), then quantize. ``factorized, band 95%`` points spend 95% of a rank-r budget on exact rows (int8 or
+int4 throughout): most of the vocabulary is stored like int4 g32, the least used tokens as low-rank codes. Bytes
+count every stored tensor (the band's int64 index included) against the fp32 embedding (tied: one matrix).
+Writes benchmarks/results/pareto.json, pareto.png and a section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from quality import load_smollm2, write_results_md  # noqa: E402
 import hf_factor_embed as hfe  # noqa: E402
 from hf_factor_embed.data import source_text  # noqa: E402
 from hf_factor_embed.evaluation import perplexity  # noqa: E402
+from hf_factor_embed.factorize.banded import BandedMethod  # noqa: E402
 from hf_factor_embed.quantize import dequantize, quantize  # noqa: E402
 from hf_factor_embed.recovery import CheapRefitConfig, cheap_refit, collect_teacher_signals  # noqa: E402
 from hf_factor_embed.storage import quantized_state_dict, round_factors  # noqa: E402
@@ -92,9 +95,15 @@ def quantize_factors(model, precision: tuple[int, int | None, int] | None, refit
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ranks", type=int, nargs="+", default=[64, 128, 192, 256, 384])
+    parser.add_argument("--ranks", type=int, nargs="*", default=[64, 128, 192, 256, 384])
     parser.add_argument(
         "--recover-ranks", type=int, nargs="*", default=[128, 256], help="ranks measured again after cheap recovery"
+    )
+    parser.add_argument(
+        "--wide-band",
+        nargs="*",
+        default=["448:0.95", "512:0.95"],
+        help="rank:band_share points with most of the budget in exact rows (int4): the tail alone is low-rank",
     )
     parser.add_argument("--no-load-times", action="store_true", help="skip the from_pretrained timings")
     parser.add_argument("--eval-tokens", type=int, default=4096)
@@ -151,8 +160,18 @@ def main() -> None:
             del model
         del start
 
+    for spec in args.wide_band:
+        rank, share = int(spec.split(":")[0]), float(spec.split(":")[1])
+        start = hfe.patch_model(copy.deepcopy(dense), rank=rank, calibration=calibration, method=BandedMethod(share))
+        for name in ("int8", "int4 g32, all"):
+            model = copy.deepcopy(start)
+            stored = quantize_factors(model, FACTOR_PRECISIONS[name])
+            k = model.get_input_embeddings().num_dense_rows
+            add(f"factorized, band {share:.0%}", name, model, stored, rank, band_rows=k)
+            del model
+        del start
     recovered_points(dense, calibration, args.recover_ranks, add)
-    rows_load = [] if args.no_load_times else load_times(dense, calibration, rank=max(args.ranks))
+    rows_load = [] if args.no_load_times else load_times(dense, calibration, rank=max(args.ranks or [256]))
     command = "python benchmarks/pareto.py " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": command.strip(), "rows": rows, "load": rows_load}, indent=1))
@@ -282,14 +301,17 @@ def plot(rows: list[dict], path: Path) -> None:
             )
             for r in pts:
                 ax.annotate(r["name"], (100 * r["share_of_fp32"], r[f"ppl_{source}"]), fontsize=7)
-        for kind, name in [("factorized", n) for n in (*FACTOR_PRECISIONS, "int4 g32, B refit")] + [
-            ("factorized + cheap", n) for n in ("int8", "int4 g32")
-        ]:
+        wide = sorted({r["kind"] for r in rows if r["kind"].startswith("factorized, band")})
+        for kind, name in (
+            [("factorized", n) for n in (*FACTOR_PRECISIONS, "int4 g32, B refit")]
+            + [("factorized + cheap", n) for n in ("int8", "int4 g32")]
+            + [(w, "int4 g32, all") for w in wide]
+        ):
             pts = sorted((r for r in rows if r["kind"] == kind and r["name"] == name), key=lambda r: r["bytes"])
             ax.plot(
                 [100 * r["share_of_fp32"] for r in pts],
                 [r[f"ppl_{source}"] for r in pts],
-                "o-" if kind == "factorized" else "D--",
+                {"factorized": "o-", "factorized + cheap": "D--"}.get(kind, "^:"),
                 ms=4,
                 label=f"{kind}, {name}",
             )

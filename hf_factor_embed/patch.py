@@ -44,7 +44,7 @@ class _Plan:
     tied: bool
     ranks: dict[str, int]
     originals: dict[str, nn.Module]
-    method: str | None  # None until the calibration data is known
+    method: str | FactorizationMethod | None  # None until the calibration data is known
 
 
 def patch_model(
@@ -52,7 +52,7 @@ def patch_model(
     rank: int | Mapping[str, int] | None = None,
     *,
     budget: float | None = None,
-    method: str | None = None,
+    method: str | FactorizationMethod | None = None,
     roles: Iterable[str] | None = None,
     calibration=None,
     tokenizer=None,
@@ -70,7 +70,8 @@ def patch_model(
         rank: the rank r of every factorized matrix, or a mapping role -> rank.
         budget: instead of ``rank``, the share of each matrix's parameters to keep (0 < budget < 1).
         method: the factorization method, one of :func:`hf_factor_embed.available_methods` (default: see
-            ``calibration``).
+            ``calibration``), or a configured instance, e.g.
+            ``hf_factor_embed.factorize.banded.BandedMethod(band_share=0.95)``.
         roles: which embeddings to factorize; default the token embedding and the output head (``"input"``,
             ``"output"``). Adapters name others, e.g. ``"position"`` and ``"token_type"`` for BERT.
         calibration: data for the data-aware methods: token ids (a tensor), text (a string, a list of strings or
@@ -195,7 +196,7 @@ def _pick_method(plan: _Plan, stats: CalibrationStats | None) -> FactorizationMe
     factorizer = get_method(plan.method)
     missing = set(factorizer.needs) - available
     if missing:
-        raise FactorEmbedError(f"method {plan.method!r} needs calibration statistics {sorted(missing)}")
+        raise FactorEmbedError(f"method {factorizer.name!r} needs calibration statistics {sorted(missing)}")
     return factorizer
 
 
@@ -247,12 +248,13 @@ def _config(plan: _Plan, factors: dict[str, Factors], rank: int | None, budget: 
         scale = embed_scale_of(module) if role != OUTPUT else None
         if scale is not None:
             modules[role]["embed_scale"] = scale
-    return FactorEmbedConfig(rank=rank, budget=budget, method=plan.method, modules=modules, tied=plan.tied)
+    method = get_method(plan.method).name
+    return FactorEmbedConfig(rank=rank, budget=budget, method=method, modules=modules, tied=plan.tied)
 
 
 def _report(model, plan: _Plan, factors: dict[str, Factors], note: str | None) -> PatchReport:
     names = {id(m): n for n, m in model.named_modules()}
-    report = PatchReport(method=plan.method, model_params_before=model.num_parameters(), note=note)
+    report = PatchReport(method=get_method(plan.method).name, model_params_before=model.num_parameters(), note=note)
     for role in plan.roles:
         module, source = plan.originals[role], _source_role(plan, role)
         f = factors[source]

@@ -177,3 +177,14 @@ def test_rank_from_a_quality_target_on_held_out_text():
 def test_quality_target_refusals(kwargs, match):
     with pytest.raises(hfe.FactorEmbedError, match=match):
         hfe.patch_model(tiny_llama(), **kwargs)
+
+
+def test_a_configured_method_instance_is_used_as_given():
+    from hf_factor_embed.factorize.banded import BandedMethod
+
+    calibration = torch.randint(1, VOCAB, (2000,), generator=torch.Generator().manual_seed(0))
+    default = hfe.patch_model(tiny_llama(), rank=16, calibration=calibration)
+    wide = hfe.patch_model(tiny_llama(), rank=16, calibration=calibration, method=BandedMethod(band_share=0.9))
+    assert wide.model.embed_tokens.num_dense_rows > 2 * default.model.embed_tokens.num_dense_rows
+    assert wide.config.quantization_config.method == "banded"
+    assert wide.factor_embed_report.method == "banded"

@@ -16,7 +16,10 @@ def register_method(method: FactorizationMethod | type[FactorizationMethod]) -> 
     _METHODS[instance.name] = instance
 
 
-def get_method(name: str) -> FactorizationMethod:
+def get_method(name: str | FactorizationMethod) -> FactorizationMethod:
+    """The registered method called ``name``; a method instance (e.g. ``BandedMethod(band_share=0.9)``) as is."""
+    if isinstance(name, FactorizationMethod):
+        return name
     try:
         return _METHODS[name]
     except KeyError:
