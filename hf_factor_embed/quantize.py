@@ -70,6 +70,19 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, bits: int, cols: int, group
     return (values * scale.float().unsqueeze(-1)).reshape(q.shape[0], -1)[:, :cols]
 
 
+def dequantize_column_major(
+    q: torch.Tensor, scale: torch.Tensor, bits: int, cols: int, group: int | None, block: int = 2048
+) -> torch.Tensor:
+    """:func:`dequantize` straight into the head's column-major layout (:func:`.layers.head_layout`): a block of
+    rows at a time, so the full float matrix is written once instead of twice (dequantize, then transpose)."""
+    rows = q.shape[0]
+    out = torch.empty(cols, rows, dtype=torch.float32, device=q.device)
+    for start in range(0, rows, block):
+        stop = min(start + block, rows)
+        out[:, start:stop] = dequantize(q[start:stop], scale[start:stop], bits, cols, group).t()
+    return out.t()
+
+
 def stored_shapes(rows: int, cols: int, bits: int, group: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
     """Shapes of (integers, scales) for a rows x cols matrix: what the load path allocates before reading."""
     width = cols if bits == 8 else math.ceil(cols / 2)

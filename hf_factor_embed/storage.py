@@ -18,7 +18,15 @@ from torch import nn
 from .config import FactorEmbedConfig
 from .errors import CheckpointError
 from .layers import FactorizedLayer
-from .quantize import QUANTIZED_TENSORS, dequantize, quantize, round_in_place, stored_dtype, stored_shapes
+from .quantize import (
+    QUANTIZED_TENSORS,
+    dequantize,
+    dequantize_column_major,
+    quantize,
+    round_in_place,
+    stored_dtype,
+    stored_shapes,
+)
 from .structure import factorized_layers, retie
 
 Q, SCALE = "_q", "_scale"
@@ -112,7 +120,8 @@ def restore_from_placeholders(model: nn.Module, config: FactorEmbedConfig) -> No
             q, scale = layer._parameters.pop(name + Q), layer._parameters.pop(name + SCALE)
             _check_scales(scale.data, f"{module_name}.{name}{SCALE}")
             bits, group = config.precision(name)
-            values = dequantize(q.data, scale.data, bits, target.shape[1], group).to(target.dtype)
+            read = dequantize if name == "basis" else dequantize_column_major  # A and the band: the head's layout
+            values = read(q.data, scale.data, bits, target.shape[1], group).to(target.dtype)
             if target.device.type == "meta":
                 setattr(layer, name, nn.Parameter(values.to(q.device), requires_grad=target.requires_grad))
             else:
