@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from quality import write_results_md  # noqa: E402
 
 import hf_factor_embed as hfe  # noqa: E402
-from hf_factor_embed.layers import FactorizedLMHead  # noqa: E402
+from hf_factor_embed.layers import FactorizedLMHead, head_layout  # noqa: E402
 
 SHAPES = {"49152x576": (49152, 576, 30, 1536, 9, 3), "262144x640": (262144, 640, 18, 2048, 4, 1)}
 
@@ -60,7 +60,10 @@ def heads(v: int, d: int, rank: int) -> dict[str, nn.Module]:
                 if p.dtype.is_floating_point:
                     p.copy_(torch.randn(p.shape, generator=g) / d**0.5)
         banded.dense_index.copy_(torch.randperm(v, generator=g)[:band])
-    return {"dense": dense, "plain": plain, "banded": banded}
+    dense_column_major = nn.Linear(d, v, bias=False)
+    with torch.no_grad():  # the same head with its weight stored column-major: how much of the gain is layout
+        dense_column_major.weight.data = head_layout(dense.weight.data)
+    return {"dense": dense, "dense, column-major": dense_column_major, "plain": plain, "banded": banded}
 
 
 @torch.inference_mode()
@@ -106,7 +109,7 @@ def model(v: int, d: int, layers: int, inter: int, heads_: int, kv: int):
 
 
 @torch.inference_mode()
-def generation(shape: str, new_tokens: int) -> list[dict]:
+def generation(shape: str, new_tokens: int, reps: int = 5) -> list[dict]:
     v, d, *rest = SHAPES[shape]
     rss = psutil.Process().memory_info().rss
     dense = model(v, d, *rest)
@@ -119,17 +122,22 @@ def generation(shape: str, new_tokens: int) -> list[dict]:
         "plain r=d/4": hfe.patch_model(copy.deepcopy(dense), rank=d // 4, method="svd"),
         "banded r=d/4": hfe.patch_model(copy.deepcopy(dense), rank=d // 4, calibration=calibration),
     }
-    for name, m in variants.items():
-
-        def run(m=m):
+    # Rounds over the variants, not one variant after another: this machine's speed drifts over minutes, and a
+    # block per variant once put the faster model behind (0.83x, where interleaved rounds give 1.07x-1.17x).
+    times = {name: [] for name in variants}
+    for round_ in range(1 + reps):
+        for name, m in variants.items():
+            started = time.perf_counter()
             m.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-
-        seconds = median_seconds(run, reps=3, warmup=1)
+            if round_:  # the first round warms up
+                times[name].append(time.perf_counter() - started)
+    for name, m in variants.items():
         rows.append(
             {
                 "shape": shape,
                 "model": name,
-                "tokens_per_s": new_tokens / seconds,
+                "tokens_per_s": new_tokens / statistics.median(times[name]),
+                "rounds": reps,
                 "params": m.num_parameters(),
                 "dense_build_rss_mb": dense_mb,
             }
@@ -141,15 +149,21 @@ def generation(shape: str, new_tokens: int) -> list[dict]:
     return rows
 
 
+# safetensors are memory-mapped, so RSS right after from_pretrained counts only what loading touched: one
+# 8-token forward pass touches every weight. VmHWM (the peak) belongs to the process's own memory map, unlike
+# ru_maxrss, which Linux carries over from the parent across exec.
 LOAD_CHILD = """
-import resource, sys
-import psutil
+import sys
+import psutil, torch
 import hf_factor_embed  # noqa: F401  (what a serving process has through the autoload hook)
 from transformers import AutoModelForCausalLM
 base = psutil.Process().memory_info().rss
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+with torch.inference_mode():
+    model(torch.arange(8)[None])
 after = psutil.Process().memory_info().rss
-print(after - base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(after - base, peak - base)
 """
 
 
@@ -172,7 +186,7 @@ def load_memory(shape: str) -> list[dict]:
                 [sys.executable, "-c", LOAD_CHILD, str(folder)], capture_output=True, text=True, check=True
             ).stdout.split()
             after, peak = (int(x) / 2**20 for x in out[-2:])
-            rows.append({"shape": shape, "checkpoint": name, "rss_after_load_mb": after, "peak_load_mb": peak})
+            rows.append({"shape": shape, "checkpoint": name, "rss_after_forward_mb": after, "peak_mb": peak})
             print(rows[-1], flush=True)
     return rows
 
@@ -189,38 +203,54 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--parts",
+        nargs="*",
+        default=["heads", "generation", "load"],
+        choices=["heads", "generation", "load"],
+        help="measure only these; the others are kept from the existing JSON (none: render it again)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "inference.json")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    kept = json.loads(args.out.read_text()) if args.out.exists() else {}
     head_rows, gen_rows, load_rows = [], [], []
     for shape in args.shapes:
         v, d = SHAPES[shape][:2]
-        head_rows += head_times(v, d, d // 4)
-        gen_rows += generation(shape, args.new_tokens)
-        load_rows += load_memory(shape)
-        print(head_rows[-9:], gen_rows[-3:], flush=True)
-    command = "python benchmarks/speed.py --inference " + " ".join(sys.argv[2:] if argv is None else argv)
+        head_rows += head_times(v, d, d // 4) if "heads" in args.parts else []
+        gen_rows += generation(shape, args.new_tokens) if "generation" in args.parts else []
+        load_rows += load_memory(shape) if "load" in args.parts else []
+    head_rows = head_rows or kept.get("heads", [])
+    gen_rows = gen_rows or kept.get("generation", [])
+    load_rows = load_rows or kept.get("load_memory", [])
+    command = ("python benchmarks/speed.py --inference " + " ".join(sys.argv[2:] if argv is None else argv)).strip()
+    earlier = dict.fromkeys(("heads", "generation", "load"), kept["command"]) if "command" in kept else {}
+    commands = {**earlier, **kept.get("commands", {}), **dict.fromkeys(args.parts, command)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"command": command.strip(), "heads": head_rows, "generation": gen_rows, "load_memory": load_rows}, indent=1
+            {"commands": commands, "heads": head_rows, "generation": gen_rows, "load_memory": load_rows}, indent=1
         )
     )
-    text = render(command.strip(), head_rows, gen_rows, load_rows, torch.get_num_threads())
+    by_command = {}
+    for part, c in commands.items():
+        by_command.setdefault(c, []).append(part)
+    command_text = "; ".join(f"`{c}` ({', '.join(parts)})" for c, parts in by_command.items())
+    text = render(command_text, head_rows, gen_rows, load_rows, torch.get_num_threads())
     print(text)
     write_results_md(text, "inference")
 
 
 def render(command: str, head_rows: list[dict], gen_rows: list[dict], load_rows: list[dict], threads: int) -> str:
     lines = [
-        f"Command: `{command}` (CPU, {threads} threads, fp32, random weights at these shapes).",
+        f"Commands: {command} (CPU, {threads} threads, fp32, random weights at these shapes).",
         "",
         "| V x d | head (rank) | params / dense | 1 token ms (x dense) | 16 tokens ms (x dense) "
         "| 512 tokens ms (x dense) |",
         "|---|---|---|---|---|---|",
     ]
     for shape in dict.fromkeys(r["shape"] for r in head_rows):
-        for head in ("dense", "plain", "banded"):
+        for head in dict.fromkeys(r["head"] for r in head_rows if r["shape"] == shape):
             one, few, many = (
                 next(r for r in head_rows if r["shape"] == shape and r["head"] == head and r["tokens"] == t)
                 for t in (1, 16, 512)
@@ -242,11 +272,11 @@ def render(command: str, head_rows: list[dict], gen_rows: list[dict], load_rows:
         )
     lines += [
         "",
-        "| V x d | checkpoint | RSS after from_pretrained MiB | peak while loading MiB |",
+        "| V x d | checkpoint (fresh process) | RSS after from_pretrained + one forward MiB | peak MiB |",
         "|---|---|---|---|",
     ]
     for r in load_rows:
-        lines.append(f"| {r['shape']} | {r['checkpoint']} | {r['rss_after_load_mb']:.0f} | {r['peak_load_mb']:.0f} |")
+        lines.append(f"| {r['shape']} | {r['checkpoint']} | {r['rss_after_forward_mb']:.0f} | {r['peak_mb']:.0f} |")
     return "\n".join(lines)
 
 
