@@ -36,8 +36,8 @@ def head_layout(matrix: torch.Tensor) -> torch.Tensor:
 
     Why: the head reads A as ``h @ A.T``. With A row-major, a decode step (one token) is a matrix-vector product
     over V dot products of length r, which CPU BLAS runs at a fraction of memory bandwidth; column-major turns it
-    into a product that streams A once (measured on SmolLM2's 49152 x 576 head at r=144, 2-core CPU: 0.34x ->
-    0.10x of the dense head's time; ``python benchmarks/speed.py --inference``). Embedding lookups gather a few
+    into a product that streams A once (SmolLM2's 49152 x 576 head at r=144, 2-core CPU: 0.43x -> 0.10x of
+    the dense head's time, ``python benchmarks/speed.py --inference``). Embedding lookups gather a few
     rows and do not mind; checkpoints store the logical (V, r) tensor either way.
     """
     if matrix.dim() != 2 or matrix.stride() == (1, matrix.shape[0]):
