@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: The tensors of a factorized layer stored column-major (:func:`head_layout`): A and the band's rows.
+HEAD_LAYOUT_TENSORS = ("weight", "dense_rows")
 #: Row-major copies handed to state dicts, alive while a state dict holds them (see ``_save_to_state_dict``).
 _ROW_MAJOR_COPIES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
@@ -106,14 +108,14 @@ class FactorizedLayer(nn.Module):
     def use_head_layout(self) -> None:
         """Store A and the band's rows column-major again (after something replaced their storage, e.g. loading).
         The Parameter objects stay the same, so ties and optimizer state keep pointing at them."""
-        for tensor in (self.weight, self.dense_rows):
+        for tensor in (getattr(self, name) for name in HEAD_LAYOUT_TENSORS):
             if tensor is not None and tensor.device.type != "meta":
                 tensor.data = head_layout(tensor.data)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if not keep_vars:  # detached values go to savers, which want row-major tensors
-            for name in ("weight", "dense_rows"):
+            for name in HEAD_LAYOUT_TENSORS:
                 if destination.get(prefix + name) is not None:
                     destination[prefix + name] = _row_major(destination[prefix + name])
 

@@ -192,8 +192,8 @@ def _calibrate(model, plan: _Plan, calibration, tokenizer, target, holdout_token
 
 def _pick_method(plan: _Plan, stats: CalibrationStats | None) -> FactorizationMethod:
     available = set() if stats is None else stats.available()
-    plan.method = plan.method or _default_method("token_counts" in available)
-    factorizer = get_method(plan.method)
+    factorizer = get_method(plan.method or _default_method("token_counts" in available))
+    plan.method = factorizer.name  # what the config and the report name, also for a configured instance
     missing = set(factorizer.needs) - available
     if missing:
         raise FactorEmbedError(f"method {factorizer.name!r} needs calibration statistics {sorted(missing)}")
@@ -248,13 +248,12 @@ def _config(plan: _Plan, factors: dict[str, Factors], rank: int | None, budget: 
         scale = embed_scale_of(module) if role != OUTPUT else None
         if scale is not None:
             modules[role]["embed_scale"] = scale
-    method = get_method(plan.method).name
-    return FactorEmbedConfig(rank=rank, budget=budget, method=method, modules=modules, tied=plan.tied)
+    return FactorEmbedConfig(rank=rank, budget=budget, method=plan.method, modules=modules, tied=plan.tied)
 
 
 def _report(model, plan: _Plan, factors: dict[str, Factors], note: str | None) -> PatchReport:
     names = {id(m): n for n, m in model.named_modules()}
-    report = PatchReport(method=get_method(plan.method).name, model_params_before=model.num_parameters(), note=note)
+    report = PatchReport(method=plan.method, model_params_before=model.num_parameters(), note=note)
     for role in plan.roles:
         module, source = plan.originals[role], _source_role(plan, role)
         f = factors[source]

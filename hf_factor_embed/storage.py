@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import FactorEmbedConfig
 from .errors import CheckpointError
-from .layers import FactorizedLayer
+from .layers import HEAD_LAYOUT_TENSORS, FactorizedLayer
 from .quantize import (
     QUANTIZED_TENSORS,
     dequantize,
@@ -56,11 +56,10 @@ def balance_factors(layer: FactorizedLayer) -> None:
     layer.basis.mul_(scale.unsqueeze(1))
 
 
-def round_factors(model: nn.Module, config: FactorEmbedConfig, balance: bool = True) -> None:
+def round_factors(model: nn.Module, config: FactorEmbedConfig) -> None:
     """Round every float factor to its stored value (in place; shared tensors once), balancing A and B first."""
-    if balance:
-        for layer in {id(layer.weight): layer for layer in factorized_layers(model).values()}.values():
-            balance_factors(layer)
+    for layer in {id(layer.weight): layer for layer in factorized_layers(model).values()}.values():
+        balance_factors(layer)
     for layer, name in _owned(model).values():
         round_in_place(getattr(layer, name).data, *config.precision(name))
 
@@ -120,7 +119,7 @@ def restore_from_placeholders(model: nn.Module, config: FactorEmbedConfig) -> No
             q, scale = layer._parameters.pop(name + Q), layer._parameters.pop(name + SCALE)
             _check_scales(scale.data, f"{module_name}.{name}{SCALE}")
             bits, group = config.precision(name)
-            read = dequantize if name == "basis" else dequantize_column_major  # A and the band: the head's layout
+            read = dequantize_column_major if name in HEAD_LAYOUT_TENSORS else dequantize
             values = read(q.data, scale.data, bits, target.shape[1], group).to(target.dtype)
             if target.device.type == "meta":
                 setattr(layer, name, nn.Parameter(values.to(q.device), requires_grad=target.requires_grad))
