@@ -123,7 +123,7 @@ def generation(shape: str, new_tokens: int, reps: int = 5) -> list[dict]:
         "banded r=d/4": hfe.patch_model(copy.deepcopy(dense), rank=d // 4, calibration=calibration),
     }
     # Rounds over the variants, not one variant after another: this machine's speed drifts over minutes, and a
-    # block per variant once put the faster model behind (0.83x, where interleaved rounds give 1.07x-1.17x).
+    # block per variant once put the faster model behind (0.83x, where interleaved rounds gave 1.21x).
     times = {name: [] for name in variants}
     for round_ in range(1 + reps):
         for name, m in variants.items():

@@ -99,8 +99,8 @@ def patch_model(
         group_size: columns per scale of A with ``bits`` (default: one scale per row for 8 bits, 32 for 4 bits).
         band_bits: bits of B and the band's rows, one scale per row for 8 (default 8 whenever ``bits`` is set:
             B is small, and the band holds the most used tokens' exact rows, which lose in int4 what the whole
-            embedding does; measured on SmolLM2 r=256: all int4 17.35 / 43.8, band and B in int8 16.13 / 39.0,
-            float 15.85 / 38.2, pydoc held back / licenses).
+            embedding does; ``python benchmarks/pareto.py``, SmolLM2 r=256, pydoc held back / licenses: all
+            int4 17.61 / 47.45, band and B in int8 16.06 / 42.48, float 15.84 / 40.80).
         verbose: print the report (it is logged at INFO level and kept as ``model.factor_embed_report`` anyway).
 
     Returns:
