@@ -150,6 +150,7 @@ def _check_checkpoint(model, layers, checkpoint_files, skip: tuple[str, ...] = (
             raise CheckpointError(f"{file} is damaged or truncated ({exc}); save the model again") from exc
         size = Path(file).stat().st_size
         _check_file_length(file, size)
+    shapes = _as_loaded(model, shapes)
     tied_targets = set(model.all_tied_weights_keys)
     for module_name, layer in ((n, m) for n, m in model.named_modules() if m in layers.values()):
         for param_name, param in layer.named_parameters(recurse=False):
@@ -167,6 +168,21 @@ def _check_checkpoint(model, layers, checkpoint_files, skip: tuple[str, ...] = (
                     f"{found[0]} has shape {shapes[found[0]]} in the checkpoint but config.json's "
                     f"quantization_config says {tuple(param.shape)}: the config and the weights disagree"
                 )
+
+
+def _as_loaded(model, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """File key -> shape, re-keyed by the names the model will load them under.
+
+    Some classes save under legacy names that transformers renames on load (GPT-NeoX writes its head, the module
+    ``lm_head``, as ``embed_out``): the check must read the file as transformers does, or it misses the head.
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    if not renamings:
+        return shapes
+    return {rename_source_key(key, renamings, [])[0]: shape for key, shape in shapes.items()}
 
 
 def _check_file_length(file, size: int) -> None:

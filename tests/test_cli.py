@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,20 @@ def test_the_card_parses_and_its_metadata_is_what_the_hub_accepts(compressed):
     assert ModelCard(str(card)).data.to_dict() == data
 
 
+def test_the_cards_loading_snippet_runs_as_written_without_an_import(compressed, tmp_path):
+    # What a reader copies: plain transformers code, in a fresh Python that never imports the package itself.
+    from test_autoload import python
+
+    out, _ = compressed
+    text = (out / "README.md").read_text()
+    snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "import hf_factor_embed" not in snippet
+    snippet = snippet.replace("PATH_OR_REPO_ID", str(out)).replace('"org/tiny-llama"', repr(str(out)))
+    result = python(snippet + "\nprint(type(model.lm_head).__name__)", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "FactorizedLMHead"
+
+
 def test_the_spectrum_plot_is_a_png(compressed):
     out, _ = compressed
     width, height = png_size(out / "spectrum.png")
@@ -115,6 +130,30 @@ def test_analyze_draws_spectrum_error_and_pca_and_suggests_a_rank(dense_dir, tmp
     assert embedding["weighted_error"] is not None
     for name in ("spectrum.png", "error_input.png", "pca_input.png"):
         png_size(tmp_path / "a" / name)
+
+
+def test_analyze_without_matplotlib_writes_the_numbers_and_names_the_extra(dense_dir, tmp_path, capsys, monkeypatch):
+    # As installed with .[test] alone: importing matplotlib fails (None in sys.modules makes import raise).
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.delitem(sys.modules, "hf_factor_embed.plots", raising=False)
+    monkeypatch.delattr(hfe, "plots", raising=False)
+    code, stdout, err = run_cli(capsys, "analyze", dense_dir / "dense", "--budget", "0.25", "--out", tmp_path / "a")
+    assert code == 0 and "budget 25%: rank" in stdout
+    assert 'pip install "hf-factor-embed[plots]"' in err and "Traceback" not in err
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["embeddings"]
+    assert not list((tmp_path / "a").glob("*.png"))
+
+
+def test_a_missing_optional_dependency_is_one_line_naming_the_install(dense_dir, tmp_path, capsys, monkeypatch):
+    import hf_factor_embed.compress
+
+    def needs_gguf(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'gguf'", name="gguf")
+
+    monkeypatch.setattr(hf_factor_embed.compress, "compress", needs_gguf)
+    code, _, err = run_cli(capsys, "compress", dense_dir / "dense", "--rank", "8", "--out", tmp_path / "c")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("hf-factor-embed: error: No module named 'gguf'; pip install")
 
 
 def test_densify_writes_a_plain_model_with_the_same_outputs(compressed, tmp_path, capsys, input_ids):

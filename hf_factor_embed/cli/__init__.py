@@ -45,6 +45,13 @@ def command_line() -> str:
 #: What a user's mistake raises inside the API: shown as one line, exit status 2.
 USER_ERRORS = (FactorEmbedError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
+#: Optional dependencies a command may reach -> how to install them.
+INSTALL_HINTS = {
+    "matplotlib": 'pip install "hf-factor-embed[plots]"',
+    "gguf": 'pip install "gguf>=0.10"',
+    "tensorboard": "pip install tensorboard",
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, standalone_mode=False)
     except USER_ERRORS as error:
         return _fail(str(error))
+    except ImportError as error:  # an optional dependency the command needs is not installed
+        return _fail(_missing_dependency(error))
     except OSError as error:  # e.g. transformers cannot find a model folder or a Hub name
         return _fail(str(error).splitlines()[0])
     except ClickException as error:  # a bad option or argument, found while parsing; no arguments: the help
@@ -68,3 +77,10 @@ def main(argv: list[str] | None = None) -> int:
 def _fail(message: str, code: int = 2) -> int:
     print(f"hf-factor-embed: error: {message}", file=sys.stderr)
     return code
+
+
+def _missing_dependency(error: ImportError) -> str:
+    message = str(error).splitlines()[0] if str(error) else f"a module could not be imported: {error.name}"
+    hint = INSTALL_HINTS.get((error.name or "").split(".")[0])
+    hint = hint or next((h for module, h in INSTALL_HINTS.items() if module in message), None)
+    return f"{message}; {hint}" if hint else message

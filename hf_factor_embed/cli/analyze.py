@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from . import app
+from . import INSTALL_HINTS, app
 
 
 @app.command(
@@ -35,8 +36,13 @@ def analyze(
     from ..errors import FactorEmbedError
     from ..folders import check_output_dir
     from ..loading import load_model
-    from ..plots import error_plot, pca_plot, spectrum_plot
     from ..structure import factorized_layers
+
+    try:
+        plots = importlib.import_module("hf_factor_embed.plots")
+    except ImportError:  # the numbers stand without the pictures, as in compress
+        plots = None
+        typer.echo(f"matplotlib is not installed: no PNGs, only summary.json ({INSTALL_HINTS['matplotlib']})", err=True)
 
     if not 0 < budget < 1:
         raise FactorEmbedError(f"--budget {budget} must be between 0 and 1 (a share of parameters, e.g. 0.3)")
@@ -55,17 +61,8 @@ def analyze(
     ]
     out.mkdir(parents=True, exist_ok=True)
     summaries = [a.summary(budget) for a in analyses]
-    spectrum_plot(
-        {a.role: a.singular_values for a in analyses},
-        out / "spectrum.png",
-        ranks={s["role"]: s["budget"]["rank"] for s in summaries},
-    )
-    for a, s in zip(analyses, summaries, strict=True):
-        curves = {"plain SVD": a.relative_error}
-        if a.weighted_error is not None:
-            curves["rows weighted by calibration counts"] = a.weighted_error
-        error_plot(curves, out / f"error_{a.role}.png", budget_rank=s["budget"]["rank"])
-        pca_plot(a.pca, out / f"pca_{a.role}.png", a.frequency, title=f"{a.role} rows, top two directions")
+    if plots is not None:
+        _draw(plots, analyses, summaries, out)
     full = {"model": model, "budget": budget, "calibration_tokens": int(counts.sum()) if counts is not None else 0}
     full["embeddings"] = [
         {
@@ -85,4 +82,18 @@ def analyze(
             f"  budget {budget:.0%}: rank {b['rank']}, energy kept {b['energy_kept']:.1%}, "
             f"relative error {b['relative_error']:.3f}"
         )
-    typer.echo(f"wrote {out} (spectrum.png, error_*.png, pca_*.png, summary.json)")
+    typer.echo(f"wrote {out} ({'spectrum.png, error_*.png, pca_*.png, ' if plots else ''}summary.json)")
+
+
+def _draw(plots, analyses, summaries, out: Path) -> None:
+    plots.spectrum_plot(
+        {a.role: a.singular_values for a in analyses},
+        out / "spectrum.png",
+        ranks={s["role"]: s["budget"]["rank"] for s in summaries},
+    )
+    for a, s in zip(analyses, summaries, strict=True):
+        curves = {"plain SVD": a.relative_error}
+        if a.weighted_error is not None:
+            curves["rows weighted by calibration counts"] = a.weighted_error
+        plots.error_plot(curves, out / f"error_{a.role}.png", budget_rank=s["budget"]["rank"])
+        plots.pca_plot(a.pca, out / f"pca_{a.role}.png", a.frequency, title=f"{a.role} rows, top two directions")

@@ -33,7 +33,8 @@ def check_pair(student_dir: str | Path, teacher: str, gguf_file: str | None = No
 
     if not is_factorized_checkpoint(student_dir):
         raise FactorEmbedError(f"{student_dir} is not factorized; compress it first (hf_factor_embed.patch_model)")
-    if Path(teacher).is_dir() and is_factorized_checkpoint(teacher):
+    # A GGUF teacher's folder holds no config.json (the file is the model): only a saved folder can be factorized.
+    if Path(teacher).is_dir() and gguf_file is None and is_factorized_checkpoint(teacher):
         raise FactorEmbedError(f"the teacher {teacher} is factorized; give the dense model the student came from")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     _check_same_vocabulary(AutoConfig.from_pretrained(student_dir), AutoConfig.from_pretrained(teacher, **kwargs))
@@ -48,18 +49,24 @@ def load_tokenizer(teacher: str, gguf_file: str | None = None):
 
 def load_pair(student_dir: str | Path, teacher: str, gguf_file: str | None = None):
     """(student, teacher, tokenizer) in fp32, after :func:`check_pair`."""
+    check_pair(student_dir, teacher, gguf_file)
+    return (*load_models(student_dir, teacher, gguf_file), load_tokenizer(teacher, gguf_file))
+
+
+def load_models(student_dir: str | Path, teacher: str, gguf_file: str | None = None):
+    """(student, teacher) in fp32, once :func:`check_pair` has passed. Each read of a GGUF file parses all of
+    its metadata (~10 s for SmolLM2's), so callers check, tokenize and load once each."""
     from transformers import AutoModelForCausalLM
 
     from ..structure import factorized_layers
 
-    check_pair(student_dir, teacher, gguf_file)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     dense = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32, **kwargs)
     if factorized_layers(dense):
         raise FactorEmbedError(f"the teacher {teacher} is factorized; give the dense model the student came from")
     _check_same_vocabulary(student.config, dense.config, _vocab_size(student), _vocab_size(dense))
-    return student, dense, load_tokenizer(teacher, gguf_file)
+    return student, dense
 
 
 def _vocab_size(model) -> int:
@@ -98,11 +105,12 @@ def recover(
     out = check_output_dir(out, overwrite=overwrite)
     check_pair(student_dir, teacher, gguf_file)
     # The text is checked before the models load: an empty or too short text fails in a second.
-    blocks = pack_blocks(load_text(text_files, dataset), load_tokenizer(teacher, gguf_file), block_size)
+    tokenizer = load_tokenizer(teacher, gguf_file)
+    blocks = pack_blocks(load_text(text_files, dataset), tokenizer, block_size)
     if max_tokens is not None:
         blocks = blocks.select(range(min(len(blocks), max(2, max_tokens // block_size))))
     train, held_back = split_blocks(blocks, max(1, len(blocks) // 10))
-    student, dense, tokenizer = load_pair(student_dir, teacher, gguf_file)
+    student, dense = load_models(student_dir, teacher, gguf_file)
     if mode == "cheap":
         ids = train[:]["input_ids"].reshape(-1)
         signals = collect_teacher_signals(dense, ids, window=block_size)
