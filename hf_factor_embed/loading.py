@@ -13,15 +13,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def load_model(name: str | Path, *, gguf_file: str | None = None, dtype: str = "float32"):
-    """(model, tokenizer or None), the model in ``dtype`` and in eval mode.
+    """(model, tokenizer or None), the model in ``dtype`` and in eval mode. ``name``: a folder, a Hub name, or
+    ``bundled:<name>`` (:mod:`hf_factor_embed.bundled`).
 
     The class is the config's first ``architectures`` entry (``LlamaForCausalLM``, ``BertModel``, ...), as
     pipelines do, so heads are kept; without one, ``AutoModel``. A GGUF file is dequantized by transformers.
     """
     from transformers import AutoConfig, AutoTokenizer
 
+    from .bundled import resolve
+
     if dtype not in DTYPES:
         raise FactorEmbedError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    name = resolve(name)
     if Path(name).exists() and not Path(name, "config.json").is_file() and gguf_file is None:
         raise FactorEmbedError(f"{name} is not a saved model folder (no config.json); give a model folder")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,6 +45,7 @@ class _Plan:
     ranks: dict[str, int]
     originals: dict[str, nn.Module]
     method: str | FactorizationMethod | None  # None until the calibration data is known
+    sources: dict[str, int] = field(default_factory=dict)  # calibration source -> tokens gathered from it
 
 
 def patch_model(
@@ -75,8 +76,11 @@ def patch_model(
         roles: which embeddings to factorize; default the token embedding and the output head (``"input"``,
             ``"output"``). Adapters name others, e.g. ``"position"`` and ``"token_type"`` for BERT.
         calibration: data for the data-aware methods: token ids (a tensor), text (a string, a list of strings or
-            a ``datasets.Dataset`` with a ``text`` column, with ``tokenizer``), or ready
-            :class:`CalibrationStats`. With it the default method is ``"banded"`` (exact rows for the tokens
+            a ``datasets.Dataset`` with a ``text`` column, with ``tokenizer``), ready :class:`CalibrationStats`,
+            or a mapping name -> any of the first three: *what you serve*, as named sources (kinds of text,
+            languages). Each source counts alike whatever its length, so the band covers every source's tokens,
+            and ``target`` must hold on each source's held-out slice (the worst one decides). With it the
+            default method is ``"banded"`` (exact rows for the tokens
             the calibration text and the model's own predictions rank highest, a two-sided weighted
             factorization for the rest, at the size of a rank-``rank`` factorization); without it, plain
             ``"svd"``. What to give: text like the text the model will serve, as varied as that text is.
@@ -86,8 +90,9 @@ def patch_model(
             predictions still rank the band well; text unlike the served text costs far more than little text.
         tokenizer: the model's tokenizer, for calibration text.
         target: instead of ``rank`` or ``budget``, the largest acceptable ratio of perplexity to the dense
-            model's (e.g. 1.10) on the last ``holdout_tokens`` tokens of the calibration text, which are then
-            held out from the statistics. The smallest rank (a multiple of 8) that meets it is chosen; when even
+            model's (e.g. 1.10) on the last ``holdout_tokens`` tokens of the calibration text (of each named
+            source), which are then held out from the statistics. The smallest rank (a multiple of 8) that
+            meets it is chosen; when even
             full rank does not, full rank is used and the report says so. Causal language models only.
         holdout_tokens: the held-out slice for ``target``.
         bits: 8 or 4 to store the factors as integers with fp16 scales: ``bits`` for the codes A (V x r, the
@@ -168,26 +173,41 @@ def _check_target(model, adapter, rank, budget, target) -> None:
 
 
 def _calibrate(model, plan: _Plan, calibration, tokenizer, target, holdout_tokens):
-    """(statistics, held-out token ids): what the method will use, gathered in one streamed pass."""
+    """(statistics, held-out token ids per source): what the method will use, one streamed pass per source.
+
+    Named sources (a mapping) are gathered one at a time and combined with equal weights, so each source's
+    tokens rank for the band whatever its length; with ``target`` each source keeps its own held-out slice.
+    """
     if target is not None and (calibration is None or isinstance(calibration, CalibrationStats)):
         raise FactorEmbedError("target=... needs calibration text or token ids (a slice is held out to evaluate)")
     if calibration is None or isinstance(calibration, CalibrationStats):
         return calibration, None
     from .calibration import collect_stats, tokenize_calibration
 
-    token_ids = tokenize_calibration(calibration, tokenizer)
-    holdout = None
+    named = calibration if isinstance(calibration, Mapping) else {"calibration": calibration}
+    if not named:
+        raise FactorEmbedError("calibration={} names no source; give at least one name -> text")
+    token_ids = {name: tokenize_calibration(data, tokenizer) for name, data in named.items()}
+    holdouts = None
     if target is not None:
-        if token_ids.numel() < 2 * holdout_tokens:
-            raise FactorEmbedError(
-                f"target=... holds out {holdout_tokens} calibration tokens and needs as many again for the "
-                f"statistics; got {token_ids.numel()} tokens: give more text or a smaller holdout_tokens"
-            )
-        token_ids, holdout = token_ids[:-holdout_tokens], token_ids[-holdout_tokens:]
+        holdouts = {name: _hold_out(name, ids, holdout_tokens) for name, ids in token_ids.items()}
+        token_ids = {name: ids[:-holdout_tokens] for name, ids in token_ids.items()}
     uses = set(get_method(plan.method or _default_method(True)).uses)
     if OUTPUT not in plan.roles:
         uses.discard("hidden_cov")  # the metric of the head's inputs serves the head only
-    return collect_stats(model, token_ids, statistics=uses | {"token_counts"}), holdout
+    parts = {name: collect_stats(model, ids, statistics=uses | {"token_counts"}) for name, ids in token_ids.items()}
+    plan.sources = {name: part.num_tokens for name, part in parts.items()}
+    stats = CalibrationStats.combine(*parts.values(), equal=True) if len(parts) > 1 else next(iter(parts.values()))
+    return stats, holdouts
+
+
+def _hold_out(name: str, token_ids: torch.Tensor, holdout_tokens: int) -> torch.Tensor:
+    if token_ids.numel() < 2 * holdout_tokens:
+        raise FactorEmbedError(
+            f"target=... holds out {holdout_tokens} tokens of each calibration source and needs as many again for "
+            f"the statistics; {name!r} has {token_ids.numel()} tokens: give more text or a smaller holdout_tokens"
+        )
+    return token_ids[-holdout_tokens:]
 
 
 def _pick_method(plan: _Plan, stats: CalibrationStats | None) -> FactorizationMethod:
@@ -218,7 +238,7 @@ def _search_rank(model, plan: _Plan, factorizer, stats, holdout, target) -> str:
 
     max_rank = min(min(dense_shape(plan.originals[r])) for r in plan.roles)
     swapped = {r: m for r, m in plan.originals.items() if not (plan.tied and r == OUTPUT)}
-    found, found_ppl, dense_ppl = smallest_rank_within(
+    found, ratios = smallest_rank_within(
         model,
         swapped,
         lambda r: _factorize_all(plan, factorizer, stats, dict.fromkeys(plan.roles, r)),
@@ -227,8 +247,10 @@ def _search_rank(model, plan: _Plan, factorizer, stats, holdout, target) -> str:
         max_rank,
     )
     plan.ranks = dict.fromkeys(plan.roles, found)
-    return f"rank {found} chosen for target {target}: held-out perplexity {found_ppl:.3f} vs dense {dense_ppl:.3f}" + (
-        "" if found_ppl <= target * dense_ppl else " (target not reached even at full rank)"
+    worst = max(ratios, key=ratios.get)
+    each = ", ".join(f"{name} {ratio:.3f}x" for name, ratio in ratios.items())
+    return f"rank {found} chosen for target {target}: held-out perplexity ratio to dense {each}; worst {worst}" + (
+        "" if ratios[worst] <= target else " (target not reached even at full rank)"
     )
 
 
@@ -253,7 +275,9 @@ def _config(plan: _Plan, factors: dict[str, Factors], rank: int | None, budget: 
 
 def _report(model, plan: _Plan, factors: dict[str, Factors], note: str | None) -> PatchReport:
     names = {id(m): n for n, m in model.named_modules()}
-    report = PatchReport(method=plan.method, model_params_before=model.num_parameters(), note=note)
+    report = PatchReport(
+        method=plan.method, model_params_before=model.num_parameters(), note=note, sources=dict(plan.sources)
+    )
     for role in plan.roles:
         module, source = plan.originals[role], _source_role(plan, role)
         f = factors[source]

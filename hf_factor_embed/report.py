@@ -30,10 +30,12 @@ class PatchReport:
     model_params_after: int = 0
     seconds: float = 0.0
     note: str | None = None
+    sources: dict[str, int] = field(default_factory=dict)  # calibration source -> tokens gathered from it
 
     def as_dict(self) -> dict:
         return {
             "method": self.method,
+            "calibration_sources": dict(self.sources),
             "model_params_before": self.model_params_before,
             "model_params_after": self.model_params_after,
             "seconds": round(self.seconds, 3),
@@ -56,6 +58,8 @@ class PatchReport:
             )
         b, a = self.model_params_before, self.model_params_after
         lines.append(f"model parameters: {b:,} -> {a:,} ({a / b:.1%}; {b - a:,} fewer)")
+        if self.sources:
+            lines.append("calibrated on: " + ", ".join(f"{n} ({t:,} tokens)" for n, t in self.sources.items()))
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)
