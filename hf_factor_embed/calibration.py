@@ -64,9 +64,15 @@ def collect_stats(
     batch_size: int = 4,
     statistics: Iterable[str] = CalibrationStats.KINDS,
     progress: bool = True,
+    model_tokens: int | None = None,
 ) -> CalibrationStats:
     """Token counts over ``token_ids`` and, when asked for in ``statistics`` and the model has an output head,
-    E[h h^T] of the head's inputs and the model's mean next-token distribution over them."""
+    E[h h^T] of the head's inputs and the model's mean next-token distribution over them.
+
+    ``model_tokens``: run the model over the first ``model_tokens`` tokens only. Counting costs nothing, and on a
+    large vocabulary the counts of all the text rank far more of the served tokens for the band than a short
+    text does, while the model's statistics settle on a few thousand tokens.
+    """
     vocab = get_adapter(model).input_embedding(model).weight.shape[0]
     ids = token_ids.reshape(-1)
     if ids.numel() == 0:
@@ -96,7 +102,8 @@ def collect_stats(
                 sampled += rows.shape[0]
 
     started = time.perf_counter()
-    for h in iter_head_inputs(model, ids, window=window, batch_size=batch_size, progress=progress):
+    model_ids = ids if model_tokens is None else ids[:model_tokens]
+    for h in iter_head_inputs(model, model_ids, window=window, batch_size=batch_size, progress=progress):
         accumulate(h.reshape(-1, d).float())
     logger.info("calibration: %d tokens in %.1f s", ids.numel(), time.perf_counter() - started)
     return CalibrationStats(

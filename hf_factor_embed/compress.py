@@ -20,6 +20,7 @@ from .errors import AlreadyPatchedError, FactorEmbedError
 from .folders import check_output_dir, folder_bytes
 from .loading import is_causal_lm, load_model
 from .patch import patch_model
+from .sources import load_sources, unserved_defaults
 from .structure import factorized_layers
 
 logger = logging.getLogger(__name__)
@@ -52,10 +53,15 @@ def compress(
     bits: int | None = None,
     group_size: int | None = None,
     band_bits: int | None = None,
-    calibration: str | torch.Tensor | None = None,
+    calibration: str | torch.Tensor | Mapping[str, str | torch.Tensor] | None = None,
     calibration_tokens: int = 32768,
     eval_texts: Mapping[str, str | torch.Tensor] | None = None,
     eval_tokens: int = 4096,
+    serve: Sequence[str | Path] | None = None,
+    measure: Sequence[str | Path] | None = None,
+    held_back: float = 0.2,
+    peers: bool | Sequence[str] = False,
+    band_share: float | None = None,
     gguf_file: str | None = None,
     dtype: str = "float32",
     overwrite: bool = False,
@@ -73,24 +79,57 @@ def compress(
     own kind says little about the rest. The saved folder is reloaded and checked (identical logits, tying).
     ``base_model_id``: the Hub name the card links to when ``model_name`` is a local folder; ``license``: the
     card's license (the base model's).
+
+    ``serve``: what the model will serve, as named sources (:mod:`hf_factor_embed.sources`: files, local kinds of
+    text, ``lang:<code>``), instead of ``calibration``. Each is split: its first ``held_back`` share is measured,
+    the rest (its first ``calibration_tokens`` tokens) calibrates, each source weighted alike. ``measure``: sources
+    not served, measured whole so the report shows what was given up (default: every local English kind and a few
+    languages not served; ``[]`` for none); one far outside (> 2x dense) is a warning. ``peers``: measure int8 /
+    int6 / int4 / asymmetric 4-bit quantization of the dense embedding on the same texts (causal LMs); True for
+    all of :func:`hf_factor_embed.peers.quantization_peers`, or a list of their names.
+    ``band_share``: with the banded method, the share of the size spent on exact rows (default 0.3).
     """
     if sum(x is not None for x in (rank, budget, target)) != 1:
         raise FactorEmbedError("give exactly one of --rank, --budget or --target")
+    if serve is not None and calibration is not None:
+        raise FactorEmbedError("give the served sources (serve=...) or calibration text, not both")
     out = check_output_dir(out, overwrite=overwrite)
     model, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype)
     if factorized_layers(model):
         raise AlreadyPatchedError(f"{model_name} is already factorized; give the dense model")
-    if calibration is not None:
+    served: dict[str, str] = {}  # served source -> where its text comes from
+    if serve is not None:
+        calibration, served_evals, served, origins = _served_texts(serve, measure, held_back, tokenizer)
+        eval_texts = {**served_evals, **(eval_texts or {})}
+    else:
+        origins = {}
+    if isinstance(calibration, Mapping):  # named sources: counted whole, the model reads calibration_tokens of each
+        calibration = {n: _token_ids(t, tokenizer, "calibration") for n, t in calibration.items()}
+    elif calibration is not None:
         calibration = _token_ids(calibration, tokenizer, "calibration")[:calibration_tokens]
-    eval_texts = dict(eval_texts or {})
+    eval_texts = {name: _eval_ids(text, tokenizer, eval_tokens, model) for name, text in (eval_texts or {}).items()}
     dense_eval = {name: evaluate_text(model, tokenizer, text, eval_tokens) for name, text in eval_texts.items()}
+    peer_results = _measure_peers(model, eval_texts, dense_eval, peers) if peers and is_causal_lm(model) else None
     spectrum = _spectrum(model) if plots else None
     bytes_dense = _param_bytes(model)
 
     started = time.perf_counter()
     size = {"rank": rank} if rank is not None else {"budget": budget} if budget is not None else {"target": target}
+    if band_share is not None:
+        from .factorize.banded import BandedMethod
+
+        if method not in (None, "banded"):
+            raise FactorEmbedError(f"band_share is a setting of the banded method, not of {method!r}")
+        method = BandedMethod(band_share=band_share)
     patch_model(
-        model, **size, method=method, calibration=calibration, bits=bits, group_size=group_size, band_bits=band_bits
+        model,
+        **size,
+        method=method,
+        calibration=calibration,
+        model_tokens=calibration_tokens if isinstance(calibration, Mapping) else None,
+        bits=bits,
+        group_size=group_size,
+        band_bits=band_bits,
     )
     seconds = time.perf_counter() - started
     report = model.factor_embed_report
@@ -106,16 +145,25 @@ def compress(
         "group_size": model.config.quantization_config.group_size,
         "band_bits": model.config.quantization_config.band_bits,
         "report": report.as_dict(),
-        "calibration_tokens": 0 if calibration is None else int(calibration.numel()),
+        "calibration_tokens": _count_tokens(calibration),
+        "band_share": band_share,
         "param_bytes_dense": bytes_dense,
+        "embedding_bytes": _embedding_bytes(model),
         "param_bytes_factorized": _param_bytes(model),
         "patch_seconds": round(seconds, 2),
         "command": command,
     }
     result["evaluation"] = {
-        name: compare_to_dense(dense_eval[name], evaluate_text(model, tokenizer, text, eval_tokens))
+        name: {
+            **compare_to_dense(dense_eval[name], evaluate_text(model, tokenizer, text, eval_tokens)),
+            **({"served": name in served, "origin": origins.get(name)} if serve is not None else {}),
+        }
         for name, text in eval_texts.items()
     }
+    result["served"] = served
+    result["warnings"] = _warnings(result["evaluation"], served) if serve is not None else []
+    if peer_results is not None:
+        result["peers"] = peer_results
     model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
@@ -208,3 +256,123 @@ def _plots(out: Path, spectrum: dict, report) -> list[str]:
     path = out / "spectrum.png"
     spectrum_plot(spectrum, path, ranks=ranks)
     return [path.name]
+
+
+#: A source not served whose perplexity ratio passes this is a warning in the report and the card.
+FAR_OUTSIDE = 2.0
+
+
+def _served_texts(serve, measure, held_back: float, tokenizer):
+    """(calibration part per served source, texts to measure, served source -> origin, every text's origin)."""
+    if not serve:
+        raise FactorEmbedError("serve=[] names nothing to serve; name at least one source (a file, pydoc, lang:de)")
+    sources = load_sources(serve)
+    others = unserved_defaults(s.name for s in sources) if measure is None else list(measure)
+    measured = [m for m in load_sources(others) if m.name not in {s.name for s in sources}]
+    calibration, evals = {}, {}
+    for source in sources:
+        calibration[source.name], evals[source.name] = source.split(held_back)
+    evals.update({m.name: m.text for m in measured})
+    origins = {s.name: s.origin for s in (*sources, *measured)}
+    return calibration, evals, {s.name: s.origin for s in sources}, origins
+
+
+def _eval_ids(text, tokenizer, eval_tokens: int, model):
+    """Token ids of an evaluation text (its first ``eval_tokens``) for causal LMs; encoders read sentences."""
+    if not is_causal_lm(model) or isinstance(text, torch.Tensor):
+        return text
+    return _token_ids(text[: 16 * eval_tokens], tokenizer, "evaluation")[:eval_tokens]
+
+
+def _count_tokens(calibration) -> int:
+    if calibration is None:
+        return 0
+    if isinstance(calibration, Mapping):
+        return sum(int(ids.numel()) for ids in calibration.values())
+    return int(calibration.numel())
+
+
+def _warnings(evaluation: dict, served: dict) -> list[str]:
+    """One line for each source not served that the compression puts far outside the dense model's quality."""
+    out = []
+    for name, e in evaluation.items():
+        if name not in served and e.get("ratio", 1.0) > FAR_OUTSIDE:
+            out.append(
+                f"{name} (not served) is at {e['ratio']:.2f}x the dense perplexity: serve it "
+                f"(add it to the calibration sources) or give a larger rank if the model will see such text"
+            )
+            logger.warning("%s", out[-1])
+    return out
+
+
+def _measure_peers(model, eval_texts: dict, dense_eval: dict, names: bool | Sequence[str]) -> dict:
+    """Quantizing the dense embedding instead: bytes and perplexity ratio per text, measured on the same windows."""
+    from .analysis import embedding_weights
+    from .peers import quantization_peers
+
+    shapes = [tuple(w.shape) for w in embedding_weights(model).values()]
+    chosen = quantization_peers()
+    if names is not True:
+        unknown = set(names) - {p.name for p in chosen}
+        if unknown:
+            raise FactorEmbedError(f"unknown peers {sorted(unknown)}; known: {[p.name for p in chosen]}")
+        chosen = [p for p in chosen if p.name in names]
+    results = {}
+    for peer in chosen:
+        ratios = {}
+        for name, ids in eval_texts.items():
+            window = dense_eval[name]["window"]
+            ratios[name] = round(peer.perplexity(model, ids, window) / dense_eval[name]["perplexity"], 4)
+        results[peer.name] = {"embedding_bytes": sum(peer.stored_bytes(*s) for s in shapes), "ratio": ratios}
+    return results
+
+
+def _embedding_bytes(model) -> dict:
+    """Bytes the factorized embeddings take as stored (integer factors at their bits, a tied pair once), and
+    the dense fp32 bytes they replace."""
+    from .quantize import stored_shapes
+
+    config = model.config.quantization_config
+    stored, dense, seen = 0, 0, set()
+    for layer in factorized_layers(model).values():
+        if id(layer.weight) in seen:
+            continue
+        seen.add(id(layer.weight))
+        dense += layer.weight.shape[0] * layer.basis.shape[1] * 4
+        for name in ("weight", "basis", "dense_rows", "dense_index"):
+            tensor = getattr(layer, name, None)
+            if tensor is None:
+                continue
+            if config.bits and name != "dense_index":
+                bits, group = config.precision(name)
+                (q_rows, q_cols), (s_rows, s_cols) = stored_shapes(*tensor.shape, bits, group)
+                stored += q_rows * q_cols + 2 * s_rows * s_cols
+            else:
+                stored += tensor.numel() * tensor.element_size()
+    return {"stored": stored, "dense_fp32": dense, "share": round(stored / dense, 4) if dense else None}
+
+
+def summary_table(result: dict) -> str:
+    """What ``compress`` did, as the command line and the main job print it: parameters and embedding bytes, then
+    one row per measured text (served or not) with the ratio to dense, and the quantization peers beside it."""
+    report, stored = result["report"], result["embedding_bytes"]
+    peers = result.get("peers") or {}
+    b, a = report["model_params_before"], report["model_params_after"]
+    lines = [
+        f"method {report['method']}: model parameters {b:,} -> {a:,} ({a / b:.1%})",
+        f"embedding bytes: fp32 {stored['dense_fp32']:,}; factorized {stored['stored']:,} ({stored['share']:.1%})"
+        + "".join(
+            f"; {n} {p['embedding_bytes']:,} ({p['embedding_bytes'] / stored['dense_fp32']:.1%})"
+            for n, p in peers.items()
+        ),
+    ]
+    header = f"{'text':<16}{'served':<12}{'dense':>10}{'factorized':>12}{'ratio':>8}"
+    lines.append(header + "".join(f"{name.split(' (')[0]:>12}" for name in peers))
+    for name, e in result["evaluation"].items():
+        served = "held back" if e.get("served") else ("no" if "served" in e else "")
+        ratio = e.get("ratio")
+        row = f"{name:<16}{served:<12}{e['dense']:>10}{e['factorized']:>12}"
+        row += f"{ratio:>7.3f}x" if ratio is not None else f"{'':>8}"
+        row += "".join(f"{p['ratio'][name]:>11.3f}x" for p in peers.values() if name in p["ratio"])
+        lines.append(row)
+    return "\n".join(lines)

@@ -8,13 +8,31 @@ import torch
 
 
 @torch.no_grad()
-def perplexity(model, token_ids: torch.Tensor, window: int = 512, batch_size: int = 4, progress: bool = False) -> float:
+def perplexity(
+    model,
+    token_ids: torch.Tensor,
+    window: int = 512,
+    batch_size: int = 4,
+    progress: bool = False,
+    keep: torch.Tensor | None = None,
+    unk_id: int | None = None,
+) -> float:
     """exp(mean next-token loss) over consecutive, non-overlapping ``window``-token windows of ``token_ids``.
 
     Every window is scored on its own (no context carried over), so the figure depends only on the text, the
     window and the model; a trailing partial window is dropped.
+
+    ``keep`` (a boolean per token id) and ``unk_id`` score a vocabulary-trimmed model as vocabtrimmer leaves it:
+    ids outside ``keep`` are read as ``unk_id``, cannot be predicted (their logits are dropped), and as targets
+    count as ``unk_id``, the one way the trimmed model can name them.
     """
     ids = token_ids.reshape(-1)
+    if keep is not None:
+        if unk_id is None:
+            raise ValueError("a trimmed vocabulary (keep=...) needs unk_id: the id other tokens are read as")
+        keep = keep.clone()
+        keep[unk_id] = True
+        ids = torch.where(keep[ids], ids, torch.full_like(ids, unk_id))
     n = ids.numel() // window
     if n == 0:
         raise ValueError(f"need at least {window} tokens, got {ids.numel()}")
@@ -28,6 +46,8 @@ def perplexity(model, token_ids: torch.Tensor, window: int = 512, batch_size: in
     for start in tqdm(range(0, n, batch_size), desc="perplexity", disable=not progress, unit="batch"):
         batch = windows[start : start + batch_size].to(device)
         logits = model(input_ids=batch).logits[:, :-1].float()
+        if keep is not None:
+            logits[..., ~keep.to(logits.device)] = float("-inf")
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
         )

@@ -59,6 +59,7 @@ def patch_model(
     tokenizer=None,
     target: float | None = None,
     holdout_tokens: int = 2048,
+    model_tokens: int | None = None,
     bits: int | None = None,
     group_size: int | None = None,
     band_bits: int | None = None,
@@ -95,6 +96,9 @@ def patch_model(
             meets it is chosen; when even
             full rank does not, full rank is used and the report says so. Causal language models only.
         holdout_tokens: the held-out slice for ``target``.
+        model_tokens: run the model over each source's first ``model_tokens`` calibration tokens only (the
+            hidden-state moment and the expected probabilities); token counts still come from all the text, which
+            costs nothing and ranks many more of a large vocabulary's served tokens. Default: all of it.
         bits: 8 or 4 to store the factors as integers with fp16 scales: ``bits`` for the codes A (V x r, the
             bulk), ``band_bits`` for the basis B and the band's rows. The checkpoint's factors shrink by about
             4x / 7x. A's columns are balanced against B's rows first (the product is unchanged). The factors in
@@ -119,7 +123,7 @@ def patch_model(
             raise FactorEmbedError("band_bits needs bits (the codes' precision); give both, or neither")
         check_bits(band_bits, None)
     plan = _plan(model, rank, budget, target, roles, method)
-    stats, holdout = _calibrate(model, plan, calibration, tokenizer, target, holdout_tokens)
+    stats, holdout = _calibrate(model, plan, calibration, tokenizer, target, holdout_tokens, model_tokens)
     factorizer = _pick_method(plan, stats)
     search_note = None
     if target is not None:
@@ -172,7 +176,7 @@ def _check_target(model, adapter, rank, budget, target) -> None:
         raise FactorEmbedError("target=... measures perplexity, which needs a language-model head")
 
 
-def _calibrate(model, plan: _Plan, calibration, tokenizer, target, holdout_tokens):
+def _calibrate(model, plan: _Plan, calibration, tokenizer, target, holdout_tokens, model_tokens=None):
     """(statistics, held-out token ids per source): what the method will use, one streamed pass per source.
 
     Named sources (a mapping) are gathered one at a time and combined with equal weights, so each source's
@@ -195,7 +199,8 @@ def _calibrate(model, plan: _Plan, calibration, tokenizer, target, holdout_token
     uses = set(get_method(plan.method or _default_method(True)).uses)
     if OUTPUT not in plan.roles:
         uses.discard("hidden_cov")  # the metric of the head's inputs serves the head only
-    parts = {name: collect_stats(model, ids, statistics=uses | {"token_counts"}) for name, ids in token_ids.items()}
+    wanted = uses | {"token_counts"}
+    parts = {n: collect_stats(model, ids, statistics=wanted, model_tokens=model_tokens) for n, ids in token_ids.items()}
     plan.sources = {name: part.num_tokens for name, part in parts.items()}
     stats = CalibrationStats.combine(*parts.values(), equal=True) if len(parts) > 1 else next(iter(parts.values()))
     return stats, holdouts

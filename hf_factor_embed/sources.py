@@ -26,7 +26,7 @@ LANGUAGE_PREFIX = "lang:"
 #: The catalogs whose English originals make the ``messages`` source (any language's would do; German's are many).
 MESSAGES_FROM = "de"
 #: Languages measured by default when not served: scripts and families the English calibration never sees.
-DEFAULT_UNSERVED_LANGUAGES = ("de", "fr", "ru", "zh_CN", "ja", "ar")
+DEFAULT_UNSERVED_LANGUAGES = ("de", "ru", "zh_CN")
 
 
 @dataclass(frozen=True)

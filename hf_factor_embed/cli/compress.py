@@ -15,13 +15,15 @@ Files = Annotated[list[Path] | None, typer.Option(help="Plain-text files (repeat
 @app.command(
     epilog=(
         "Examples:\n\n"
+        "  hf-factor-embed compress bundled:gemma3 --rank 160 --band-share 0.9 --bits 4 --calibration pydoc "
+        "--calibration lang:de --peers --out out/gemma3-en-de\n\n"
         "  hf-factor-embed compress HuggingFaceTB/SmolLM2-135M-Instruct --rank 256 --calibration notes.txt "
         "--out out/smollm2-r256\n\n"
         "  hf-factor-embed compress ./my-model --budget 0.3 --eval-text held_back.txt --out out/my-model-30"
     )
 )
 def compress(
-    model: Annotated[str, typer.Argument(help="A model folder or a Hub name.")],
+    model: Annotated[str, typer.Argument(help="A model folder, a Hub name, or bundled:gemma3 / bundled:smollm2.")],
     out: Annotated[Path, typer.Option(help="Where to write the checkpoint, README.md and compression.json.")],
     rank: Annotated[int | None, typer.Option(help="The rank r of the factors.")] = None,
     budget: Annotated[float | None, typer.Option(help="Instead of --rank: share of parameters kept (0-1).")] = None,
@@ -40,10 +42,34 @@ def compress(
     band_bits: Annotated[
         int | None, typer.Option(help="With --bits: bits of the basis B and the band's rows (default 8).")
     ] = None,
-    calibration: Files = None,
+    calibration: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="What the model serves, one source per option (repeat it): a text file, a local kind of text "
+            "(pydoc, licenses, changelogs, messages) or a language (lang:de, lang:zh_CN, ...). Each is held back in "
+            "part and measured; the band covers every source's tokens."
+        ),
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="A `datasets` name whose text calibrates.")] = None,
-    calibration_tokens: Annotated[int, typer.Option(help="Calibration tokens used at most.")] = 32768,
+    calibration_tokens: Annotated[
+        int, typer.Option(help="Tokens of each source the model reads to calibrate (all are counted).")
+    ] = 32768,
+    measure: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Sources not served, measured to show what was given up (repeat it; default with --calibration: "
+            "the local English kinds and a few languages not served; 'none' for none)."
+        ),
+    ] = None,
+    held_back: Annotated[float, typer.Option(help="Share of each served source held back to measure.")] = 0.2,
+    band_share: Annotated[
+        float | None, typer.Option(help="banded: share of the size spent on exact rows (default 0.3).")
+    ] = None,
+    peers: Annotated[
+        bool, typer.Option(help="Also measure int8 / int6 / int4 quantization of the dense embedding.")
+    ] = False,
     eval_text: Files = None,
+    eval_tokens: Annotated[int, typer.Option(help="Tokens of each measured text (512-token windows).")] = 2048,
     gguf_file: Annotated[str | None, typer.Option(help="The GGUF file inside MODEL, if it ships one.")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     base_model_id: Annotated[
@@ -53,8 +79,13 @@ def compress(
 ) -> None:
     """Factorize MODEL's token embedding and output head; save a checkpoint that from_pretrained reloads."""
     from ..compress import compress as run_compress
-    from ..compress import read_texts
+    from ..compress import read_texts, summary_table
+    from ..errors import FactorEmbedError
 
+    if calibration and dataset:
+        raise FactorEmbedError("give --calibration sources or --dataset, not both")
+    if measure is not None and not calibration:
+        raise FactorEmbedError("--measure goes with --calibration (the sources served)")
     result = run_compress(
         model,
         out,
@@ -65,8 +96,14 @@ def compress(
         bits=bits,
         group_size=group_size,
         band_bits=band_bits,
-        calibration=read_texts(calibration, dataset),
+        calibration=read_texts(None, dataset),
+        serve=calibration or None,
+        measure=None if measure is None else [m for m in measure if m != "none"],
+        held_back=held_back,
+        band_share=band_share,
+        peers=peers,
         calibration_tokens=calibration_tokens,
+        eval_tokens=eval_tokens,
         eval_texts={Path(f).stem: read_texts([f]) for f in eval_text or []},
         gguf_file=gguf_file,
         dtype=dtype,
@@ -74,9 +111,7 @@ def compress(
         base_model_id=base_model_id,
         command=command_line(),
     )
-    report = result["report"]
-    b, a = report["model_params_before"], report["model_params_after"]
-    typer.echo(f"method {report['method']}: parameters {b:,} -> {a:,} ({a / b:.1%})")
-    for name, e in result["evaluation"].items():
-        typer.echo(f"{name}: {e['metric']}: dense {e['dense']}, factorized {e['factorized']}")
+    typer.echo(summary_table(result))
+    for warning in result["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"wrote {out} (checkpoint, README.md, compression.json)")
