@@ -36,6 +36,8 @@ class FactorEmbedConfig(QuantizationConfigMixin):
         group_size: the columns sharing one scale of A; None: one scale per row.
         band_bits: the bits of the basis B and of the band's rows (one scale per row for 8 bits); None: as
             ``bits`` (checkpoints written before this field). ``patch_model`` writes 8 (see its docstring).
+        band_group_size: the columns sharing one scale of B and of the band's rows; None: one per row for 8 bits,
+            32 for 4 (checkpoints written before this field). ``patch_model`` writes 64 for 8-bit bands.
     """
 
     rank: int | None = None
@@ -46,6 +48,7 @@ class FactorEmbedConfig(QuantizationConfigMixin):
     bits: int | None = None
     group_size: int | None = None
     band_bits: int | None = None
+    band_group_size: int | None = None
     format_version: int = FORMAT_VERSION
     quant_method: str = QUANT_METHOD
 
@@ -60,7 +63,7 @@ class FactorEmbedConfig(QuantizationConfigMixin):
         try:
             check_bits(self.bits, self.group_size)
             if self.band_bits is not None:
-                check_bits(self.band_bits, None)
+                check_bits(self.band_bits, self.band_group_size)
         except FactorEmbedError as error:
             raise CheckpointError(f"quantization_config in config.json: {error} (an edited config.json?)") from None
         for role, spec in self.modules.items():
@@ -70,9 +73,10 @@ class FactorEmbedConfig(QuantizationConfigMixin):
 
     def precision(self, tensor: str) -> tuple[int, int | None]:
         """(bits, group size) that ``tensor`` (``weight``, ``basis`` or ``dense_rows``) is stored with."""
-        if tensor == "weight" or self.band_bits in (None, self.bits):
+        if tensor == "weight" or (self.band_bits in (None, self.bits) and self.band_group_size is None):
             return self.bits, self.group_size
-        return self.band_bits, default_group(self.band_bits, None)
+        bits = self.band_bits or self.bits
+        return bits, default_group(bits, self.band_group_size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

