@@ -72,7 +72,7 @@ def test_the_card_parses_and_its_metadata_is_what_the_hub_accepts(compressed):
     assert data["base_model"] == "org/tiny-llama" and data["base_model_relation"] == "quantized"
     assert data["library_name"] == "transformers" and "hf-factor-embed" in data["tags"]
     assert "| input" in card.text and "AutoModelForCausalLM.from_pretrained" in card.text
-    assert "| held_back | perplexity |" in card.text
+    assert "| held_back | **no** | perplexity |" in card.text and "| calibration | yes (held back) |" in card.text
     assert info["command"] in card.text and "![spectrum.png](spectrum.png)" in card.text
     card.validate = None  # network validation is the Hub's; the YAML round trip is checked here
     assert ModelCard(str(card)).data.to_dict() == data

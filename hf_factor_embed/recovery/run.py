@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..bundled import resolve
 from ..errors import FactorEmbedError
 from ..folders import check_output_dir, is_factorized_checkpoint
 from .cheap import CheapRefitConfig, cheap_refit, collect_teacher_signals
@@ -31,6 +32,8 @@ def check_pair(student_dir: str | Path, teacher: str, gguf_file: str | None = No
     factorized teacher, vocabularies that differ."""
     from transformers import AutoConfig
 
+    teacher = resolve(teacher)
+
     if not is_factorized_checkpoint(student_dir):
         raise FactorEmbedError(f"{student_dir} is not factorized; compress it first (hf_factor_embed.patch_model)")
     # A GGUF teacher's folder holds no config.json (the file is the model): only a saved folder can be factorized.
@@ -44,7 +47,7 @@ def load_tokenizer(teacher: str, gguf_file: str | None = None):
     """The teacher's tokenizer (the student keeps the teacher's vocabulary)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(teacher, **({"gguf_file": gguf_file} if gguf_file else {}))
+    return AutoTokenizer.from_pretrained(resolve(teacher), **({"gguf_file": gguf_file} if gguf_file else {}))
 
 
 def load_pair(student_dir: str | Path, teacher: str, gguf_file: str | None = None):
@@ -62,7 +65,7 @@ def load_models(student_dir: str | Path, teacher: str, gguf_file: str | None = N
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
-    dense = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32, **kwargs)
+    dense = AutoModelForCausalLM.from_pretrained(resolve(teacher), dtype=torch.float32, **kwargs)
     if factorized_layers(dense):
         raise FactorEmbedError(f"the teacher {teacher} is factorized; give the dense model the student came from")
     _check_same_vocabulary(student.config, dense.config, _vocab_size(student), _vocab_size(dense))

@@ -1,0 +1,63 @@
+"""Every ``hf-factor-embed`` command the README shows runs as written, in order, on short texts (the files it
+names are written here; limits on the tokens read are appended), with the Hub replaced by a recording stand-in."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from test_cli import RecordingHub
+
+from hf_factor_embed.cli import main
+
+pytestmark = pytest.mark.real_model
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+#: Appended per subcommand so that each reads a few hundred tokens, not the README's amounts.
+LIMITS = {
+    "compress": ["--eval-tokens", "512", "--calibration-tokens", "512"],
+    "recover": ["--max-tokens", "2048", "--max-steps", "1", "--max-minutes", "0.2"],
+}
+
+
+def readme_commands() -> list[list[str]]:
+    """Each ``hf-factor-embed ...`` command of the README's bash blocks, continuation lines joined, comments cut."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["hf-factor-embed"]:
+                commands.append(words[1:])
+    return commands
+
+
+def test_the_readme_shows_every_subcommand():
+    shown = {c[0] for c in readme_commands()}
+    assert shown >= {"compress", "eval", "analyze", "recover", "push", "densify"}
+
+
+def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, capsys, real_text):
+    from hf_factor_embed.data import license_text
+
+    monkeypatch.chdir(tmp_path)
+    Path("my_text.txt").write_text(real_text[20000:32000])
+    Path("held_back.txt").write_text(real_text[:6000])
+    Path("other_kind.txt").write_text(license_text()[:6000])
+    hub = RecordingHub()
+    hub.install(monkeypatch)
+    done = set()
+    # compress first: the other commands read the folder it writes (the README shows recovery before the reference)
+    for argv in sorted(readme_commands(), key=lambda c: c[0] != "compress"):
+        key = shlex.join(argv)
+        if key in done:
+            continue
+        done.add(key)
+        extra = LIMITS.get(argv[0], [])
+        if argv[0] == "recover" and "cheap" in argv:
+            extra = ["--max-tokens", "2048", "--max-minutes", "0.2"]
+        code = main([*argv, *extra])
+        err = capsys.readouterr().err
+        assert code == 0, f"hf-factor-embed {key}: {err[-1500:]}"
+    assert hub.commits and hub.commits[0][0] == "my-org/SmolLM2-135M-Instruct-factorized-r256"
