@@ -172,7 +172,8 @@ def test_recover_user_errors_are_one_line_and_exit_2(tiny_dirs, tmp_path, capsys
             "--out",
             str(tmp_path / "o"),
         ],
-        "one of them": ["recover", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "o")],
+        "--self-generate N": ["recover", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "o")],
+        "positive number": ["recover", str(student), *common, "--self-generate", "0"],
         "vocabulary": [
             "recover",
             str(student),

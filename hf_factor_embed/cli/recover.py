@@ -38,13 +38,19 @@ def recover(
     train: Annotated[str, typer.Option(help="distill: what trains: factors, lora or all.")] = "factors",
     max_steps: Annotated[int, typer.Option(help="distill: optimizer steps at most.")] = 1000,
     lr: Annotated[float, typer.Option(help="distill: learning rate.")] = 1e-4,
+    self_generate: Annotated[
+        int | None,
+        typer.Option(help="Also train on about N tokens of text the teacher writes itself (cached; see README)."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
 ) -> None:
     """Recover a factorized model's quality from its dense teacher on your text."""
     from ..recovery.run import recover as run_recover
 
-    if (text is None) == (dataset is None):
-        raise FactorEmbedError("give --text FILE... or --dataset NAME (one of them)")
+    if text is not None and dataset is not None:
+        raise FactorEmbedError("give --text FILE... or --dataset NAME, not both")
+    if text is None and dataset is None and self_generate is None:
+        raise FactorEmbedError("give --text FILE..., --dataset NAME or --self-generate N")
     summary = run_recover(
         student_dir,
         teacher,
@@ -57,6 +63,7 @@ def recover(
         max_tokens=max_tokens,
         overwrite=overwrite,
         distill_config={"train": train, "max_steps": max_steps, "lr": lr},
+        self_generate=self_generate,
     )
     keys = ("mode", "steps", "seconds", "before", "after", "evaluations")
     typer.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1, default=str))

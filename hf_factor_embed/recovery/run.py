@@ -101,19 +101,33 @@ def recover(
     block_size: int = 256,
     overwrite: bool = False,
     distill_config: dict | None = None,
+    self_generate: int | None = None,
 ) -> dict:
-    """Recover ``student_dir`` towards ``teacher`` on the given text; write the result to ``out``."""
+    """Recover ``student_dir`` towards ``teacher`` on the given text; write the result to ``out``.
+
+    ``self_generate``: about that many tokens of text the teacher writes itself (:mod:`.generate`, cached under
+    ``$HF_FACTOR_EMBED_CACHE/selfgen``), alone or with the given text. Mixing rule: every generated token and every
+    token of the given text train, in one stream, generated text first; the held-back blocks that measure the
+    result are the last tenth of the *given* text (of the generated text when none is given), so evaluation is
+    never on text the student trained on.
+    """
     if mode not in MODES:
         raise FactorEmbedError(f"mode={mode!r} is not one of {MODES}")
+    if self_generate is None and text_files is None and dataset is None:
+        raise FactorEmbedError("give text files, a dataset name or self_generate=N (or several of them)")
     out = check_output_dir(out, overwrite=overwrite)
     check_pair(student_dir, teacher, gguf_file)
     # The text is checked before the models load: an empty or too short text fails in a second.
     tokenizer = load_tokenizer(teacher, gguf_file)
-    blocks = pack_blocks(load_text(text_files, dataset), tokenizer, block_size)
-    if max_tokens is not None:
-        blocks = blocks.select(range(min(len(blocks), max(2, max_tokens // block_size))))
-    train, held_back = split_blocks(blocks, max(1, len(blocks) // 10))
+    given = None
+    if text_files is not None or dataset is not None:
+        given = pack_blocks(load_text(text_files, dataset), tokenizer, block_size)
+        if max_tokens is not None:
+            given = given.select(range(min(len(given), max(2, max_tokens // block_size))))
+    if self_generate is not None and (isinstance(self_generate, bool) or self_generate <= 0):
+        raise FactorEmbedError(f"--self-generate {self_generate}: give a positive number of tokens to generate")
     student, dense = load_models(student_dir, teacher, gguf_file)
+    train, held_back = _training_blocks(given, dense, tokenizer, self_generate, block_size)
     if mode == "cheap":
         ids = train[:]["input_ids"].reshape(-1)
         signals = collect_teacher_signals(dense, ids, window=block_size)
@@ -126,6 +140,25 @@ def recover(
         summary = distill(student, train, held_back, config, teacher=dense)
         summary["config"] = asdict(config)
     summary.update(mode=mode, teacher=teacher, student=str(student_dir), train_blocks=len(train), block_size=block_size)
+    summary["self_generated_tokens"] = self_generate or 0
     tokenizer.save_pretrained(out)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def _training_blocks(given, teacher, tokenizer, self_generate: int | None, block_size: int):
+    """(training blocks, held-back blocks) from the given text's blocks and/or the teacher's own text."""
+    from datasets import concatenate_datasets
+
+    from ..bundled import cache_dir
+    from .generate import self_generate as generate
+
+    generated = None
+    if self_generate:
+        texts = generate(teacher, tokenizer, self_generate, cache_dir=cache_dir() / "selfgen")
+        generated = pack_blocks(texts, tokenizer, block_size)
+    source = given if given is not None else generated
+    train, held_back = split_blocks(source, max(1, len(source) // 10))
+    if given is not None and generated is not None:
+        train = concatenate_datasets([generated, train]).with_format("torch")
+    return train, held_back
