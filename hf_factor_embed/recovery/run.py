@@ -115,6 +115,8 @@ def recover(
         raise FactorEmbedError(f"mode={mode!r} is not one of {MODES}")
     if self_generate is None and text_files is None and dataset is None:
         raise FactorEmbedError("give text files, a dataset name or self_generate=N (or several of them)")
+    if self_generate is not None and (isinstance(self_generate, bool) or self_generate <= 0):
+        raise FactorEmbedError(f"--self-generate {self_generate}: give a positive number of tokens to generate")
     out = check_output_dir(out, overwrite=overwrite)
     check_pair(student_dir, teacher, gguf_file)
     # The text is checked before the models load: an empty or too short text fails in a second.
@@ -124,8 +126,6 @@ def recover(
         given = pack_blocks(load_text(text_files, dataset), tokenizer, block_size)
         if max_tokens is not None:
             given = given.select(range(min(len(given), max(2, max_tokens // block_size))))
-    if self_generate is not None and (isinstance(self_generate, bool) or self_generate <= 0):
-        raise FactorEmbedError(f"--self-generate {self_generate}: give a positive number of tokens to generate")
     student, dense = load_models(student_dir, teacher, gguf_file)
     train, held_back = _training_blocks(given, dense, tokenizer, self_generate, block_size)
     if mode == "cheap":
