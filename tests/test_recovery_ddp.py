@@ -25,6 +25,7 @@ from hf_factor_embed.structure import factorized_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "recipes" / "recover_distill.py")
+FSDP_CONFIG = ROOT / "recipes" / "accelerate" / "fsdp.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,30 @@ def test_two_processes_train_in_step_save_reload_and_resume(tiny_pair, tmp_path)
     summary = json.loads((out / "recovery.json").read_text())
     assert summary["steps"] == 44 and summary["tokens"] == 44 * 2 * 2 * 32
     assert sorted(kd_losses(out)) == list(range(1, 45))  # 41..44 appended after the checkpoint at step 40
+
+
+def test_the_shipped_fsdp_config_on_two_cpu_processes(tiny_pair, tmp_path):
+    # The FSDP2 config as shipped, on two CPU processes joined by gloo (only the GPU settings overridden). Accelerate
+    # 1.15 turns a config's FSDP on only for accelerator process groups (AcceleratorState: MULTI_GPU, MULTI_XPU, ...;
+    # never MULTI_CPU), so on CPUs the same config trains replicated over gloo: FSDP itself runs only on GPUs. This
+    # checks that the shipped config still runs, trains and saves a tied checkpoint there, and flags the day
+    # Accelerate starts sharding on CPUs.
+    student, teacher, text = tiny_pair
+    out = tmp_path / "fsdp"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG)]
+    command += ["--num_processes", "2", "--mixed_precision", "no", RECIPE, "--student", str(student)]
+    command += ["--teacher", str(teacher), "--text", str(text), "--out", str(out), "--block-size", "32"]
+    command += ["--eval-blocks", "4", "--batch-size", "2", "--lr", "0.01", "--max-steps", "3", "--train", "all"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "recovery.json").read_text())
+    assert summary["distributed_type"] == "MULTI_CPU" and summary["processes"] == 2 and summary["steps"] == 3
+    assert summary["replicas_in_sync"] is True
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert len(factorized_layers(model)) == 2 and model.lm_head.weight is model.model.embed_tokens.weight
+    before = AutoModelForCausalLM.from_pretrained(student)
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, before.model.layers[0].mlp.up_proj.weight)
 
 
 def run_recipe(*args: str) -> subprocess.CompletedProcess:

@@ -197,6 +197,7 @@ def distill(student, train_data, eval_data, config: DistillConfig, *, teacher=No
         "stopped_by": done,
         **progress.state_dict(),
         "processes": accelerator.num_processes,
+        "distributed_type": str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type)),
         "replicas_in_sync": in_sync,
         "evaluations": evaluations,
     }
