@@ -51,8 +51,11 @@ SETS = {
     "en+8": [*ENGLISH, *(f"lang:{c}" for c in ("de", "ru", "zh_CN", "fr", "es", "ja", "ar", "hi"))],
 }
 ENGLISH_UNSEEN = ["licenses", "messages"]
-LANGUAGES_MEASURED = ["de", "ru", "zh_CN", "fr", "ja", "ko", "tr", "pt_BR"]
-RANKS = {"gemma3": [96, 160, 256], "smollm2": [128, 256, 384]}
+LANGUAGES = ["de", "ru", "zh_CN", "fr", "ja", "ko"]  # measured in every set (served or not)
+RANKS = {
+    "gemma3": {"en": [96, 160, 256], "en+3": [192, 320], "en+8": [256, 448]},
+    "smollm2": {"en": [128, 256, 384], "en+3": [256, 384], "en+8": [384, 512]},
+}
 BAND_SHARE, BITS = 0.9, 4
 
 
@@ -62,78 +65,80 @@ def token_ids(tokenizer, text: str, limit: int | None = None) -> torch.Tensor:
     return ids if limit is None else ids[:limit]
 
 
-def texts_for(served: list[str], tokenizer, eval_tokens: int):
-    """(calibration ids per served source, evaluation ids per text, which texts are served)."""
-    calibration, evals = {}, {}
-    for name in served:
-        cal, held = load_source(name).split(0.2)
-        calibration[name], evals[name] = token_ids(tokenizer, cal), token_ids(tokenizer, held, eval_tokens)
-    others = [*ENGLISH_UNSEEN, *(f"lang:{c}" for c in LANGUAGES_MEASURED)]
-    for name in (o for o in others if o not in served):
-        evals[name] = token_ids(tokenizer, load_source(name).text, eval_tokens)
-    return calibration, evals
+def evaluation_texts(tokenizer, sets: list[str], eval_tokens: int) -> dict[str, torch.Tensor]:
+    """The held-back part (first 20%) of every source any set serves or measures: one text per source, so dense
+    and peer figures are measured once, and a served source is never measured on its calibration part."""
+    names = dict.fromkeys([*(n for s in sets for n in SETS[s]), *ENGLISH_UNSEEN, *(f"lang:{c}" for c in LANGUAGES)])
+    return {name: token_ids(tokenizer, load_source(name).split(0.2)[1], eval_tokens) for name in names}
 
 
-def ratios(model, evals: dict, dense: dict, measure=None) -> dict[str, float]:
-    score = measure or (lambda ids: perplexity(model, ids, window=min(512, ids.numel())))
+def calibration_ids(tokenizer, served: list[str]) -> dict[str, torch.Tensor]:
+    return {name: token_ids(tokenizer, load_source(name).split(0.2)[0]) for name in served}
+
+
+def ratios(evals: dict, dense: dict, score) -> dict[str, float]:
     return {name: round(score(ids) / dense[name], 4) for name, ids in evals.items()}
 
 
-def run_model(name: str, sets: list[str], ranks: list[int], args) -> dict:
+def ppl(model):
+    return lambda ids: perplexity(model, ids, window=min(512, ids.numel()))
+
+
+def run_model(name: str, sets: list[str], args, save) -> dict:
     folder = bundled_model(name)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     dense = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     v, d = dense.get_input_embeddings().weight.shape
     fp32 = v * d * 4
-    out = {"model": name, "vocab": v, "dim": d, "fp32_bytes": fp32, "sets": {}}
-    all_evals: dict[str, torch.Tensor] = {}
+    evals = evaluation_texts(tokenizer, sets, args.eval_tokens)
+    dense_ppl = {k: perplexity(dense, ids, window=min(512, ids.numel())) for k, ids in evals.items()}
+    out = {"model": name, "vocab": v, "dim": d, "fp32_bytes": fp32, "eval_tokens": args.eval_tokens}
+    out["dense_perplexity"] = {k: round(p, 3) for k, p in dense_ppl.items()}
+    out["peers"] = {}
+    for p in quantization_peers():
+        score = lambda ids, p=p: p.perplexity(dense, ids, min(512, ids.numel()))  # noqa: E731
+        out["peers"][p.name] = {"bytes": p.stored_bytes(v, d), "share": p.stored_bytes(v, d) / fp32}
+        out["peers"][p.name]["ratio"] = ratios(evals, dense_ppl, score)
+    out["sets"] = {}
+    save(out)
     for set_name in sets:
-        calibration, evals = texts_for(SETS[set_name], tokenizer, args.eval_tokens)
-        all_evals.update({k: v for k, v in evals.items() if k not in SETS[set_name]})
-        dense_ppl = {k: perplexity(dense, ids, window=min(512, ids.numel())) for k, ids in evals.items()}
         started = time.perf_counter()
+        calibration = calibration_ids(tokenizer, SETS[set_name])
         parts = [
             collect_stats(dense, ids, model_tokens=args.model_tokens, progress=False) for ids in calibration.values()
         ]
         stats = CalibrationStats.combine(*parts, equal=True)
         points = []
+        ranks = RANKS[name][set_name][1:2] if args.quick else RANKS[name][set_name]
         for rank in ranks:
             model = hfe.patch_model(
                 copy.deepcopy(dense), rank=rank, method=BandedMethod(BAND_SHARE), calibration=stats, bits=BITS
             )
             stored = _embedding_bytes(model)["stored"]
-            band = model.get_input_embeddings().dense_index.detach().clone()
-            point = {"rank": rank, "band_rows": band.numel(), "bytes": stored, "share": stored / fp32}
-            point["ratio"] = ratios(model, evals, dense_ppl)
+            band = model.get_input_embeddings().dense_index.numel()
+            point = {"rank": rank, "band_rows": band, "bytes": stored, "share": stored / fp32}
+            point["ratio"] = ratios(evals, dense_ppl, ppl(model))
             del model
             trim_rows = min(v, stored // (d + 2))  # int8 rows with an fp16 scale, as the band is stored
             scores = BandedMethod().band_scores(_Task(stats))
             kept = torch.argsort(scores, descending=True, stable=True)[:trim_rows]
             trim = TrimmedPeer("trim", kept, _unk_id(tokenizer))
-            point["trim_equal_bytes"] = {
-                "rows": int(trim_rows),
-                "ratio": ratios(dense, evals, dense_ppl, _trimmed(dense, trim)),
-            }
+            trimmed = ratios(
+                evals, dense_ppl, lambda ids, trim=trim: trim.perplexity(dense, ids, min(512, ids.numel()))
+            )
+            point["trim_equal_bytes"] = {"rows": int(trim_rows), "ratio": trimmed}
             points.append(point)
             print(f"{name} {set_name} r={rank}: {point['share']:.1%} of fp32, {point['ratio']}", flush=True)
         out["sets"][set_name] = {
             "served": SETS[set_name],
-            "dense_perplexity": {k: round(p, 3) for k, p in dense_ppl.items()},
             "points": points,
             "seconds": round(time.perf_counter() - started, 1),
         }
-        out["sets"][set_name]["peers"] = {
-            p.name: {
-                "bytes": p.stored_bytes(v, d),
-                "share": p.stored_bytes(v, d) / fp32,
-                "ratio": ratios(
-                    dense, evals, dense_ppl, lambda ids, p=p: p.perplexity(dense, ids, min(512, ids.numel()))
-                ),
-            }
-            for p in quantization_peers()
-        }
+        save(out)
     if name == "gemma3" and not args.quick and "en" in sets:
-        out["speed"] = speed(dense, folder, tokenizer, stats_for_en(dense, tokenizer, args), ranks[1], args)
+        en_rank = RANKS[name]["en"][1]
+        out["speed"] = speed(dense, folder, tokenizer, calibration_ids(tokenizer, SETS["en"]), en_rank, args)
+        save(out)
     return out
 
 
@@ -148,11 +153,6 @@ def _unk_id(tokenizer) -> int:
 
 def _trimmed(model, peer: TrimmedPeer):
     return lambda ids: peer.perplexity(model, ids, min(512, ids.numel()))
-
-
-def stats_for_en(dense, tokenizer, args) -> dict:
-    calibration, _ = texts_for(SETS["en"], tokenizer, args.eval_tokens)
-    return calibration
 
 
 def speed(dense, folder: Path, tokenizer, calibration: dict, rank: int, args) -> dict:
@@ -207,7 +207,7 @@ def render(results: list[dict], command: str) -> str:
                     + " | ".join(f"{t['ratio'][x]:.3f}" for x in texts)
                     + " |"
                 )
-            for name, p in s["peers"].items():
+            for name, p in r["peers"].items():
                 lines.append(
                     f"| {name} | {p['share']:.1%} | " + " | ".join(f"{p['ratio'][t]:.3f}" for t in texts) + " |"
                 )
@@ -243,7 +243,7 @@ def plot(results: list[dict], path: Path) -> None:
             row[0].plot(xs, worst, "o-", label=f"factorized, served {set_name}")
             row[1].plot(xs, unseen, "o-", label=f"factorized, served {set_name}")
             row[1].plot(xs, trim, "x--", label=f"trimmed, same bytes, {set_name}")
-            for name, p in s["peers"].items():
+            for name, p in r["peers"].items():
                 row[0].plot(100 * p["share"], max(p["ratio"][t] for t in served), "s", label=f"{name} ({set_name})")
         row[0].set(
             xlabel="embedding bytes, % of fp32",
@@ -267,7 +267,8 @@ def plot(results: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["gemma3", "smollm2"], choices=sorted(RANKS))
-    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS), help="served sets for Gemma-3")
+    parser.add_argument("--smollm2-sets", nargs="+", default=["en"], choices=list(SETS))
     parser.add_argument("--eval-tokens", type=int, default=512)
     parser.add_argument("--model-tokens", type=int, default=2048, help="tokens of each source the model reads")
     parser.add_argument("--quick", action="store_true", help="one point per set, no speed")
@@ -275,12 +276,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     command = "python benchmarks/vocab.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    results = []
+    results: list[dict] = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(current: dict) -> None:  # after every set: a long run that stops keeps what it measured
+        done = [r for r in results if r is not current] + [current]
+        args.out.write_text(json.dumps({"command": command, "results": done}, indent=1))
+
     for name in args.models:
-        ranks = RANKS[name][1:2] if args.quick else RANKS[name]
-        results.append(run_model(name, args.sets, ranks, args))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"command": command, "results": results}, indent=1))
+        results.append(run_model(name, args.sets if name == "gemma3" else args.smollm2_sets, args, save))
+        save(results[-1])
     print(render(results, command))
     try:
         plot(results, args.out.with_suffix(".png"))
