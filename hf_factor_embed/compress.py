@@ -366,13 +366,22 @@ def summary_table(result: dict) -> str:
             for n, p in peers.items()
         ),
     ]
-    header = f"{'text':<16}{'served':<12}{'dense':>10}{'factorized':>12}{'ratio':>8}"
+    header = f"{'text':<16}{'served':<12}{'dense':>10}{'factorized':>12}{'ratio':>11}"
     lines.append(header + "".join(f"{name.split(' (')[0]:>12}" for name in peers))
     for name, e in result["evaluation"].items():
         served = "held back" if e.get("served") else ("no" if "served" in e else "")
-        ratio = e.get("ratio")
-        row = f"{name:<16}{served:<12}{e['dense']:>10}{e['factorized']:>12}"
-        row += f"{ratio:>7.3f}x" if ratio is not None else f"{'':>8}"
-        row += "".join(f"{p['ratio'][name]:>11.3f}x" for p in peers.values() if name in p["ratio"])
+        row = f"{name:<16}{served:<12}{_figure(e['dense']):>10}{_figure(e['factorized']):>12}"
+        row += f"{_ratio(e.get('ratio')):>11}"
+        row += "".join(f"{_ratio(p['ratio'][name]):>12}" for p in peers.values() if name in p["ratio"])
         lines.append(row)
     return "\n".join(lines)
+
+
+def _figure(value: float) -> str:
+    return f"{value:.3f}" if value < 1e5 else f"{value:.3g}"
+
+
+def _ratio(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}x" if value < 1e3 else f"{value:.2g}x"
