@@ -53,8 +53,8 @@ SETS = {
 ENGLISH_UNSEEN = ["licenses", "messages"]
 LANGUAGES = ["de", "ru", "zh_CN", "fr", "ja", "ko"]  # measured in every set (served or not)
 RANKS = {
-    "gemma3": {"en": [96, 160, 256], "en+3": [192, 320], "en+8": [256, 448]},
-    "smollm2": {"en": [128, 256, 384], "en+3": [256, 384], "en+8": [384, 512]},
+    "gemma3": {"en": [96, 160, 256], "en+3": [256], "en+8": [384]},
+    "smollm2": {"en": [128, 256, 384], "en+3": [384], "en+8": [512]},
 }
 BAND_SHARE, BITS = 0.9, 4
 
@@ -91,17 +91,19 @@ def run_model(name: str, sets: list[str], args, save) -> dict:
     v, d = dense.get_input_embeddings().weight.shape
     fp32 = v * d * 4
     evals = evaluation_texts(tokenizer, sets, args.eval_tokens)
-    dense_ppl = {k: perplexity(dense, ids, window=min(512, ids.numel())) for k, ids in evals.items()}
-    out = {"model": name, "vocab": v, "dim": d, "fp32_bytes": fp32, "eval_tokens": args.eval_tokens}
-    out["dense_perplexity"] = {k: round(p, 3) for k, p in dense_ppl.items()}
-    out["peers"] = {}
-    for p in quantization_peers():
+    out = _earlier(args, name) or {"model": name, "vocab": v, "dim": d, "fp32_bytes": fp32}
+    out["eval_tokens"] = args.eval_tokens
+    if set(out.get("dense_perplexity", {})) != set(evals):
+        out["dense_perplexity"] = {k: perplexity(dense, ids, window=min(512, ids.numel())) for k, ids in evals.items()}
+    dense_ppl = out["dense_perplexity"]
+    out.setdefault("peers", {})
+    for p in (p for p in quantization_peers() if set(out["peers"].get(p.name, {}).get("ratio", {})) != set(evals)):
         score = lambda ids, p=p: p.perplexity(dense, ids, min(512, ids.numel()))  # noqa: E731
         out["peers"][p.name] = {"bytes": p.stored_bytes(v, d), "share": p.stored_bytes(v, d) / fp32}
         out["peers"][p.name]["ratio"] = ratios(evals, dense_ppl, score)
-    out["sets"] = {}
+    out.setdefault("sets", {})
     save(out)
-    for set_name in sets:
+    for set_name in (s for s in sets if s not in out["sets"]):
         started = time.perf_counter()
         calibration = calibration_ids(tokenizer, SETS[set_name])
         parts = [
@@ -119,6 +121,10 @@ def run_model(name: str, sets: list[str], args, save) -> dict:
             point = {"rank": rank, "band_rows": band, "bytes": stored, "share": stored / fp32}
             point["ratio"] = ratios(evals, dense_ppl, ppl(model))
             del model
+            if rank != ranks[len(ranks) // 2]:  # trimming at one size per set: its middle point
+                points.append(point)
+                print(f"{name} {set_name} r={rank}: {point['share']:.1%} of fp32, {point['ratio']}", flush=True)
+                continue
             trim_rows = min(v, stored // (d + 2))  # int8 rows with an fp16 scale, as the band is stored
             scores = BandedMethod().band_scores(_Task(stats))
             kept = torch.argsort(scores, descending=True, stable=True)[:trim_rows]
@@ -140,6 +146,13 @@ def run_model(name: str, sets: list[str], args, save) -> dict:
         out["speed"] = speed(dense, folder, tokenizer, calibration_ids(tokenizer, SETS["en"]), en_rank, args)
         save(out)
     return out
+
+
+def _earlier(args, name: str) -> dict | None:
+    """With --resume: what an earlier run of this command measured for ``name`` (dense, peers, finished sets)."""
+    if not (args.resume and args.out.is_file()):
+        return None
+    return next((r for r in json.loads(args.out.read_text())["results"] if r["model"] == name), None)
 
 
 class _Task:  # what BandedMethod.band_scores reads
@@ -201,7 +214,9 @@ def render(results: list[dict], command: str) -> str:
                 lines.append(
                     f"| {head} | {p['share']:.1%} | " + " | ".join(f"{p['ratio'][t]:.3f}" for t in texts) + " |"
                 )
-                t = p["trim_equal_bytes"]
+                t = p.get("trim_equal_bytes")
+                if t is None:
+                    continue
                 lines.append(
                     f"| trim to {t['rows']:,} rows (same bytes) | {p['share']:.1%} | "
                     + " | ".join(f"{t['ratio'][x]:.3f}" for x in texts)
@@ -239,10 +254,12 @@ def plot(results: list[dict], path: Path) -> None:
             xs = [100 * p["share"] for p in s["points"]]
             worst = [max(p["ratio"][t] for t in served) for p in s["points"]]
             unseen = [max(v for t, v in p["ratio"].items() if t not in served) for p in s["points"]]
-            trim = [max(v for t, v in p["trim_equal_bytes"]["ratio"].items() if t not in served) for p in s["points"]]
+            trimmed = [p for p in s["points"] if "trim_equal_bytes" in p]
+            trim_x = [100 * p["share"] for p in trimmed]
+            trim = [max(v for t, v in p["trim_equal_bytes"]["ratio"].items() if t not in served) for p in trimmed]
             row[0].plot(xs, worst, "o-", label=f"factorized, served {set_name}")
             row[1].plot(xs, unseen, "o-", label=f"factorized, served {set_name}")
-            row[1].plot(xs, trim, "x--", label=f"trimmed, same bytes, {set_name}")
+            row[1].plot(trim_x, trim, "x", markersize=9, label=f"trimmed, same bytes, {set_name}")
             for name, p in r["peers"].items():
                 row[0].plot(100 * p["share"], max(p["ratio"][t] for t in served), "s", label=f"{name} ({set_name})")
         row[0].set(
@@ -272,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-tokens", type=int, default=512)
     parser.add_argument("--model-tokens", type=int, default=2048, help="tokens of each source the model reads")
     parser.add_argument("--quick", action="store_true", help="one point per set, no speed")
+    parser.add_argument("--resume", action="store_true", help="keep what --out already holds (dense, peers, sets)")
     parser.add_argument("--out", type=Path, default=RESULTS / "vocab.json")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -279,16 +297,20 @@ def main(argv: list[str] | None = None) -> None:
     results: list[dict] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
+    kept = []  # with --resume, the other models an earlier run measured stay in the file
+    if args.resume and args.out.is_file():
+        kept = [r for r in json.loads(args.out.read_text())["results"] if r["model"] not in args.models]
+
     def save(current: dict) -> None:  # after every set: a long run that stops keeps what it measured
-        done = [r for r in results if r is not current] + [current]
+        done = kept + [r for r in results if r is not current] + [current]
         args.out.write_text(json.dumps({"command": command, "results": done}, indent=1))
 
     for name in args.models:
         results.append(run_model(name, args.sets if name == "gemma3" else args.smollm2_sets, args, save))
         save(results[-1])
-    print(render(results, command))
+    print(render(kept + results, command))
     try:
-        plot(results, args.out.with_suffix(".png"))
+        plot(kept + results, args.out.with_suffix(".png"))
     except ImportError:
         print("matplotlib is not installed: no plot")
 

@@ -42,6 +42,8 @@ def test_smollm2_compress_eval_analyze_push(smollm2_dir, texts, tmp_path, monkey
         texts["pydoc"],
         "--eval-text",
         texts["licenses"],
+        "--measure",
+        "none",
         "--out",
         out,
         "--base-model-id",
@@ -51,7 +53,8 @@ def test_smollm2_compress_eval_analyze_push(smollm2_dir, texts, tmp_path, monkey
     info = json.loads((out / "compression.json").read_text())
     assert info["reload"] == {"identical": True, "tied": True, "factorized_layers": 2}
     assert info["param_bytes_factorized"] < 0.85 * info["param_bytes_dense"]
-    assert set(info["evaluation"]) == {"pydoc", "licenses"}
+    assert set(info["evaluation"]) == {"calibration", "pydoc", "licenses"}  # the served file's held-back part too
+    assert info["evaluation"]["calibration"]["served"] and not info["evaluation"]["licenses"]["served"]
     for e in info["evaluation"].values():
         assert e["factorized"] > e["dense"] > 1  # a rank-64 head loses some quality; both are real perplexities
     width, _ = png_size(out / "spectrum.png")
@@ -97,6 +100,8 @@ def test_minilm_compress_reports_the_agreement_with_the_dense_encoder(minilm_dir
         texts["calibration"],
         "--eval-text",
         texts["licenses"],
+        "--measure",
+        "none",
         "--out",
         out,
     )

@@ -139,7 +139,8 @@ def starts(tokenizer, count: int, generator: torch.Generator) -> list[list[int]]
             out.append(bos + tokenizer(PROMPTS[pick % len(PROMPTS)], add_special_tokens=False)["input_ids"])
         else:
             message = [{"role": "user", "content": REQUESTS[pick % len(REQUESTS)]}]
-            out.append(list(tokenizer.apply_chat_template(message, add_generation_prompt=True, tokenize=True)))
+            text = tokenizer.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
+            out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     return out
 
 
