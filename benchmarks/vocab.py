@@ -93,11 +93,11 @@ def run_model(name: str, sets: list[str], args, save) -> dict:
     evals = evaluation_texts(tokenizer, sets, args.eval_tokens)
     out = _earlier(args, name) or {"model": name, "vocab": v, "dim": d, "fp32_bytes": fp32}
     out["eval_tokens"] = args.eval_tokens
-    if set(out.get("dense_perplexity", {})) != set(evals):
+    if not set(evals) <= set(out.get("dense_perplexity", {})):
         out["dense_perplexity"] = {k: perplexity(dense, ids, window=min(512, ids.numel())) for k, ids in evals.items()}
     dense_ppl = out["dense_perplexity"]
     out.setdefault("peers", {})
-    for p in (p for p in quantization_peers() if set(out["peers"].get(p.name, {}).get("ratio", {})) != set(evals)):
+    for p in (p for p in quantization_peers() if not set(evals) <= set(out["peers"].get(p.name, {}).get("ratio", {}))):
         score = lambda ids, p=p: p.perplexity(dense, ids, min(512, ids.numel()))  # noqa: E731
         out["peers"][p.name] = {"bytes": p.stored_bytes(v, d), "share": p.stored_bytes(v, d) / fp32}
         out["peers"][p.name]["ratio"] = ratios(evals, dense_ppl, score)
