@@ -93,6 +93,12 @@ def compress(
         raise FactorEmbedError("give exactly one of --rank, --budget or --target")
     if serve is not None and calibration is not None:
         raise FactorEmbedError("give the served sources (serve=...) or calibration text, not both")
+    if band_share is not None:  # checked before minutes of loading and measuring, not after
+        from .factorize.banded import BandedMethod
+
+        if method not in (None, "banded"):
+            raise FactorEmbedError(f"band_share is a setting of the banded method, not of {method!r}")
+        method = BandedMethod(band_share=band_share)
     out = check_output_dir(out, overwrite=overwrite)
     model, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype)
     if factorized_layers(model):
@@ -100,6 +106,9 @@ def compress(
     served: dict[str, str] = {}  # served source -> where its text comes from
     if serve is not None:
         calibration, served_evals, served, origins = _served_texts(serve, measure, held_back, tokenizer)
+        clash = sorted(set(served_evals) & set(eval_texts or {}))
+        if clash:
+            raise FactorEmbedError(f"an evaluation text and a source share the name {clash[0]!r}; rename the file")
         eval_texts = {**served_evals, **(eval_texts or {})}
     else:
         origins = {}
@@ -115,12 +124,6 @@ def compress(
 
     started = time.perf_counter()
     size = {"rank": rank} if rank is not None else {"budget": budget} if budget is not None else {"target": target}
-    if band_share is not None:
-        from .factorize.banded import BandedMethod
-
-        if method not in (None, "banded"):
-            raise FactorEmbedError(f"band_share is a setting of the banded method, not of {method!r}")
-        method = BandedMethod(band_share=band_share)
     patch_model(
         model,
         **size,
