@@ -23,7 +23,7 @@ from .adapters import get_adapter
 from .config import QUANT_METHOD, FactorEmbedConfig
 from .errors import CheckpointError
 from .lazy import pretrained_model_class as _pretrained_model_class
-from .model_methods import OVERRIDDEN, install_methods
+from .model_methods import GIVEN_STATE_DICT, OVERRIDDEN, install_methods
 from .quantize import QUANTIZED_TENSORS
 from .storage import add_placeholders, quantized_state_dict, restore_from_placeholders
 from .structure import factorized_layers, install_layers
@@ -59,10 +59,13 @@ class FactorEmbedHfQuantizer(HfQuantizer):
         return model
 
     def get_state_dict_and_metadata(self, model):
-        """With ``bits``: the factors as integers and scales (what ``save_pretrained`` writes)."""
+        """What ``save_pretrained`` writes: the state dict it was given (transformers replaces that with this
+        hook's answer for any quantized model, so :mod:`.model_methods` hands it over as ``GIVEN_STATE_DICT``;
+        Accelerate's FSDP save passes the gathered full state dict that way), with ``bits`` as integers and scales."""
+        given = getattr(model, GIVEN_STATE_DICT, None)
         if self.quantization_config.bits:
-            return quantized_state_dict(model, self.quantization_config), {}
-        return None, {}
+            return quantized_state_dict(model, self.quantization_config, given), {}
+        return given, {}
 
     def is_serializable(self) -> bool:
         return True

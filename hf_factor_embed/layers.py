@@ -112,6 +112,15 @@ class FactorizedLayer(nn.Module):
             if tensor is not None and tensor.device.type != "meta":
                 tensor.data = head_layout(tensor.data)
 
+    @torch.no_grad()
+    def use_row_major_layout(self) -> None:
+        """Store A and the band's rows row-major, as FSDP2 needs to shard them (``fully_shard`` refuses
+        non-contiguous Parameters). Training does not mind; only the one-token decode of the head is slower.
+        ``from_pretrained`` gives the head layout back."""
+        for tensor in (getattr(self, name) for name in HEAD_LAYOUT_TENSORS):
+            if tensor is not None and tensor.device.type != "meta":
+                tensor.data = tensor.data.contiguous()
+
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if not keep_vars:  # detached values go to savers, which want row-major tensors

@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; 
     from transformers import PreTrainedModel
 
 _WEIGHT_FILE_PREFIXES = ("model", "pytorch_model", "adapter_model")
+#: Where ``save_pretrained`` leaves a ``state_dict=`` it was given, for the quantizer's save hook to find.
+GIVEN_STATE_DICT = "_hf_factor_embed_state_dict"
 #: The methods :func:`install_methods` sets on a factorized model instance.
 OVERRIDDEN = ("save_pretrained", "resize_token_embeddings")
 
@@ -52,6 +54,14 @@ def atomic_save_pretrained(self: PreTrainedModel, save_directory: str | os.PathL
     that point leaves ``save_directory`` exactly as it was.
     """
     check_saveable(self)
+    setattr(self, GIVEN_STATE_DICT, kwargs.get("state_dict"))
+    try:
+        _atomic_save(self, save_directory, *args, **kwargs)
+    finally:
+        delattr(self, GIVEN_STATE_DICT)
+
+
+def _atomic_save(self: PreTrainedModel, save_directory: str | os.PathLike, *args, **kwargs) -> None:
     dense_save = type(self).save_pretrained
     if kwargs.get("push_to_hub"):  # transformers names the repo after the directory: keep its behaviour whole
         return dense_save(self, save_directory, *args, **kwargs)

@@ -64,15 +64,18 @@ def round_factors(model: nn.Module, config: FactorEmbedConfig) -> None:
         round_in_place(getattr(layer, name).data, *config.precision(name))
 
 
-def quantized_state_dict(model: nn.Module, config: FactorEmbedConfig) -> dict[str, torch.Tensor]:
-    """The model's state dict with every float factor replaced by its integers and scales."""
-    state = model.state_dict()
+def quantized_state_dict(
+    model: nn.Module, config: FactorEmbedConfig, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """``state`` (default: the model's state dict) with every float factor replaced by its integers and scales."""
+    state = dict(model.state_dict() if state is None else state)
     owned = _owned(model)
+    floats = {key: state.get(key, getattr(layer, name)) for key, (layer, name) in owned.items()}
     for module_name in factorized_layers(model):
         for name in QUANTIZED_TENSORS:
             state.pop(f"{module_name}.{name}", None)
-    for key, (layer, name) in owned.items():
-        q, scale = quantize(getattr(layer, name), *config.precision(name))
+    for key, (_, name) in owned.items():
+        q, scale = quantize(floats[key], *config.precision(name))
         state[key + Q], state[key + SCALE] = q, scale
     return state
 

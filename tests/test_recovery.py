@@ -180,6 +180,22 @@ def test_distill_with_lora_saves_a_merged_factorized_tied_model(tmp_path, input_
     assert reloaded(input_ids).logits.isfinite().all()
 
 
+def test_distill_all_trains_the_blocks_at_a_tenth_of_the_factors_rate(tmp_path):
+    from hf_factor_embed.recovery.distill import _param_groups
+
+    teacher, student = teacher_and_student()
+    block = student.model.layers[0].mlp.up_proj.weight
+    before = block.detach().clone()
+    summary = run_distill(tmp_path, student, teacher, train="all", lr=1e-2)
+    assert summary["steps"] == 4 and not torch.equal(before, block)
+    config = DistillConfig(output_dir=str(tmp_path), train="all", lr=1e-2)
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    factors, rest = _param_groups(student, trainable, config)
+    assert rest["lr"] == pytest.approx(1e-3) and "lr" not in factors
+    assert {id(p) for p in factors["params"]} == {id(p) for p in factor_parameters(student)}
+    assert len(factors["params"]) + len(rest["params"]) == len(trainable)
+
+
 # --- PEFT, the way users combine it ---------------------------------------------------------------------------
 
 

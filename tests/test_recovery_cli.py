@@ -207,3 +207,25 @@ def test_recover_user_errors_are_one_line_and_exit_2(tiny_dirs, tmp_path, capsys
     )
     assert code == 2 and "--overwrite" in err
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.real_model
+def test_recover_on_smollm2_with_its_own_text_mixed_with_a_file(
+    smollm2_student, smollm2_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("HF_FACTOR_EMBED_CACHE", str(tmp_path / "cache"))
+    student, text = smollm2_student
+    out = tmp_path / "selfgen"
+    argv = ["recover", str(student), "--teacher", str(smollm2_dir), "--text", str(text), "--self-generate", "300"]
+    code, err = run_cli(
+        capsys, *argv, "--mode", "distill", "--max-steps", "2", "--max-tokens", "2048", "--out", str(out)
+    )
+    assert code == 0, err
+    summary = json.loads((out / "recovery.json").read_text())
+    made = summary["self_generation"]
+    assert made["tokens"] >= 300 and made["generation"]["batch_size"] >= 1 and made["tokens_per_s"] > 0
+    assert summary["train_blocks"] > 2048 // 256 - 1  # the file's blocks (less the held-back tenth) and the generated
+    assert summary["steps"] == 2
+    assert_factorized_tied(out)
+    (cached,) = (tmp_path / "cache" / "selfgen").iterdir()  # a second run reads it back
+    assert (cached / "dataset_info.json").is_file()

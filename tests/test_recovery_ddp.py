@@ -125,3 +125,25 @@ def test_recipe_refuses_a_folder_that_holds_another_model(tiny_pair, tmp_path):
     )
     assert result.returncode != 0 and "--overwrite" in result.stderr
     assert (tmp_path / "taken" / "config.json").read_text() == "{}"
+
+
+def test_a_factorized_student_shards_and_trains_under_fsdp2_on_two_cpu_processes(tiny_pair, tmp_path):
+    # PyTorch's FSDP2 itself runs on CPU processes over gloo (Accelerate would not turn it on there, see above).
+    # Before make_shardable, fully_shard refused the factors: "FSDP does not support non-contiguous parameters".
+    student, teacher, _ = tiny_pair
+    out = tmp_path / "fsdp2"
+    worker = ROOT / "tests" / "scripts" / "fsdp2_worker.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(worker)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [*command, str(student), str(teacher), str(out)], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "fsdp2.json").read_text())
+    assert report["sharded"] and report["tied"]
+    assert report["losses"][-1] < report["losses"][0]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert len(factorized_layers(model)) == 2 and model.lm_head.weight is model.model.embed_tokens.weight
+    before = AutoModelForCausalLM.from_pretrained(student)
+    assert not torch.equal(model.model.embed_tokens.basis, before.model.embed_tokens.basis)
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, before.model.layers[0].mlp.up_proj.weight)

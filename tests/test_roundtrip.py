@@ -164,3 +164,24 @@ def test_generic_fallback_keeps_embed_scale_and_shared_embeddings(tmp_path):
     assert type(reloaded.get_input_embeddings()) is dense_class
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=ids, decoder_input_ids=ids).logits, expected, atol=1e-4)
+
+
+def test_save_pretrained_writes_the_state_dict_it_is_given(tmp_path, input_ids):
+    # transformers replaces save_pretrained(state_dict=...) by the quantizer's own for quantized models; Accelerate's
+    # FSDP save passes the gathered weights that way, so ignoring them saved the untrained (or sharded) model.
+    from conftest import tiny_llama
+
+    for bits in (None, 8):
+        model = hfe.patch_model(tiny_llama(), rank=8, bits=bits)
+        given = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        doubled = given["model.embed_tokens.basis"] * 2
+        given["model.embed_tokens.basis"] = given["lm_head.basis"] = doubled  # tied: one tensor under both names
+        given["model.layers.0.mlp.up_proj.weight"] = given["model.layers.0.mlp.up_proj.weight"] + 1
+        model.save_pretrained(tmp_path / str(bits), state_dict=given)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / str(bits))
+        rounding = {} if bits is None else {"rtol": 0.02, "atol": 1e-3}  # the given floats are rounded to 8 bits
+        torch.testing.assert_close(reloaded.model.embed_tokens.basis, 2 * model.model.embed_tokens.basis, **rounding)
+        up = model.model.layers[0].mlp.up_proj.weight
+        torch.testing.assert_close(reloaded.model.layers[0].mlp.up_proj.weight, up + 1)
+        assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+        assert not hasattr(model, "_hf_factor_embed_state_dict")

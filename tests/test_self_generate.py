@@ -53,7 +53,7 @@ def test_generated_and_file_text_mix_without_touching_the_held_back_blocks(tmp_p
 
     tokenizer = tiny_tokenizer()
     given = pack_blocks(Dataset.from_dict({"text": [tiny_words(2000, seed=5)]}), tokenizer, 32)
-    train, held_back = _training_blocks(given, tiny_llama(), tokenizer, 300, 32)
+    train, held_back, _ = _training_blocks(given, tiny_llama(), tokenizer, 300, 32)
     held = {tuple(b.tolist()) for b in held_back["input_ids"]}
     assert held == {tuple(b.tolist()) for b in given.select(range(len(given) - len(held), len(given)))["input_ids"]}
     assert not held & {tuple(b.tolist()) for b in train["input_ids"]}
@@ -87,3 +87,24 @@ def test_smollm2_writes_varied_text_quickly(smollm2_dir):
     config = GenerationConfig(batch_size=6, max_new_tokens=16, seed=0)
     texts = self_generate(teacher, tokenizer, 150, config=config, progress=False)["text"]
     assert len(texts) >= 6 and len(set(texts)) == len(texts) and all(len(t) >= 16 for t in texts)
+
+
+def test_the_sampler_draws_from_the_tempered_top_k_top_p_distribution():
+    from hf_factor_embed.recovery.generate import GumbelSampler
+
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    rows = 40_000
+
+    def frequencies(**settings):
+        sampler = GumbelSampler(GenerationConfig(**settings), torch.Generator().manual_seed(0))
+        out = sampler(None, logits.expand(rows, -1).clone())
+        assert torch.isfinite(out).sum(-1).eq(1).all()  # one finite score per row: what greedy decoding emits
+        return torch.bincount(out.argmax(-1), minlength=logits.numel()) / rows
+
+    tempered = (logits / 0.7).softmax(-1)
+    assert torch.allclose(frequencies(temperature=0.7, top_k=0, top_p=1.0), tempered, atol=0.01)
+    top3 = torch.zeros_like(logits).index_copy(0, torch.arange(3), logits[:3].softmax(-1))
+    assert torch.allclose(frequencies(temperature=1.0, top_k=3, top_p=1.0), top3, atol=0.01)
+    # top-p 0.7 keeps the smallest prefix whose mass reaches 0.7: tokens 0 and 1 (0.53 + 0.20)
+    top_p = torch.zeros_like(logits).index_copy(0, torch.arange(2), logits[:2].softmax(-1))
+    assert torch.allclose(frequencies(temperature=1.0, top_k=0, top_p=0.7), top_p, atol=0.01)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import FactorEmbedError
 from .losses import kl_to_teacher, kl_to_teacher_topk, next_token_loss
-from .trainable import finish_student, prepare_student
+from .trainable import factor_parameters, finish_student, make_shardable, prepare_student
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,10 @@ class DistillConfig:
     max_tokens: int | None = None
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
-    lr: float = 1e-4
+    lr: float = 1e-4  # the factors' learning rate
+    # LoRA adapters learn at ``lr``; with train="all" the pretrained blocks learn at lr * block_lr_scale, the
+    # usual full fine-tuning rate being a tenth of what a freshly fitted factor or adapter takes.
+    block_lr_scale: float = 0.1
     weight_decay: float = 0.0
     warmup_steps: int = 20
     temperature: float = 2.0
@@ -135,12 +138,14 @@ def distill(student, train_data, eval_data, config: DistillConfig, *, teacher=No
     set_seed(config.seed)
     model = prepare_student(student, config.train, lora_rank=config.lora_rank)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, params, config), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
     train_loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True, drop_last=True)
     eval_loader = DataLoader(eval_data, batch_size=config.batch_size)
     if len(train_loader) == 0:
         raise FactorEmbedError(f"fewer training blocks ({len(train_data)}) than batch_size={config.batch_size}")
+    if accelerator.distributed_type == "FSDP":
+        make_shardable(model)  # before prepare: FSDP2 refuses the head's column-major factors
     model, optimizer, scheduler, train_loader, eval_loader = accelerator.prepare(
         model, optimizer, scheduler, train_loader, eval_loader
     )
@@ -201,6 +206,18 @@ def distill(student, train_data, eval_data, config: DistillConfig, *, teacher=No
         "replicas_in_sync": in_sync,
         "evaluations": evaluations,
     }
+
+
+def _param_groups(model, params: list, config: DistillConfig) -> list[dict]:
+    """The factors (and LoRA adapters) at ``lr``; with ``train="all"``, the pretrained rest at a scaled rate."""
+    if config.train != "all":
+        return [{"params": params}]
+    factors = {id(p) for p in factor_parameters(model)}
+    rest = [p for p in params if id(p) not in factors]
+    return [
+        {"params": [p for p in params if id(p) in factors]},
+        {"params": rest, "lr": config.lr * config.block_lr_scale},
+    ]
 
 
 def _loss(model, teacher, batch: dict, config: DistillConfig) -> tuple[torch.Tensor, dict[str, float]]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..errors import FactorEmbedError
 
@@ -82,7 +83,7 @@ def self_generate(
     progress: bool = True,
 ) -> Dataset:
     """About ``tokens`` tokens of text sampled from ``teacher`` (a causal LM), as a Dataset with a ``text`` column."""
-    from datasets import Dataset, load_from_disk
+    from datasets import Dataset, DatasetInfo, load_from_disk
 
     config = config or GenerationConfig()
     _check(teacher, tokens, config)
@@ -90,8 +91,10 @@ def self_generate(
     if folder is not None and (folder / "dataset_info.json").is_file():
         logger.info("self-generated text read from %s", folder)
         return load_from_disk(str(folder))
-    texts = _sample(teacher, tokenizer, tokens, config, progress)
-    data = Dataset.from_dict({"text": texts})
+    texts, stats = _sample(teacher, tokenizer, tokens, config, progress)
+    # How it was made travels with the text (``data.info.description``), cached or not.
+    info = DatasetInfo(description=json.dumps({"generation": asdict(config), **stats}))
+    data = Dataset.from_dict({"text": texts}, info=info)
     if folder is not None:
         data.save_to_disk(str(folder))
     return data
@@ -144,8 +147,35 @@ def starts(tokenizer, count: int, generator: torch.Generator) -> list[list[int]]
     return out
 
 
+class GumbelSampler(LogitsProcessor):
+    """Temperature, top-k and top-p sampling as one logits processor, drawn by the Gumbel-max trick.
+
+    ``argmax(logits / T + Gumbel noise)`` is an exact sample of ``softmax(logits / T)``; taken over the top-k
+    candidates only (``topk`` on 128 rows x 49k tokens costs a few ms, where ``generate``'s own top-p sorts the
+    whole vocabulary and ``multinomial`` walks it: together 0.3 s per step of a 128-row batch on 2 cores), with
+    top-p applied within them. It returns scores where only the drawn token is finite, so greedy decoding
+    emits it. The noise comes from its own ``torch.Generator``: the text depends on the seed, not on global state.
+    """
+
+    def __init__(self, config: GenerationConfig, generator: torch.Generator) -> None:
+        self.config, self.generator = config, generator
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.config.temperature
+        k = self.config.top_k if 0 < self.config.top_k < scores.shape[-1] else scores.shape[-1]
+        values, index = scores.topk(k, dim=-1)  # sorted, largest first
+        if self.config.top_p < 1.0:
+            probs = values.softmax(-1)
+            values = values.masked_fill(probs.cumsum(-1) - probs > self.config.top_p, float("-inf"))
+        uniform = torch.rand(values.shape, generator=self.generator, device=values.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))
+        token = index.gather(-1, (values + gumbel).argmax(-1, keepdim=True))
+        return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
+
+
 @torch.no_grad()
-def _sample(teacher, tokenizer, tokens: int, config: GenerationConfig, progress: bool) -> list[str]:
+def _sample(teacher, tokenizer, tokens: int, config: GenerationConfig, progress: bool) -> tuple[list[str], dict]:
+    """The texts, and what making them cost: seconds, tokens kept, positions decoded (kept or not)."""
     generator = torch.Generator().manual_seed(config.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(teacher.parameters()).device
@@ -154,28 +184,29 @@ def _sample(teacher, tokenizer, tokens: int, config: GenerationConfig, progress:
     teacher.eval()
     bar = tqdm(total=tokens, desc="self-generate", unit="tok", disable=not progress)
     started = time.perf_counter()
-    batch_index = barren = 0
+    batch_index = barren = decoded = 0
     while made < tokens:
         if barren >= 3:
             raise FactorEmbedError("the teacher wrote only empty or repeated text in 3 batches; check the teacher")
         before = made
-        prompts = starts(tokenizer, config.batch_size, generator)
+        # A small request samples a few rows, not a whole batch of max_new_tokens each.
+        rows = min(config.batch_size, -(-(tokens - made) // config.max_new_tokens))
+        prompts = starts(tokenizer, rows, generator)
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # left padding
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        torch.manual_seed(config.seed * 100_003 + batch_index)  # sampling draws from the global generator
+        sampler = GumbelSampler(config, torch.Generator(device).manual_seed(config.seed * 100_003 + batch_index))
         out = teacher.generate(
             input_ids=ids,
             attention_mask=mask,
-            do_sample=True,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
+            do_sample=False,  # the sampler has already drawn: greedy decoding picks its one remaining token
+            logits_processor=LogitsProcessorList([sampler]),
             max_new_tokens=config.max_new_tokens,
             pad_token_id=pad,
             use_cache=True,
         )
         batch_index += 1
+        decoded += out[:, width:].numel()
         for row in out[:, width:]:
             row = row[row != pad] if pad is not None else row
             text = tokenizer.decode(row, skip_special_tokens=True).strip()
@@ -190,4 +221,4 @@ def _sample(teacher, tokenizer, tokens: int, config: GenerationConfig, progress:
     teacher.train(was_training)
     seconds = time.perf_counter() - started
     logger.info("self-generated %d tokens in %.1f s (%.0f tokens/s)", made, seconds, made / max(seconds, 1e-9))
-    return texts
+    return texts, {"seconds": seconds, "tokens": made, "decoded_positions": decoded, "tokens_per_s": made / seconds}

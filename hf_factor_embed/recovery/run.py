@@ -127,7 +127,7 @@ def recover(
         if max_tokens is not None:
             given = given.select(range(min(len(given), max(2, max_tokens // block_size))))
     student, dense = load_models(student_dir, teacher, gguf_file)
-    train, held_back = _training_blocks(given, dense, tokenizer, self_generate, block_size)
+    train, held_back, generation = _training_blocks(given, dense, tokenizer, self_generate, block_size)
     if mode == "cheap":
         ids = train[:]["input_ids"].reshape(-1)
         signals = collect_teacher_signals(dense, ids, window=block_size)
@@ -141,24 +141,28 @@ def recover(
         summary["config"] = asdict(config)
     summary.update(mode=mode, teacher=teacher, student=str(student_dir), train_blocks=len(train), block_size=block_size)
     summary["self_generated_tokens"] = self_generate or 0
+    if generation is not None:
+        summary["self_generation"] = generation  # settings, seconds, tokens/s of the run that sampled it
     tokenizer.save_pretrained(out)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 
 def _training_blocks(given, teacher, tokenizer, self_generate: int | None, block_size: int):
-    """(training blocks, held-back blocks) from the given text's blocks and/or the teacher's own text."""
+    """(training blocks, held-back blocks, how the generated text was made or None) from the given text's blocks
+    and/or the teacher's own text."""
     from datasets import concatenate_datasets
 
     from ..bundled import cache_dir
     from .generate import self_generate as generate
 
-    generated = None
+    generated = generation = None
     if self_generate:
         texts = generate(teacher, tokenizer, self_generate, cache_dir=cache_dir() / "selfgen")
+        generation = json.loads(texts.info.description)
         generated = pack_blocks(texts, tokenizer, block_size)
     source = given if given is not None else generated
     train, held_back = split_blocks(source, max(1, len(source) // 10))
     if given is not None and generated is not None:
         train = concatenate_datasets([generated, train]).with_format("torch")
-    return train, held_back
+    return train, held_back, generation

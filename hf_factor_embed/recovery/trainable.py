@@ -52,6 +52,14 @@ def prepare_student(model: nn.Module, train: str = "factors", *, lora_rank: int 
     return model
 
 
+def make_shardable(model: nn.Module) -> nn.Module:
+    """The factors stored row-major, so that FSDP2 (``fully_shard``, Accelerate's FSDP) can shard them; call before
+    sharding. Tied layers share their Parameters, so the tie survives."""
+    for layer in factorized_layers(model).values():
+        layer.use_row_major_layout()
+    return model
+
+
 def finish_student(model: nn.Module) -> nn.Module:
     """The plain transformers model to save: LoRA adapters merged into their layers (the factors stay factors)."""
     if hasattr(model, "merge_and_unload"):

@@ -1,0 +1,223 @@
+"""Recovery on text the teacher writes itself, evaluated on every local kind and language training never saw.
+
+    python benchmarks/recovery_generated.py                        # r=256 and r=128; factors, lora, all
+    python benchmarks/recovery_generated.py --ranks 256 --modes factors --distill-minutes 4
+
+SmolLM2-135M-Instruct. The student is calibrated on Python's language reference (``pydoc``, its training part,
+as in ``benchmarks/recovery.py``); recovery then trains on the teacher's own text (``--self-generate`` tokens,
+sampled with the package's default settings) mixed with that same pydoc training part, the rule of
+``hf-factor-embed recover --text ... --self-generate N``. Evaluated, ``--eval-tokens`` each, on the held-back part
+of pydoc and of every other kind and language in ``--unseen``: none of that text is in calibration or training.
+Stages per rank: training-free (banded), cheap (refit on the teacher's hidden states of generated + pydoc text),
+then distillation from the cheap result, once per mode in ``--modes`` (factors / factors + LoRA / everything),
+each for ``--distill-minutes``. Minutes count generation + cheap + distillation, all on this machine's CPU.
+Writes benchmarks/results/recovery_generated.json, a plot of ratio vs minutes, and a RESULTS.md section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from quality import write_results_md  # noqa: E402
+from recovery import PeakMemory  # noqa: E402
+
+import hf_factor_embed as hfe  # noqa: E402
+from hf_factor_embed.bundled import cache_dir, resolve  # noqa: E402
+from hf_factor_embed.evaluation import perplexity  # noqa: E402
+from hf_factor_embed.recovery import CheapRefitConfig, DistillConfig, cheap_refit, collect_teacher_signals, distill  # noqa: E402
+from hf_factor_embed.recovery.generate import self_generate  # noqa: E402
+from hf_factor_embed.sources import load_source  # noqa: E402
+
+TRAIN_SOURCE = "pydoc"
+UNSEEN = ("licenses", "changelogs", "messages", "lang:de", "lang:fr", "lang:ru", "lang:zh_CN", "lang:ja", "lang:ar")
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    args = _parse()
+    torch.manual_seed(0)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve("bundled:smollm2")
+    dense = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    evals, train_ids = _texts(tok, args)
+    generation = _generate(dense, tok, args)
+    gen_ids = torch.tensor([i for t in generation["data"]["text"] for i in tok(t).input_ids])
+    stream = torch.cat([gen_ids, train_ids])  # the mixing rule of `recover`: generated text first, then the given
+    train_blocks = _blocks(stream, args.block_size)
+    held_back = _blocks(evals[TRAIN_SOURCE], args.block_size)
+    half = args.cheap_tokens // 2
+    started = time.perf_counter()
+    signals = collect_teacher_signals(dense, torch.cat([gen_ids[:half], train_ids[:half]]), progress=False)
+    signal_seconds = time.perf_counter() - started
+
+    rows = []
+
+    def add(rank, stage, model, minutes, **extra):
+        ppl = {name: perplexity(model, ids) for name, ids in evals.items()}
+        rows.append({"rank": rank, "stage": stage, "minutes": minutes, "ppl": ppl, **extra})
+        print(rank, stage, f"{minutes:.1f} min", {k: round(v, 2) for k, v in ppl.items()}, flush=True)
+
+    add(None, "dense", dense, 0.0)
+    gen_minutes = generation["seconds"] / 60
+    for rank in args.ranks:
+        start = hfe.patch_model(copy.deepcopy(dense), rank=rank, calibration=train_ids[: args.calibration_tokens])
+        add(rank, "training-free (banded)", start, 0.0)
+        cheap = copy.deepcopy(start)
+        result = cheap_refit(cheap, signals, CheapRefitConfig())
+        cheap_minutes = gen_minutes + (result["seconds"] + signal_seconds) / 60
+        add(rank, "cheap", cheap, cheap_minutes, tokens=args.cheap_tokens)
+        for mode in args.modes:
+            student = copy.deepcopy(cheap)
+            with PeakMemory() as memory, tempfile.TemporaryDirectory() as tmp:
+                summary = distill(student, train_blocks, held_back, _distill_config(tmp, mode, args), teacher=dense)
+            minutes = cheap_minutes + summary["seconds"] / 60
+            extra = dict(tokens=summary["tokens"], steps=summary["steps"], peak_extra_mb=memory.peak_mb)
+            add(rank, f"cheap + distill ({mode})", student, minutes, mode=mode, **extra)
+            del student
+        del start, cheap
+
+    record = {
+        "command": ("python benchmarks/recovery_generated.py " + " ".join(sys.argv[1:])).strip(),
+        "generation": {k: v for k, v in generation.items() if k != "data"},
+        "train_tokens": {"generated": gen_ids.numel(), TRAIN_SOURCE: train_ids.numel()},
+        "rows": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "recovery_generated.json").write_text(json.dumps(record, indent=1))
+    text = render(record)
+    print(text)
+    write_results_md(text, "recovery-generated")
+    _plot(record, RESULTS / "recovery_generated.png")
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ranks", type=int, nargs="+", default=[256, 128])
+    parser.add_argument("--modes", nargs="+", default=["factors", "lora", "all"], choices=["factors", "lora", "all"])
+    parser.add_argument("--self-generate", type=int, default=60_000, help="tokens the teacher writes")
+    parser.add_argument("--unseen", nargs="+", default=list(UNSEEN))
+    parser.add_argument("--eval-tokens", type=int, default=2048)
+    parser.add_argument("--calibration-tokens", type=int, default=16384)
+    parser.add_argument("--cheap-tokens", type=int, default=16384)
+    parser.add_argument("--distill-minutes", type=float, default=8)
+    parser.add_argument("--block-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    return parser.parse_args()
+
+
+def _texts(tok, args) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Held-back token ids of pydoc and every unseen source; pydoc's training part."""
+    evals, train_ids = {}, None
+    for name in (TRAIN_SOURCE, *args.unseen):
+        held, rest = load_source(name).split()
+        # ~6 characters a token at most: reading 8x the characters needed keeps tokenizing short
+        evals[name] = tok(held[: 8 * args.eval_tokens], return_tensors="pt").input_ids[0][: args.eval_tokens]
+        if name == TRAIN_SOURCE:
+            train_ids = tok(rest, return_tensors="pt").input_ids[0]
+    return evals, train_ids
+
+
+def _generate(dense, tok, args) -> dict:
+    """The teacher's text (read back from the cache when an earlier run made it), with what making it cost."""
+    started = time.perf_counter()
+    with PeakMemory() as memory:
+        data = self_generate(dense, tok, args.self_generate, cache_dir=cache_dir() / "selfgen")
+    made = json.loads(data.info.description)  # seconds, tokens, settings: recorded when it was sampled
+    cached = time.perf_counter() - started < made["seconds"] / 10
+    return {"data": data, "texts": len(data), "peak_extra_mb": None if cached else memory.peak_mb, **made}
+
+
+def _blocks(ids: torch.Tensor, block: int):
+    from datasets import Dataset
+
+    n = ids.numel() // block
+    return Dataset.from_dict({"input_ids": ids[: n * block].view(n, block).tolist()}).with_format("torch")
+
+
+def _distill_config(out: str, mode: str, args) -> DistillConfig:
+    return DistillConfig(
+        output_dir=out,
+        train=mode,
+        max_steps=10**9,
+        max_minutes=args.distill_minutes,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        checkpoint_every=10**9,
+        eval_every=10**9,
+    )
+
+
+def render(record: dict) -> str:
+    rows = record["rows"]
+    dense = rows[0]["ppl"]
+    names = list(dense)
+    gen = record["generation"]
+    head = "| rank | stage | minutes | " + " | ".join(n.removeprefix("lang:") for n in names) + " |"
+    lines = [
+        f"Command: `{record['command']}`. SmolLM2-135M-Instruct. Calibrated on `{TRAIN_SOURCE}` (training part); "
+        f"recovery trains on {record['train_tokens']['generated']} tokens the teacher wrote + "
+        f"{record['train_tokens'][TRAIN_SOURCE]} of pydoc. Every column is held-back text; only pydoc's kind was "
+        "trained on. Ratios of perplexity to dense, same run; minutes = generation + cheap + distillation.",
+        "",
+        f"Generation: {gen['tokens']} tokens in {gen['seconds']:.0f} s ({gen['tokens_per_s']:.0f} tokens/s, "
+        f"batch {gen['generation']['batch_size']}, temperature {gen['generation']['temperature']}, top-k "
+        f"{gen['generation']['top_k']}, top-p {gen['generation']['top_p']}); "
+        + (
+            f"peak memory +{gen['peak_extra_mb']:.0f} MiB."
+            if gen["peak_extra_mb"] is not None
+            else "read back from the cache: the figures are those of the run that sampled it."
+        ),
+        "",
+        head,
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for r in rows:
+        cells = [f"{r['ppl'][n] / dense[n]:.3f}x" if r["rank"] else f"{r['ppl'][n]:.2f}" for n in names]
+        lines.append(f"| {r['rank'] or 'dense'} | {r['stage']} | {r['minutes']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = record["rows"]
+    dense = rows[0]["ppl"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, name in zip(axes, ("licenses", "changelogs"), strict=True):
+        for rank in sorted({r["rank"] for r in rows if r["rank"]}):
+            base = [r for r in rows if r["rank"] == rank and "mode" not in r]
+            for mode in sorted({r["mode"] for r in rows if r.get("mode")}):
+                points = base + [r for r in rows if r["rank"] == rank and r.get("mode") == mode]
+                ax.plot(
+                    [p["minutes"] for p in points],
+                    [p["ppl"][name] / dense[name] for p in points],
+                    marker="o",
+                    label=f"r={rank} {mode}",
+                )
+        ax.set_title(f"{name} (never trained on)")
+        ax.set_xlabel("CPU minutes (generation + training)")
+        ax.axhline(1.0, color="grey", lw=0.5)
+    axes[0].set_ylabel("perplexity / dense")
+    axes[0].set_yscale("log")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
