@@ -46,7 +46,8 @@ def test_bad_input_is_refused(tmp_path):
         self_generate(base, tiny_tokenizer(), 100)
 
 
-def test_generated_and_file_text_mix_without_touching_the_held_back_blocks(tmp_path):
+def test_generated_and_file_text_mix_without_touching_the_held_back_blocks(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_FACTOR_EMBED_CACHE", str(tmp_path))  # the generated text is cached there
     from datasets import Dataset
 
     from hf_factor_embed.recovery.data import pack_blocks

@@ -20,6 +20,7 @@ from ..folders import check_output_dir, is_factorized_checkpoint
 from .cheap import CheapRefitConfig, cheap_refit, collect_teacher_signals
 from .data import load_text, pack_blocks, split_blocks
 from .distill import DistillConfig, distill
+from .generate import check_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +116,8 @@ def recover(
         raise FactorEmbedError(f"mode={mode!r} is not one of {MODES}")
     if self_generate is None and text_files is None and dataset is None:
         raise FactorEmbedError("give text files, a dataset name or self_generate=N (or several of them)")
-    if self_generate is not None and (isinstance(self_generate, bool) or self_generate <= 0):
-        raise FactorEmbedError(f"--self-generate {self_generate}: give a positive number of tokens to generate")
+    if self_generate is not None:
+        check_tokens(self_generate)
     out = check_output_dir(out, overwrite=overwrite)
     check_pair(student_dir, teacher, gguf_file)
     # The text is checked before the models load: an empty or too short text fails in a second.
