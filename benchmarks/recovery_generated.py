@@ -87,18 +87,31 @@ def main() -> None:
             del student
         del start, cheap
 
+        _write(rows, generation, gen_ids, train_ids, args)  # after every rank: a later failure keeps these rows
+    record = _write(rows, generation, gen_ids, train_ids, args)
+    text = render(record)
+    print(text)
+    write_results_md(text, "recovery-generated")
+    _plot(record, RESULTS / "recovery_generated.png")
+
+
+def _write(rows, generation, gen_ids, train_ids, args) -> dict:
+    """The JSON record; with --merge, the rows an earlier run measured for ranks this run does not measure first."""
+    out = RESULTS / "recovery_generated.json"
     record = {
         "command": ("python benchmarks/recovery_generated.py " + " ".join(sys.argv[1:])).strip(),
         "generation": {k: v for k, v in generation.items() if k != "data"},
         "train_tokens": {"generated": gen_ids.numel(), TRAIN_SOURCE: train_ids.numel()},
         "rows": rows,
     }
+    if args.merge and out.exists():
+        earlier = json.loads(out.read_text())
+        kept = [r for r in earlier["rows"] if r["rank"] is not None and r["rank"] not in args.ranks]
+        record["rows"] = rows[:1] + kept + rows[1:]
+        record["earlier"] = {k: v for k, v in earlier.items() if k != "rows"} | earlier.get("earlier", {})
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "recovery_generated.json").write_text(json.dumps(record, indent=1))
-    text = render(record)
-    print(text)
-    write_results_md(text, "recovery-generated")
-    _plot(record, RESULTS / "recovery_generated.png")
+    out.write_text(json.dumps(record, indent=1))
+    return record
 
 
 def _parse() -> argparse.Namespace:
@@ -114,6 +127,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--merge", action="store_true", help="keep the earlier JSON's rows of the other ranks")
     return parser.parse_args()
 
 

@@ -69,3 +69,13 @@ def test_gemma3_checkpoint_fails_loudly_without_the_plugin(gemma3, tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode != 0 and "Unknown quantization type, got hf_factor_embed" in result.stderr
+
+
+def test_gemma3_writes_its_own_text_for_recovery(gemma3, gemma3_dir):
+    from hf_factor_embed.recovery.generate import GenerationConfig, self_generate
+
+    tokenizer = AutoTokenizer.from_pretrained(gemma3_dir)
+    config = GenerationConfig(batch_size=3, max_new_tokens=12, seed=1)
+    texts = self_generate(gemma3, tokenizer, 30, config=config, progress=False)["text"]
+    assert len(texts) >= 3 and len(set(texts)) == len(texts)
+    assert self_generate(gemma3, tokenizer, 30, config=config, progress=False)["text"] == texts  # seeded

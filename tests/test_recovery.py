@@ -183,7 +183,10 @@ def test_distill_with_lora_saves_a_merged_factorized_tied_model(tmp_path, input_
 def test_distill_all_trains_the_blocks_at_a_tenth_of_the_factors_rate(tmp_path):
     from hf_factor_embed.recovery.distill import _param_groups
 
-    teacher, student = teacher_and_student()
+    teacher, _ = teacher_and_student()
+    # banded: the band's integer index is a Parameter too, and must stay out of training
+    student = hfe.patch_model(copy.deepcopy(teacher), rank=8, calibration=torch.randint(0, 300, (512,)))
+    assert student.model.embed_tokens.dense_index is not None
     block = student.model.layers[0].mlp.up_proj.weight
     before = block.detach().clone()
     summary = run_distill(tmp_path, student, teacher, train="all", lr=1e-2)

@@ -36,10 +36,8 @@ def prepare_student(model: nn.Module, train: str = "factors", *, lora_rank: int 
     if not any(isinstance(m, FactorizedLayer) for m in model.modules()):
         raise FactorEmbedError("the student has no factorized layers; patch it first (hf_factor_embed.patch_model)")
     if train == "all":
-        model.requires_grad_(True)
-        for layer in factorized_layers(model).values():
-            if layer.dense_index is not None:
-                layer.dense_index.requires_grad_(False)
+        for param in model.parameters():  # the band's index is an integer Parameter: it never trains
+            param.requires_grad_(param.is_floating_point())
         return model
     if train == "lora":
         from peft import LoraConfig, get_peft_model
