@@ -44,6 +44,10 @@ RESULTS = Path(__file__).parent / "results"
 
 def main() -> None:
     args = _parse()
+    if args.replot:
+        record = json.loads((RESULTS / "recovery_generated.json").read_text())
+        _plot(record, RESULTS / "recovery_generated.png")
+        return
     torch.manual_seed(0)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -127,6 +131,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--replot", action="store_true", help="only draw the plot again from the JSON")
     parser.add_argument("--merge", action="store_true", help="keep the earlier JSON's rows of the other ranks")
     return parser.parse_args()
 
@@ -204,6 +209,8 @@ def render(record: dict) -> str:
 
 
 def _plot(record: dict, path: Path) -> None:
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,24 +218,33 @@ def _plot(record: dict, path: Path) -> None:
 
     rows = record["rows"]
     dense = rows[0]["ppl"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, name in zip(axes, ("licenses", "changelogs"), strict=True):
+    languages = [n for n in dense if n.startswith("lang:")]
+
+    def ratio(row, panel):
+        if panel != "languages":
+            return row["ppl"][panel] / dense[panel]
+        return math.exp(sum(math.log(row["ppl"][n] / dense[n]) for n in languages) / len(languages))
+
+    panels = ("licenses", "changelogs", "languages")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, panel in zip(axes, panels, strict=True):
         for rank in sorted({r["rank"] for r in rows if r["rank"]}):
             base = [r for r in rows if r["rank"] == rank and "mode" not in r]
-            for mode in sorted({r["mode"] for r in rows if r.get("mode")}):
+            for mode in sorted({r["mode"] for r in rows if r["rank"] == rank and r.get("mode")}):
                 points = base + [r for r in rows if r["rank"] == rank and r.get("mode") == mode]
                 ax.plot(
                     [p["minutes"] for p in points],
-                    [p["ppl"][name] / dense[name] for p in points],
+                    [ratio(p, panel) for p in points],
                     marker="o",
                     label=f"r={rank} {mode}",
                 )
-        ax.set_title(f"{name} (never trained on)")
-        ax.set_xlabel("CPU minutes (generation + training)")
+        title = "gettext languages (geometric mean)" if panel == "languages" else panel
+        ax.set_title(f"{title}, never trained on", fontsize=10)
+        ax.set_xlabel("CPU minutes (generation + cheap + distillation)")
+        ax.set_yscale("log")
         ax.axhline(1.0, color="grey", lw=0.5)
     axes[0].set_ylabel("perplexity / dense")
-    axes[0].set_yscale("log")
-    axes[1].legend(fontsize=7)
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
