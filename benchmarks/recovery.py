@@ -48,6 +48,20 @@ def blocks_of(ids: torch.Tensor, block: int):
     return Dataset.from_dict({"input_ids": ids[: n * block].view(n, block).tolist()}).with_format("torch")
 
 
+def timed_distill_config(out: str, train: str, args) -> DistillConfig:
+    """Distillation bounded by --distill-minutes only (no step limit, no checkpoints or evaluations on the way)."""
+    return DistillConfig(
+        output_dir=out,
+        train=train,
+        max_steps=10**9,
+        max_minutes=args.distill_minutes,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        checkpoint_every=10**9,
+        eval_every=10**9,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", type=int, nargs="+", default=[256, 128])
@@ -127,16 +141,7 @@ def main() -> None:
         if args.distill_from == "training-free":
             student = copy.deepcopy(start)
         with tempfile.TemporaryDirectory() as tmp:
-            config = DistillConfig(
-                output_dir=tmp,
-                train=args.train,
-                max_steps=10**9,
-                max_minutes=args.distill_minutes,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                checkpoint_every=10**9,
-                eval_every=10**9,
-            )
+            config = timed_distill_config(tmp, args.train, args)
             summary = distill(student, train_blocks, held_back, config, teacher=dense)
         stage = "cheap + distill" if args.distill_from == "cheap" else "distill"
         add(

@@ -28,12 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from quality import write_results_md  # noqa: E402
-from recovery import PeakMemory  # noqa: E402
+from recovery import PeakMemory, blocks_of, timed_distill_config  # noqa: E402
 
 import hf_factor_embed as hfe  # noqa: E402
 from hf_factor_embed.bundled import cache_dir, resolve  # noqa: E402
 from hf_factor_embed.evaluation import perplexity  # noqa: E402
-from hf_factor_embed.recovery import CheapRefitConfig, DistillConfig, cheap_refit, collect_teacher_signals, distill  # noqa: E402
+from hf_factor_embed.recovery import CheapRefitConfig, cheap_refit, collect_teacher_signals, distill  # noqa: E402
 from hf_factor_embed.recovery.generate import self_generate  # noqa: E402
 from hf_factor_embed.sources import load_source  # noqa: E402
 
@@ -58,8 +58,8 @@ def main() -> None:
     generation = _generate(dense, tok, args)
     gen_ids = torch.tensor([i for t in generation["data"]["text"] for i in tok(t).input_ids])
     stream = torch.cat([gen_ids, train_ids])  # the mixing rule of `recover`: generated text first, then the given
-    train_blocks = _blocks(stream, args.block_size)
-    held_back = _blocks(evals[TRAIN_SOURCE], args.block_size)
+    train_blocks = blocks_of(stream, args.block_size)
+    held_back = blocks_of(evals[TRAIN_SOURCE], args.block_size)
     half = args.cheap_tokens // 2
     started = time.perf_counter()
     signals = collect_teacher_signals(dense, torch.cat([gen_ids[:half], train_ids[:half]]), progress=False)
@@ -84,7 +84,9 @@ def main() -> None:
         for mode in args.modes:
             student = copy.deepcopy(cheap)
             with PeakMemory() as memory, tempfile.TemporaryDirectory() as tmp:
-                summary = distill(student, train_blocks, held_back, _distill_config(tmp, mode, args), teacher=dense)
+                summary = distill(
+                    student, train_blocks, held_back, timed_distill_config(tmp, mode, args), teacher=dense
+                )
             minutes = cheap_minutes + summary["seconds"] / 60
             extra = dict(tokens=summary["tokens"], steps=summary["steps"], peak_extra_mb=memory.peak_mb)
             add(rank, f"cheap + distill ({mode})", student, minutes, mode=mode, **extra)
@@ -156,26 +158,6 @@ def _generate(dense, tok, args) -> dict:
     made = json.loads(data.info.description)  # seconds, tokens, settings: recorded when it was sampled
     cached = time.perf_counter() - started < made["seconds"] / 10
     return {"data": data, "texts": len(data), "peak_extra_mb": None if cached else memory.peak_mb, **made}
-
-
-def _blocks(ids: torch.Tensor, block: int):
-    from datasets import Dataset
-
-    n = ids.numel() // block
-    return Dataset.from_dict({"input_ids": ids[: n * block].view(n, block).tolist()}).with_format("torch")
-
-
-def _distill_config(out: str, mode: str, args) -> DistillConfig:
-    return DistillConfig(
-        output_dir=out,
-        train=mode,
-        max_steps=10**9,
-        max_minutes=args.distill_minutes,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        checkpoint_every=10**9,
-        eval_every=10**9,
-    )
 
 
 def render(record: dict) -> str:

@@ -108,18 +108,19 @@ class FactorizedLayer(nn.Module):
     def use_head_layout(self) -> None:
         """Store A and the band's rows column-major again (after something replaced their storage, e.g. loading).
         The Parameter objects stay the same, so ties and optimizer state keep pointing at them."""
-        for tensor in (getattr(self, name) for name in HEAD_LAYOUT_TENSORS):
-            if tensor is not None and tensor.device.type != "meta":
-                tensor.data = head_layout(tensor.data)
+        self._relayout(head_layout)
 
     @torch.no_grad()
     def use_row_major_layout(self) -> None:
         """Store A and the band's rows row-major, as FSDP2 needs to shard them (``fully_shard`` refuses
         non-contiguous Parameters). Training does not mind; only the one-token decode of the head is slower.
         ``from_pretrained`` gives the head layout back."""
+        self._relayout(torch.Tensor.contiguous)
+
+    def _relayout(self, layout) -> None:
         for tensor in (getattr(self, name) for name in HEAD_LAYOUT_TENSORS):
             if tensor is not None and tensor.device.type != "meta":
-                tensor.data = tensor.data.contiguous()
+                tensor.data = layout(tensor.data)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)

@@ -21,6 +21,7 @@ from .cheap import CheapRefitConfig, cheap_refit, collect_teacher_signals
 from .data import load_text, pack_blocks, split_blocks
 from .distill import DistillConfig, distill
 from .generate import check_tokens
+from .generate import self_generate as generate
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,6 @@ def _training_blocks(given, teacher, tokenizer, self_generate: int | None, block
     from datasets import concatenate_datasets
 
     from ..bundled import cache_dir
-    from .generate import self_generate as generate
 
     generated = generation = None
     if self_generate:
