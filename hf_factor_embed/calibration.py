@@ -21,6 +21,7 @@ from .adapters import get_adapter
 from .calibration_stats import CalibrationStats
 from .config import OUTPUT
 from .errors import FactorEmbedError
+from .model_text import model_windows
 
 if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
     from transformers import PreTrainedModel
@@ -65,13 +66,15 @@ def collect_stats(
     statistics: Iterable[str] = CalibrationStats.KINDS,
     progress: bool = True,
     model_tokens: int | None = None,
+    bos_id: int | None = None,
 ) -> CalibrationStats:
     """Token counts over ``token_ids`` and, when asked for in ``statistics`` and the model has an output head,
     E[h h^T] of the head's inputs and the model's mean next-token distribution over them.
 
     ``model_tokens``: run the model over the first ``model_tokens`` tokens only. Counting costs nothing, and on a
     large vocabulary the counts of all the text rank far more of the served tokens for the band than a short
-    text does, while the model's statistics settle on a few thousand tokens.
+    text does, while the model's statistics settle on a few thousand tokens. ``bos_id``: first in every window the
+    model reads, as the tokenizer feeds text (:func:`hf_factor_embed.model_text.bos_prefix`).
     """
     vocab = get_adapter(model).input_embedding(model).weight.shape[0]
     ids = token_ids.reshape(-1)
@@ -103,7 +106,9 @@ def collect_stats(
 
     started = time.perf_counter()
     model_ids = ids if model_tokens is None else ids[:model_tokens]
-    for h in iter_head_inputs(model, model_ids, window=window, batch_size=batch_size, progress=progress):
+    for h in iter_head_inputs(
+        model, model_ids, window=window, batch_size=batch_size, progress=progress, bos_id=bos_id
+    ):
         accumulate(h.reshape(-1, d).float())
     logger.info("calibration: %d tokens in %.1f s", ids.numel(), time.perf_counter() - started)
     return CalibrationStats(
@@ -127,8 +132,10 @@ def iter_head_inputs(
     batch_size: int = 4,
     progress: bool = True,
     desc: str = "calibration",
+    bos_id: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """The hidden states that reach the output head, one batch of ``window``-token windows at a time.
+    """The hidden states that reach the output head, one batch of ``window``-token windows at a time, ``bos_id``
+    first in each where given (as the tokenizer feeds text: :func:`hf_factor_embed.model_text.model_windows`).
 
     For causal LMs whose head reads the base model's output directly only the base model runs; otherwise the
     whole model runs with the head hooked.
@@ -137,8 +144,7 @@ def iter_head_inputs(
     ids = token_ids.reshape(-1)
     # a window longer than the model's positions would index past its position table (BERT, GPT-2)
     window = min(window, getattr(model.config.get_text_config(), "max_position_embeddings", None) or window)
-    n_windows = max(1, ids.numel() // window)
-    windows = ids[: n_windows * window].view(n_windows, -1) if ids.numel() >= window else ids.view(1, -1)
+    windows = model_windows(ids, window, bos_id)
     device = next(model.parameters()).device
     reads_base_output = type(model).__name__.endswith("ForCausalLM") and hasattr(model, "base_model")
     caught: list[torch.Tensor] = []

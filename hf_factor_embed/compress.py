@@ -19,6 +19,7 @@ import torch
 from .errors import AlreadyPatchedError, FactorEmbedError
 from .folders import check_output_dir, folder_bytes
 from .loading import is_causal_lm, load_model
+from .model_text import bos_prefix, describe_feed, special_token_ids
 from .patch import patch_model
 from .sources import load_sources, unserved_defaults
 from .structure import factorized_layers
@@ -118,7 +119,10 @@ def compress(
         calibration = _token_ids(calibration, tokenizer, "calibration")[:calibration_tokens]
     eval_texts = {name: _eval_ids(text, tokenizer, eval_tokens, model) for name, text in (eval_texts or {}).items()}
     dense_eval = {name: evaluate_text(model, tokenizer, text, eval_tokens) for name, text in eval_texts.items()}
-    peer_results = _measure_peers(model, eval_texts, dense_eval, peers) if peers and is_causal_lm(model) else None
+    bos_id = bos_prefix(tokenizer)
+    peer_results = None
+    if peers and is_causal_lm(model):
+        peer_results = _measure_peers(model, eval_texts, dense_eval, peers, bos_id)
     spectrum = _spectrum(model) if plots else None
     bytes_dense = _param_bytes(model)
 
@@ -129,6 +133,7 @@ def compress(
         **size,
         method=method,
         calibration=calibration,
+        tokenizer=tokenizer,
         model_tokens=calibration_tokens if isinstance(calibration, Mapping) else None,
         bits=bits,
         group_size=group_size,
@@ -136,6 +141,7 @@ def compress(
     )
     seconds = time.perf_counter() - started
     report = model.factor_embed_report
+    special = special_token_ids(model, tokenizer)
     result = {
         "base_model": str(model_name),
         "base_model_id": base_model_id,
@@ -149,6 +155,8 @@ def compress(
         "band_bits": model.config.quantization_config.band_bits,
         "report": report.as_dict(),
         "calibration_tokens": _count_tokens(calibration),
+        "fed_as": describe_feed(bos_id, tokenizer),
+        "special_tokens_exact": (tokenizer.convert_ids_to_tokens(special.tolist()) if tokenizer else special.tolist()),
         "band_share": band_share,
         "param_bytes_dense": bytes_dense,
         "embedding_bytes": _embedding_bytes(model),
@@ -202,8 +210,9 @@ def evaluate_text(model, tokenizer, text: str | torch.Tensor, eval_tokens: int) 
         window = min(512, ids.numel())
         if window < 16:
             raise FactorEmbedError("the evaluation text is too short; give at least a few hundred tokens")
-        ppl = perplexity(model, ids, window=window, progress=True)
-        return {"perplexity": ppl, "tokens": int(ids.numel()), "window": window}
+        bos_id = bos_prefix(tokenizer)
+        ppl = perplexity(model, ids, window=window, progress=True, bos_id=bos_id)
+        return {"perplexity": ppl, "tokens": int(ids.numel()), "window": window, "bos_id": bos_id}
     sentences = sentences_of(text)
     if not sentences:
         raise FactorEmbedError("the evaluation text has no lines of 20 characters or more; give real sentences")
@@ -308,7 +317,7 @@ def _warnings(evaluation: dict, served: dict) -> list[str]:
     return out
 
 
-def _measure_peers(model, eval_texts: dict, dense_eval: dict, names: bool | Sequence[str]) -> dict:
+def _measure_peers(model, eval_texts: dict, dense_eval: dict, names: bool | Sequence[str], bos_id=None) -> dict:
     """Quantizing the dense embedding instead: bytes and perplexity ratio per text, measured on the same windows."""
     from .analysis import embedding_weights
     from .peers import quantization_peers
@@ -325,7 +334,8 @@ def _measure_peers(model, eval_texts: dict, dense_eval: dict, names: bool | Sequ
         ratios = {}
         for name, ids in eval_texts.items():
             window = dense_eval[name]["window"]
-            ratios[name] = round(peer.perplexity(model, ids, window) / dense_eval[name]["perplexity"], 4)
+            ppl = peer.perplexity(model, ids, window, bos_id=bos_id)
+            ratios[name] = round(ppl / dense_eval[name]["perplexity"], 4)
         results[peer.name] = {"embedding_bytes": sum(peer.stored_bytes(*s) for s in shapes), "ratio": ratios}
     return results
 
@@ -369,6 +379,8 @@ def summary_table(result: dict) -> str:
             for n, p in peers.items()
         ),
     ]
+    if result.get("fed_as"):
+        lines.append(f"perplexity of {result['fed_as']}")
     header = f"{'text':<16}{'served':<12}{'dense':>10}{'factorized':>12}{'ratio':>11}"
     lines.append(header + "".join(f"{name.split(' (')[0]:>12}" for name in peers))
     for name, e in result["evaluation"].items():

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from .model_text import model_windows
+
 
 @torch.no_grad()
 def perplexity(
@@ -16,11 +18,14 @@ def perplexity(
     progress: bool = False,
     keep: torch.Tensor | None = None,
     unk_id: int | None = None,
+    bos_id: int | None = None,
 ) -> float:
     """exp(mean next-token loss) over consecutive, non-overlapping ``window``-token windows of ``token_ids``.
 
     Every window is scored on its own (no context carried over), so the figure depends only on the text, the
-    window and the model; a trailing partial window is dropped.
+    window and the model; a trailing partial window is dropped. ``bos_id``: put it first in every window, as the
+    tokenizer puts it before every text (:func:`hf_factor_embed.model_text.bos_prefix`); each window then scores
+    ``window - 1`` tokens of text, the first one predicted from ``<bos>`` alone.
 
     ``keep`` (a boolean per token id) and ``unk_id`` score a vocabulary-trimmed model as vocabtrimmer leaves it:
     ids outside ``keep`` are read as ``unk_id``, cannot be predicted (their logits are dropped), and as targets
@@ -33,10 +38,11 @@ def perplexity(
         keep = keep.clone()
         keep[unk_id] = True
         ids = torch.where(keep[ids], ids, torch.full_like(ids, unk_id))
-    n = ids.numel() // window
-    if n == 0:
-        raise ValueError(f"need at least {window} tokens, got {ids.numel()}")
-    windows = ids[: n * window].view(n, window)
+    needed = window - (bos_id is not None)
+    if ids.numel() < needed:
+        raise ValueError(f"need at least {needed} tokens, got {ids.numel()}")
+    windows = model_windows(ids, window, bos_id)
+    n = windows.shape[0]
     device = next(model.parameters()).device
     total, count = 0.0, 0
     was_training = model.training

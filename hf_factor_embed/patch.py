@@ -21,6 +21,7 @@ from .factorize.lowrank import estimate_bytes, relative_error
 from .integration import attach, detach, give_own_config
 from .layers import FactorizedLayer
 from .lazy import pretrained_model_class as _pretrained_model_class
+from .model_text import bos_prefix, check_tokenizer, special_token_ids
 from .quantize import check_bits, default_group
 from .report import ModuleReport, PatchReport
 from .storage import round_factors
@@ -46,6 +47,8 @@ class _Plan:
     originals: dict[str, nn.Module]
     method: str | FactorizationMethod | None  # None until the calibration data is known
     sources: dict[str, int] = field(default_factory=dict)  # calibration source -> tokens gathered from it
+    exact_ids: torch.Tensor | None = None  # the special tokens: exact rows in every band
+    bos_id: int | None = None  # first in every window the model reads, as the tokenizer feeds text
 
 
 def patch_model(
@@ -89,7 +92,10 @@ def patch_model(
             more of one kind, because the hidden-state statistics the head is fitted to are specific to the
             kind of text (benchmarks/RESULTS.md measures both). With a few thousand tokens the model's own
             predictions still rank the band well; text unlike the served text costs far more than little text.
-        tokenizer: the model's tokenizer, for calibration text.
+        tokenizer: the model's tokenizer, for calibration text. It is checked against the embedding (a tokenizer of
+            another vocabulary is refused), its special tokens always keep exact band rows, and every calibration
+            window starts with the ``<bos>`` it puts before text (:mod:`hf_factor_embed.model_text`). Without it,
+            token ids are read as given and the special tokens are those the model's configs name.
         target: instead of ``rank`` or ``budget``, the largest acceptable ratio of perplexity to the dense
             model's (e.g. 1.10) on the last ``holdout_tokens`` tokens of the calibration text (of each named
             source), which are then held out from the statistics. The smallest rank (a multiple of 8) that
@@ -123,6 +129,9 @@ def patch_model(
             raise FactorEmbedError("band_bits needs bits (the codes' precision); give both, or neither")
         check_bits(band_bits, None)
     plan = _plan(model, rank, budget, target, roles, method)
+    if tokenizer is not None:
+        check_tokenizer(model, tokenizer)
+    plan.exact_ids = special_token_ids(model, tokenizer)
     stats, holdout = _calibrate(model, plan, calibration, tokenizer, target, holdout_tokens, model_tokens)
     factorizer = _pick_method(plan, stats)
     search_note = None
@@ -203,7 +212,12 @@ def _calibrate(model, plan: _Plan, calibration, tokenizer, target, holdout_token
     if OUTPUT not in plan.roles:
         uses.discard("hidden_cov")  # the metric of the head's inputs serves the head only
     wanted = uses | {"token_counts"}
-    parts = {n: collect_stats(model, ids, statistics=wanted, model_tokens=model_tokens) for n, ids in token_ids.items()}
+    bos_id = bos_prefix(tokenizer)
+    parts = {
+        n: collect_stats(model, ids, statistics=wanted, model_tokens=model_tokens, bos_id=bos_id)
+        for n, ids in token_ids.items()
+    }
+    plan.bos_id = bos_id
     plan.sources = {name: part.num_tokens for name, part in parts.items()}
     stats = CalibrationStats.combine(*parts.values(), equal=True) if len(parts) > 1 else next(iter(parts.values()))
     return stats, holdouts
@@ -235,7 +249,8 @@ def _factorize_all(plan: _Plan, factorizer, stats, rank_of: dict[str, int]) -> d
         if plan.tied and role == OUTPUT:
             continue
         task_roles = (INPUT, OUTPUT) if plan.tied and role == INPUT else (role,)
-        task = FactorizationTask(plan.originals[role].weight.detach(), rank_of[role], task_roles, stats)
+        weight = plan.originals[role].weight.detach()
+        task = FactorizationTask(weight, rank_of[role], task_roles, stats, exact_ids=plan.exact_ids)
         out[role] = factorizer.factorize(task)
     return out
 
@@ -244,7 +259,7 @@ def _search_rank(model, plan: _Plan, factorizer, stats, holdout, target) -> str:
     """Set ``plan.ranks`` to the smallest rank meeting ``target``; return the report's note on it."""
     from .rank_search import smallest_rank_within
 
-    max_rank = min(min(dense_shape(plan.originals[r])) for r in plan.roles)
+    max_rank = min(largest_saving_rank(*dense_shape(plan.originals[r])) for r in plan.roles)
     swapped = {r: m for r, m in plan.originals.items() if not (plan.tied and r == OUTPUT)}
     found, ratios = smallest_rank_within(
         model,
@@ -253,12 +268,13 @@ def _search_rank(model, plan: _Plan, factorizer, stats, holdout, target) -> str:
         holdout,
         target,
         max_rank,
+        bos_id=plan.bos_id,
     )
     plan.ranks = dict.fromkeys(plan.roles, found)
     worst = max(ratios, key=ratios.get)
     each = ", ".join(f"{name} {ratio:.3f}x" for name, ratio in ratios.items())
     return f"rank {found} chosen for target {target}: held-out perplexity ratio to dense {each}; worst {worst}" + (
-        "" if ratios[worst] <= target else " (target not reached even at full rank)"
+        "" if ratios[worst] <= target else " (target not reached even at the largest rank that saves parameters)"
     )
 
 
@@ -434,16 +450,31 @@ def _resolve_ranks(
             r = rank.get(role) if isinstance(rank, Mapping) else rank
             if r is None:
                 raise FactorEmbedError(f"rank mapping {dict(rank)} has no entry for role {role!r}")
-        if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= min(v, d):
-            raise FactorEmbedError(
-                f"rank={r!r} for the {role} embedding ({v} x {d}) must be an integer in 1..{min(v, d)}; "
-                f"a rank of r keeps r*(V+d)/(V*d) of its parameters (budget={{share}} picks r for you)."
-            )
+        check_rank(r, v, d, role)
         ranks[role] = r
     tied_ranks = {ranks.get(INPUT), ranks.get(OUTPUT)} - {None}
     if INPUT in ranks and OUTPUT in ranks and _head_is_tied(model, adapter) and len(tied_ranks) > 1:
         raise FactorEmbedError(f"a tied embedding and head share one pair of factors: give them one rank, not {ranks}")
     return ranks
+
+
+def largest_saving_rank(v: int, d: int) -> int:
+    """The largest rank r whose factors (r*(V+d) values) are fewer than the dense V x d matrix's."""
+    return max(1, (v * d - 1) // (v + d))
+
+
+def check_rank(rank, v: int, d: int, role: str = "input") -> None:
+    """Refuse a rank that is not an integer, or whose factors would be no smaller than the dense matrix: such a
+    "compressed" checkpoint is larger than the original (the banded method spends the size on exact rows)."""
+    top = largest_saving_rank(v, d)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= top:
+        keeps = f"; rank {rank} would keep {rank * (v + d) / (v * d):.1%} of its parameters" if (
+            isinstance(rank, int) and not isinstance(rank, bool) and rank > top
+        ) else ""
+        raise FactorEmbedError(
+            f"rank={rank!r} for the {role} embedding ({v} x {d}) must be an integer in 1..{top}, the ranks whose "
+            f"factors are smaller than the dense matrix{keeps} (budget=SHARE picks a rank for you)."
+        )
 
 
 def _check_memory(plan: _Plan) -> None:

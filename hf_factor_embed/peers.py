@@ -38,9 +38,9 @@ class QuantizedPeer:
         groups = rows * (1 if self.group is None else -(-cols // self.group))
         return rows * cols * self.bits // 8 + groups * 2 * (1 if self.symmetric else 2)
 
-    def perplexity(self, model, token_ids: torch.Tensor, window: int) -> float:
+    def perplexity(self, model, token_ids: torch.Tensor, window: int, bos_id: int | None = None) -> float:
         with _swapped(model, lambda w: fake_quantize(w, self.bits, self.group, self.symmetric)):
-            return perplexity(model, token_ids, window=window)
+            return perplexity(model, token_ids, window=window, bos_id=bos_id)
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,12 @@ class TrimmedPeer:
     def stored_bytes(self, rows: int, cols: int) -> int:
         return self.kept.numel() * cols * 4  # float32 rows, as the factorized model's own band
 
-    def perplexity(self, model, token_ids: torch.Tensor, window: int) -> float:
+    def perplexity(self, model, token_ids: torch.Tensor, window: int, bos_id: int | None = None) -> float:
         keep = torch.zeros(model.get_input_embeddings().weight.shape[0], dtype=torch.bool)
         keep[self.kept] = True
-        return perplexity(model, token_ids, window=window, keep=keep, unk_id=self.unk_id)
+        if bos_id is not None:
+            keep[bos_id] = True  # a trimmed vocabulary keeps its special tokens too
+        return perplexity(model, token_ids, window=window, keep=keep, unk_id=self.unk_id, bos_id=bos_id)
 
 
 def quantization_peers() -> list[QuantizedPeer]:

@@ -27,6 +27,7 @@ def smallest_rank_within(
     target_ratio: float,
     max_rank: int,
     step: int = 8,
+    bos_id: int | None = None,
 ) -> tuple[int, dict[str, float]]:
     """(rank, its perplexity ratio to dense on each held-out text) for the smallest multiple of ``step`` (or
     ``max_rank``) whose ratio is at most ``target_ratio`` on *every* held-out text: the worst source decides.
@@ -36,7 +37,7 @@ def smallest_rank_within(
     """
 
     def perplexities() -> dict[str, float]:
-        return {name: perplexity(model, ids, window=min(512, ids.numel())) for name, ids in holdouts.items()}
+        return {name: perplexity(model, ids, window=min(512, ids.numel()), bos_id=bos_id) for name, ids in holdouts.items()}
 
     dense = perplexities()
     originals = {role: m.weight.data for role, m in modules.items()}

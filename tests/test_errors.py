@@ -28,11 +28,11 @@ def test_reloaded_model_cannot_be_patched_again(tmp_path):
         hfe.patch_model(AutoModelForCausalLM.from_pretrained(tmp_path), rank=4)
 
 
-@pytest.mark.parametrize("rank", [0, -3, 65, 10_000, 2.5, True, "8"])
+@pytest.mark.parametrize("rank", [0, -3, 54, 64, 65, 10_000, 2.5, True, "8"])
 def test_bad_rank_is_refused_and_model_untouched(rank):
     model = tiny_llama()
     emb = model.get_input_embeddings()
-    with pytest.raises(FactorEmbedError, match=r"1\.\.64"):
+    with pytest.raises(FactorEmbedError, match=r"1\.\.53"):
         hfe.patch_model(model, rank=rank)
     assert model.get_input_embeddings() is emb
 
@@ -102,8 +102,17 @@ def test_not_a_transformers_model_is_refused():
         hfe.patch_model(torch.nn.Embedding(10, 4), rank=2)
 
 
-def test_full_rank_checkpoint_is_refused_on_save(tmp_path):
-    model = hfe.patch_model(tiny_llama(), rank=64)
+def test_a_rank_that_saves_nothing_is_refused_before_any_work():
+    """Rank 54 of a 320 x 64 matrix stores 54 * 384 = 20,736 values, more than its 20,480: no compression, and the
+    banded method would spend it all on exact rows, a "compressed" model larger than the dense one."""
+    with pytest.raises(FactorEmbedError, match=r"101\.2%"):
+        hfe.patch_model(tiny_llama(), rank=54, calibration=torch.arange(320).repeat(4))
+
+
+def test_full_rank_layer_is_refused_on_save(tmp_path):
+    model = hfe.patch_model(tiny_llama(), rank=8)
+    layer = model.get_input_embeddings()
+    layer.rank = layer.embedding_dim  # a layer built by hand at full rank
     with pytest.raises(FactorEmbedError, match="densify"):
         model.save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out").exists()

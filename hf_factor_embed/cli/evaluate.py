@@ -36,6 +36,7 @@ def evaluate(
     from ..compress import compare_to_dense, evaluate_text, read_texts
     from ..errors import FactorEmbedError
     from ..loading import is_causal_lm, load_model
+    from ..model_text import describe_feed
 
     if (text is None) == (dataset is None):
         raise FactorEmbedError("give --text FILE... or --dataset NAME (one of them)")
@@ -47,7 +48,8 @@ def evaluate(
     other = load_model(other_name, gguf_file=gguf_file)[0] if other_name else None
     measured = evaluate_text(subject, tokenizer, body, max_tokens)
     if "perplexity" in measured:
-        typer.echo(f"perplexity over {measured['tokens']} tokens ({measured['window']}-token windows)")
+        fed = describe_feed(measured["bos_id"], tokenizer)
+        typer.echo(f"perplexity over {measured['tokens']} tokens ({measured['window']}-token windows; {fed})")
         typer.echo(f"  {model}: {measured['perplexity']:.3f}")
         if other is not None:
             typer.echo(f"  {other_name}: {evaluate_text(other, tokenizer, body, max_tokens)['perplexity']:.3f}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import FactorEmbedError
 from .activation import ActivationMethod, TiedJointMethod
 from .banded import BandedMethod
 from .base import FactorizationMethod, FactorizationTask, Factors
@@ -23,7 +24,7 @@ def get_method(name: str | FactorizationMethod) -> FactorizationMethod:
     try:
         return _METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown factorization method {name!r}; known: {sorted(_METHODS)}") from None
+        raise FactorEmbedError(f"unknown factorization method {name!r}; known: {', '.join(sorted(_METHODS))}") from None
 
 
 def available_methods() -> list[str]:

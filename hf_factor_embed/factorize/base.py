@@ -20,12 +20,15 @@ class FactorizationTask:
         roles: the roles the factors will serve: ``("input",)``, ``("output",)`` or ``("input", "output")``
             for a tied pair.
         stats: calibration statistics (token counts, hidden-state covariances), when the caller has them.
+        exact_ids: token ids that every method with a band keeps as exact rows whatever the statistics say: the
+            special tokens (:func:`hf_factor_embed.model_text.special_token_ids`), which frame every prompt.
     """
 
     weight: torch.Tensor
     rank: int
     roles: tuple[str, ...]
     stats: CalibrationStats | None = None
+    exact_ids: torch.Tensor | None = None
 
 
 @dataclass

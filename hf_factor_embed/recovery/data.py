@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import FactorEmbedError
+from ..model_text import bos_prefix
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -43,18 +44,23 @@ def load_text(
 
 def pack_blocks(texts: Dataset, tokenizer, block_size: int = 512) -> Dataset:
     """Tokenize every text, join them into one stream (EOS between texts where the tokenizer has one) and cut it
-    into ``block_size``-token blocks (a trailing partial block is dropped): a Dataset with ``input_ids``."""
+    into ``block_size``-token blocks (a trailing partial block is dropped): a Dataset with ``input_ids``. Each block
+    starts with the ``<bos>`` the tokenizer puts before text, where it puts one (Gemma, LLaMA), so training sees
+    text as the model serves it (:mod:`hf_factor_embed.model_text`)."""
     if block_size < 2:
         raise FactorEmbedError(f"block_size={block_size} is too small; use at least 2 tokens (e.g. 512)")
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    bos_id = bos_prefix(tokenizer)
+    prefix = [] if bos_id is None else [bos_id]
+    body = block_size - len(prefix)
 
     def tokenize_and_pack(batch: dict) -> dict:
         stream: list[int] = []
         for text in batch["text"]:
             if text:
                 stream += tokenizer(text, add_special_tokens=False)["input_ids"] + eos
-        n = len(stream) // block_size
-        return {"input_ids": [stream[i * block_size : (i + 1) * block_size] for i in range(n)]}
+        n = len(stream) // body
+        return {"input_ids": [prefix + stream[i * body : (i + 1) * body] for i in range(n)]}
 
     # One batch for the whole dataset would hold everything in memory; 1000 texts at a time lose at most one
     # partial block per thousand texts.
