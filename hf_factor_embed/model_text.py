@@ -95,5 +95,6 @@ def check_tokenizer(model, tokenizer) -> None:
     fix = "pass the tokenizer saved with this model (AutoTokenizer.from_pretrained on the same folder or name)"
     if size is not None and not _SMALLEST_VOCAB_SHARE * rows <= size <= rows:
         raise FactorEmbedError(
-            f"the tokenizer has {size:,} tokens but the model's embedding {rows:,} rows: another model's tokenizer? {fix}"
+            f"the tokenizer has {size:,} tokens but the model's embedding {rows:,} rows: another model's "
+            f"tokenizer? {fix}"
         )

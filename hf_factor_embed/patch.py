@@ -468,9 +468,11 @@ def check_rank(rank, v: int, d: int, role: str = "input") -> None:
     "compressed" checkpoint is larger than the original (the banded method spends the size on exact rows)."""
     top = largest_saving_rank(v, d)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= top:
-        keeps = f"; rank {rank} would keep {rank * (v + d) / (v * d):.1%} of its parameters" if (
-            isinstance(rank, int) and not isinstance(rank, bool) and rank > top
-        ) else ""
+        keeps = (
+            f"; rank {rank} would keep {rank * (v + d) / (v * d):.1%} of its parameters"
+            if (isinstance(rank, int) and not isinstance(rank, bool) and rank > top)
+            else ""
+        )
         raise FactorEmbedError(
             f"rank={rank!r} for the {role} embedding ({v} x {d}) must be an integer in 1..{top}, the ranks whose "
             f"factors are smaller than the dense matrix{keeps} (budget=SHARE picks a rank for you)."

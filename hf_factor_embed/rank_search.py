@@ -37,7 +37,9 @@ def smallest_rank_within(
     """
 
     def perplexities() -> dict[str, float]:
-        return {name: perplexity(model, ids, window=min(512, ids.numel()), bos_id=bos_id) for name, ids in holdouts.items()}
+        return {
+            name: perplexity(model, ids, window=min(512, ids.numel()), bos_id=bos_id) for name, ids in holdouts.items()
+        }
 
     dense = perplexities()
     originals = {role: m.weight.data for role, m in modules.items()}
