@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .arguments import check_model_name, check_writable_folder, positive_int, read_text_file
 from .errors import AlreadyPatchedError, FactorEmbedError
 from .folders import check_output_dir, folder_bytes
 from .loading import is_causal_lm, load_model
@@ -32,10 +33,7 @@ COMPRESSION_FILE = "compression.json"
 def read_texts(files: Sequence[str | Path] | None = None, dataset: str | None = None) -> str | None:
     """The text of plain-text files, or of a ``datasets`` name's ``text`` column; None when neither is given."""
     if files:
-        missing = [str(f) for f in files if not Path(f).is_file()]
-        if missing:
-            raise FactorEmbedError(f"text file not found: {missing[0]}; pass existing plain-text files")
-        return "\n\n".join(Path(f).read_text(encoding="utf-8", errors="replace") for f in files)
+        return "\n\n".join(read_text_file(f) for f in files)
     if dataset:
         from .recovery.data import load_text
 
@@ -90,29 +88,24 @@ def compress(
     all of :func:`hf_factor_embed.peers.quantization_peers`, or a list of their names.
     ``band_share``: with the banded method, the share of the size spent on exact rows (default 0.3).
     """
-    if sum(x is not None for x in (rank, budget, target)) != 1:
-        raise FactorEmbedError("give exactly one of --rank, --budget or --target")
+    options = dict(rank=rank, budget=budget, target=target, bits=bits, group_size=group_size, band_bits=band_bits)
+    options.update(held_back=held_back, calibration_tokens=calibration_tokens, eval_tokens=eval_tokens, dtype=dtype)
+    method = _check_arguments(model_name, out, method, band_share, overwrite, **options)
     if serve is not None and calibration is not None:
         raise FactorEmbedError("give the served sources (serve=...) or calibration text, not both")
-    if band_share is not None:  # checked before minutes of loading and measuring, not after
-        from .factorize.banded import BandedMethod
-
-        if method not in (None, "banded"):
-            raise FactorEmbedError(f"band_share is a setting of the banded method, not of {method!r}")
-        method = BandedMethod(band_share=band_share)
-    out = check_output_dir(out, overwrite=overwrite)
-    model, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype)
-    if factorized_layers(model):
-        raise AlreadyPatchedError(f"{model_name} is already factorized; give the dense model")
     served: dict[str, str] = {}  # served source -> where its text comes from
-    if serve is not None:
-        calibration, served_evals, served, origins = _served_texts(serve, measure, held_back, tokenizer)
+    origins: dict[str, str] = {}
+    if serve is not None:  # read before the model loads: a missing file or language fails in a second
+        calibration, served_evals, served, origins = _served_texts(serve, measure, held_back)
         clash = sorted(set(served_evals) & set(eval_texts or {}))
         if clash:
             raise FactorEmbedError(f"an evaluation text and a source share the name {clash[0]!r}; rename the file")
         eval_texts = {**served_evals, **(eval_texts or {})}
-    else:
-        origins = {}
+    _check_rank_fits(model_name, rank, gguf_file)
+    out = check_output_dir(out, overwrite=overwrite)
+    model, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype)
+    if factorized_layers(model):
+        raise AlreadyPatchedError(f"{model_name} is already factorized; give the dense model")
     if isinstance(calibration, Mapping):  # named sources: counted whole, the model reads calibration_tokens of each
         calibration = {n: _token_ids(t, tokenizer, "calibration") for n, t in calibration.items()}
     elif calibration is not None:
@@ -187,6 +180,81 @@ def compress(
 
     write_card(out, result)
     return result
+
+
+def _check_arguments(
+    model_name,
+    out,
+    method,
+    band_share,
+    overwrite,
+    *,
+    rank,
+    budget,
+    target,
+    bits,
+    group_size,
+    band_bits,
+    held_back,
+    calibration_tokens,
+    eval_tokens,
+    dtype,
+):
+    """Every check that needs no model, before anything loads; returns the method to use (a configured
+    ``BandedMethod`` for ``band_share``)."""
+    from .factorize import get_method
+    from .loading import DTYPES
+    from .quantize import check_bits
+
+    if sum(x is not None for x in (rank, budget, target)) != 1:
+        raise FactorEmbedError("give exactly one of --rank, --budget or --target")
+    positive_int("--rank", rank, optional=True)
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < 1):
+        raise FactorEmbedError(f"--budget {budget!r} must be a share strictly between 0 and 1 (e.g. 0.3)")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or target < 1):
+        raise FactorEmbedError(f"--target {target!r} is a perplexity ratio to the dense model: a number >= 1")
+    check_bits(bits, group_size)
+    if band_bits is not None:
+        if bits is None:
+            raise FactorEmbedError("--band-bits needs --bits (the codes' precision); give both, or neither")
+        check_bits(band_bits, None)
+    positive_int("--calibration-tokens", calibration_tokens)
+    positive_int("--eval-tokens", eval_tokens)
+    if isinstance(held_back, bool) or not isinstance(held_back, (int, float)) or not 0 < held_back < 1:
+        raise FactorEmbedError(f"--held-back {held_back!r} must be a share strictly between 0 and 1 (e.g. 0.2)")
+    if dtype not in DTYPES:
+        raise FactorEmbedError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if method is not None:
+        get_method(method)  # an unknown name is one line, before the model loads
+    if band_share is not None:
+        from .factorize.banded import BandedMethod
+
+        if method not in (None, "banded"):
+            raise FactorEmbedError(f"band_share is a setting of the banded method, not of {method!r}")
+        method = BandedMethod(band_share=band_share)
+    check_model_name(model_name)
+    check_output_dir(out, overwrite=overwrite)
+    check_writable_folder(out)
+    return method
+
+
+def _check_rank_fits(model_name, rank: int | None, gguf_file: str | None) -> None:
+    """A rank whose factors would be no smaller than the embedding is refused from the config alone (a second),
+    not after the model loads; a GGUF's config is as slow to read as its weights, so it waits for them."""
+    if rank is None or gguf_file is not None:
+        return
+    from transformers import AutoConfig
+
+    from .bundled import resolve
+    from .patch import check_rank
+
+    name = resolve(model_name)
+    if Path(name).exists() and not Path(name, "config.json").is_file():
+        return  # not a model folder: loading says so
+    config = AutoConfig.from_pretrained(name).get_text_config()
+    v, d = getattr(config, "vocab_size", None), getattr(config, "hidden_size", None)
+    if isinstance(v, int) and isinstance(d, int):
+        check_rank(rank, v, d)
 
 
 def _token_ids(text: str | torch.Tensor, tokenizer, what: str) -> torch.Tensor:
@@ -274,7 +342,7 @@ def _plots(out: Path, spectrum: dict, report) -> list[str]:
 FAR_OUTSIDE = 2.0
 
 
-def _served_texts(serve, measure, held_back: float, tokenizer):
+def _served_texts(serve, measure, held_back: float):
     """(calibration part per served source, texts to measure, served source -> origin, every text's origin)."""
     if not serve:
         raise FactorEmbedError("serve=[] names nothing to serve; name at least one source (a file, pydoc, lang:de)")

@@ -8,6 +8,10 @@ from pathlib import Path
 from .config import QUANT_METHOD
 from .errors import FactorEmbedError
 
+#: Files beside a factorized checkpoint that describe its factorization: the card, the report and its plots, and a
+#: recovery's summary. A dense model written over that folder must not keep them.
+FACTORIZED_ONLY = ("README.md", "compression.json", "spectrum.png", "recovery.json")
+
 
 def check_output_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Refuse to write into a folder that already holds something, unless told to (``overwrite``) or continuing
@@ -25,6 +29,8 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False, resume: bool =
 def is_factorized_checkpoint(folder: str | Path) -> bool:
     """Read from config.json alone, before any weight loads (a wrong folder fails fast and quietly)."""
     config = Path(folder, "config.json")
+    if not Path(folder).exists():
+        raise FactorEmbedError(f"the folder {folder} does not exist; give a checkpoint folder")
     if not config.is_file():
         raise FactorEmbedError(f"{folder} is not a saved model folder (no config.json); give a checkpoint folder")
     quantization = json.loads(config.read_text()).get("quantization_config") or {}

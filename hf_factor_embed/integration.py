@@ -53,7 +53,8 @@ class FactorEmbedHfQuantizer(HfQuantizer):
         _modeling_logger().removeFilter(getattr(self, "_tie_warning_filter", None))
         if self.quantization_config.bits:
             restore_from_placeholders(model, self.quantization_config)
-        for layer in factorized_layers(model).values():
+        for name, layer in factorized_layers(model).items():
+            check_band_index(name, layer)
             layer.use_head_layout()  # loading replaced the factors' storage with row-major copies
         install_methods(model)
         return model
@@ -171,6 +172,30 @@ def _check_checkpoint(model, layers, checkpoint_files, skip: tuple[str, ...] = (
                     f"{found[0]} has shape {shapes[found[0]]} in the checkpoint but config.json's "
                     f"quantization_config says {tuple(param.shape)}: the config and the weights disagree"
                 )
+
+
+def check_band_index(name: str, layer) -> None:
+    """The band's token ids, as loaded, are valid: each inside the vocabulary, each once, in order (as saved). An
+    edited id out of range would fail only at the first forward, with a bare IndexError; a repeated one would
+    silently change logits."""
+    index = getattr(layer, "dense_index", None)
+    if index is None:
+        return
+    vocab = layer.weight.shape[0]
+    where = f"{name}.dense_index (the band's token ids)"
+    outside = index[(index < 0) | (index >= vocab)]
+    if outside.numel():
+        raise CheckpointError(
+            f"{where} holds {int(outside[0])}, outside the vocabulary 0..{vocab - 1}: an edited or damaged "
+            "checkpoint; save the model again"
+        )
+    steps = index[1:] - index[:-1]
+    if bool((steps <= 0).any()):
+        at = int((steps <= 0).nonzero()[0]) + 1
+        problem = "twice" if int(steps[at - 1]) == 0 else "out of order"
+        raise CheckpointError(
+            f"{where} holds id {int(index[at])} {problem}: an edited or damaged checkpoint; save the model again"
+        )
 
 
 def _as_loaded(model, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .arguments import check_model_name
 from .errors import FactorEmbedError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -25,6 +26,7 @@ def load_model(name: str | Path, *, gguf_file: str | None = None, dtype: str = "
 
     if dtype not in DTYPES:
         raise FactorEmbedError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    check_model_name(name)
     name = resolve(name)
     if Path(name).exists() and not Path(name, "config.json").is_file() and gguf_file is None:
         raise FactorEmbedError(f"{name} is not a saved model folder (no config.json); give a model folder")

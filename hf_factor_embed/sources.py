@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .arguments import read_text_file
 from .errors import FactorEmbedError
 
 LANGUAGE_PREFIX = "lang:"
@@ -83,7 +84,7 @@ def load_source(spec: str | Path) -> TextSource:
         return TextSource(spec, catalog_text(code), f"gettext messages in {code} (/usr/share/locale/{code})")
     path = Path(spec)
     if path.is_file():
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = read_text_file(path)
         if not text.strip():
             raise FactorEmbedError(f"{path} is empty; give a file with text in it")
         return TextSource(path.stem, text, str(path))

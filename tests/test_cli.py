@@ -234,7 +234,7 @@ def test_user_mistakes_are_one_line_exit_2_and_overwrite_nothing(compressed, den
     (tmp_path / "taken" / "mine.txt").write_text("keep")
     cases = {
         "exactly one of": ["compress", dense, "--out", tmp_path / "o"],
-        "rank=0": ["compress", dense, "--rank", "0", "--out", tmp_path / "o"],
+        "--rank 0": ["compress", dense, "--rank", "0", "--out", tmp_path / "o"],
         "text file not found": [
             "compress",
             dense,

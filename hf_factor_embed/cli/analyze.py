@@ -32,6 +32,7 @@ def analyze(
     from tqdm.auto import tqdm
 
     from ..analysis import analyze_weight, embedding_weights
+    from ..arguments import check_model_name, check_writable_folder
     from ..compress import read_texts
     from ..errors import FactorEmbedError
     from ..folders import check_output_dir
@@ -46,12 +47,16 @@ def analyze(
 
     if not 0 < budget < 1:
         raise FactorEmbedError(f"--budget {budget} must be between 0 and 1 (a share of parameters, e.g. 0.3)")
+    if calibration and dataset:
+        raise FactorEmbedError("give --calibration files or --dataset, not both")
     out = check_output_dir(out, overwrite=overwrite)
+    check_writable_folder(out)
+    check_model_name(model)
+    text = read_texts(calibration, dataset)  # before the model loads: a missing or binary file fails at once
     dense, tokenizer = load_model(model, gguf_file=gguf_file)
     if factorized_layers(dense):
         raise FactorEmbedError(f"{model} is factorized; analyze the dense model it came from")
     counts = None
-    text = read_texts(calibration, dataset)
     if text is not None:
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
         counts = torch.bincount(ids, minlength=dense.get_input_embeddings().weight.shape[0]).double()

@@ -18,15 +18,21 @@ def densify(
 ) -> None:
     """Rebuild dense embedding matrices from the factors, for tools that do not load hf-factor-embed."""
     from .. import densify as densify_model
+    from ..arguments import check_writable_folder
     from ..errors import FactorEmbedError
-    from ..folders import check_output_dir, is_factorized_checkpoint
+    from ..folders import FACTORIZED_ONLY, check_output_dir, is_factorized_checkpoint
     from ..loading import load_model
 
     if not is_factorized_checkpoint(folder):
         raise FactorEmbedError(f"{folder} is not factorized; there is nothing to densify")
     out = check_output_dir(out, overwrite=overwrite)
+    check_writable_folder(out)
     model, tokenizer = load_model(folder)
     densify_model(model).save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    for stale in FACTORIZED_ONLY:  # written by compress or recover: they describe a model no longer there
+        path = out / stale
+        if path.is_file() and (stale != "README.md" or "hf-factor-embed" in path.read_text(errors="replace")):
+            path.unlink()
     typer.echo(f"wrote {out} (dense, {model.num_parameters():,} parameters)")

@@ -33,6 +33,7 @@ def evaluate(
     max_tokens: Annotated[int, typer.Option(help="Causal LMs: evaluate the first N tokens.")] = 8192,
 ) -> None:
     """Measure MODEL on your text; with --compare, beside a dense model."""
+    from ..arguments import check_model_name, positive_int
     from ..compress import compare_to_dense, evaluate_text, read_texts
     from ..errors import FactorEmbedError
     from ..loading import is_causal_lm, load_model
@@ -40,6 +41,10 @@ def evaluate(
 
     if (text is None) == (dataset is None):
         raise FactorEmbedError("give --text FILE... or --dataset NAME (one of them)")
+    positive_int("--max-tokens", max_tokens)
+    for name, option in ((model, "model"), (compare, "--compare model"), (reference, "--reference model")):
+        if name is not None:
+            check_model_name(name, option)
     body = read_texts(text, dataset)
     subject, tokenizer = load_model(model)
     other_name = compare or reference

@@ -23,10 +23,13 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str 
     from huggingface_hub import CommitOperationAdd, HfApi
 
     folder = Path(folder)
+    if not folder.exists():
+        raise FactorEmbedError(f"the folder {folder} does not exist; give the folder that compress wrote")
     if not folder.is_dir():
         raise FactorEmbedError(f"{folder} is not a folder; give the folder that compress wrote")
     if not is_factorized_checkpoint(folder):
         raise FactorEmbedError(f"{folder} is not a factorized checkpoint; compress it first (hf-factor-embed compress)")
+    verify_loads(folder)
     api = api or HfApi(token=token)
     operations = [
         CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
@@ -47,6 +50,18 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str 
             "is unchanged"
         ) from error
     return str(getattr(commit, "commit_url", commit))
+
+
+def verify_loads(folder: Path) -> None:
+    """Load ``folder`` as users will (``from_pretrained``, with every check of the factors, their shapes, the files'
+    lengths and the band's token ids) before anything is uploaded: a damaged checkpoint never reaches the Hub."""
+    from ..loading import load_model
+
+    try:
+        load_model(folder)
+    except Exception as error:  # noqa: BLE001  (whatever transformers raises, the user gets one line)
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise FactorEmbedError(f"{folder} does not load ({first_line}); nothing was uploaded: save it again") from error
 
 
 #: Sub-folders that stay local: training checkpoints (optimizer state) are not part of the model.

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..arguments import read_text_file
 from ..errors import FactorEmbedError
 from ..model_text import bos_prefix
 
@@ -26,15 +27,12 @@ def load_text(
 ) -> Dataset:
     """Text files (one example per file: documents stay whole) or a ``datasets`` name, as a Dataset with a
     ``text`` column."""
-    from datasets import load_dataset
+    from datasets import Dataset, load_dataset
 
     if (files is None) == (dataset is None):
         raise FactorEmbedError("give text files or a dataset name (exactly one of them)")
-    if files is not None:
-        missing = [str(f) for f in files if not Path(f).is_file()]
-        if missing:
-            raise FactorEmbedError(f"text file not found: {missing[0]}; pass existing plain-text files")
-        data = load_dataset("text", data_files=[str(f) for f in files], sample_by="document", split="train")
+    if files is not None:  # each file checked to be UTF-8 text, one example per file
+        data = Dataset.from_dict({"text": [read_text_file(f) for f in files]})
     else:
         data = load_dataset(dataset, split=split)
     if text_column not in data.column_names:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..arguments import check_model_name, check_writable_folder, one_of, positive_int, positive_number
 from ..bundled import resolve
 from ..errors import FactorEmbedError
 from ..folders import check_output_dir, is_factorized_checkpoint
@@ -22,6 +23,7 @@ from .data import load_text, pack_blocks, split_blocks
 from .distill import DistillConfig, distill
 from .generate import check_tokens
 from .generate import self_generate as generate
+from .trainable import TRAIN_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -113,13 +115,14 @@ def recover(
     result are the last tenth of the *given* text (of the generated text when none is given), so evaluation is
     never on text the student trained on.
     """
-    if mode not in MODES:
-        raise FactorEmbedError(f"mode={mode!r} is not one of {MODES}")
+    _check_arguments(mode, max_minutes, max_tokens, block_size, distill_config or {})
     if self_generate is None and text_files is None and dataset is None:
         raise FactorEmbedError("give text files, a dataset name or self_generate=N (or several of them)")
     if self_generate is not None:
         check_tokens(self_generate)
+    check_model_name(teacher, "teacher")
     out = check_output_dir(out, overwrite=overwrite)
+    check_writable_folder(out)
     check_pair(student_dir, teacher, gguf_file)
     # The text is checked before the models load: an empty or too short text fails in a second.
     tokenizer = load_tokenizer(teacher, gguf_file)
@@ -127,7 +130,7 @@ def recover(
     if text_files is not None or dataset is not None:
         given = pack_blocks(load_text(text_files, dataset), tokenizer, block_size)
         if max_tokens is not None:
-            given = given.select(range(min(len(given), max(2, max_tokens // block_size))))
+            given = given.select(range(min(len(given), max_tokens // block_size)))
     student, dense = load_models(student_dir, teacher, gguf_file)
     train, held_back, generation = _training_blocks(given, dense, tokenizer, self_generate, block_size)
     if mode == "cheap":
@@ -148,6 +151,22 @@ def recover(
     tokenizer.save_pretrained(out)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def _check_arguments(mode: str, max_minutes, max_tokens, block_size: int, distill_config: dict) -> None:
+    """The settings' own checks, before anything loads."""
+    one_of("--mode", mode, MODES)
+    positive_number("--max-minutes", max_minutes, optional=True)
+    positive_int("--max-tokens", max_tokens, optional=True)
+    if max_tokens is not None and max_tokens < 2 * block_size:
+        raise FactorEmbedError(
+            f"--max-tokens {max_tokens} leaves fewer than two {block_size}-token blocks (one trains, one measures); "
+            f"give at least {2 * block_size}"
+        )
+    if "train" in distill_config:
+        one_of("--train", distill_config["train"], TRAIN_MODES)
+    positive_int("--max-steps", distill_config.get("max_steps"), optional=True)
+    positive_number("--lr", distill_config.get("lr"), optional=True)
 
 
 def _training_blocks(given, teacher, tokenizer, self_generate: int | None, block_size: int):

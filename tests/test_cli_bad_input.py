@@ -1,0 +1,190 @@
+"""Every option of every subcommand, given a bad value (zero, negative, out of range, wrong type, a missing or
+unreadable path): one line on stderr naming the problem, exit status 2, no traceback, nothing written, and no model
+loaded where the mistake can be seen without one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import tiny_llama, tiny_tokenizer, tiny_words
+from transformers import PreTrainedModel
+
+import hf_factor_embed as hfe
+from hf_factor_embed.cli import main
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad-input")
+    tiny_llama().save_pretrained(root / "dense")
+    tiny_tokenizer().save_pretrained(root / "dense")
+    hfe.patch_model(tiny_llama(), rank=8).save_pretrained(root / "factorized")
+    (root / "text.txt").write_text(tiny_words(600))
+    (root / "binary.txt").write_bytes(bytes(range(256)) * 8)
+    (root / "latin1.txt").write_bytes("Grüße aus Köln, déjà vu.\n".encode("latin-1") * 20)
+    (root / "taken").mkdir()
+    (root / "taken" / "mine.txt").write_text("keep")
+    (root / "a-file").write_text("not a folder")
+    (root / "no-config").mkdir()
+    return root
+
+
+def _compress(*extra: str) -> list[str]:
+    return ["compress", "{dense}", "--rank", "8", "--calibration", "{text}", "--out", "{out}", *extra]
+
+
+def _without(argv: list[str], option: str, count: int = 2) -> list[str]:
+    i = argv.index(option)
+    return argv[:i] + argv[i + count :]
+
+
+# (subcommand's argv with {placeholders}, a fragment of the one-line message)
+CASES = {
+    # compress: sizes
+    "compress rank 0": (_compress("--rank", "0"), "--rank 0 must be a whole number above 0"),
+    "compress rank negative": (_compress("--rank", "-5"), "--rank -5 must be a whole number above 0"),
+    "compress rank no smaller": (_compress("--rank", "54"), "1..53"),
+    "compress rank huge": (_compress("--rank", "10000"), "1..53"),
+    "compress rank not a number": (_compress("--rank", "x"), "Invalid value for '--rank'"),
+    "compress rank fraction": (_compress("--rank", "2.5"), "Invalid value for '--rank'"),
+    "compress budget 0": (_without(_compress("--budget", "0"), "--rank"), "--budget 0.0 must be a share"),
+    "compress budget above 1": (_without(_compress("--budget", "1.5"), "--rank"), "--budget 1.5 must be a share"),
+    "compress budget negative": (_without(_compress("--budget", "-0.1"), "--rank"), "must be a share"),
+    "compress target below 1": (_without(_compress("--target", "0.5"), "--rank"), "--target 0.5"),
+    "compress two sizes": (_compress("--budget", "0.3"), "exactly one of"),
+    "compress no size": (_without(_compress(), "--rank"), "exactly one of"),
+    # compress: storage
+    "compress bits 3": (_compress("--bits", "3"), "bits=3 is not supported"),
+    "compress bits 0": (_compress("--bits", "0"), "bits=0 is not supported"),
+    "compress group without bits": (_compress("--group-size", "32"), "group_size=32 needs bits"),
+    "compress group 0": (_compress("--bits", "4", "--group-size", "0"), "group_size=0"),
+    "compress group negative": (_compress("--bits", "4", "--group-size", "-32"), "group_size=-32"),
+    "compress band bits alone": (_compress("--band-bits", "8"), "--band-bits needs --bits"),
+    "compress band bits 5": (_compress("--bits", "4", "--band-bits", "5"), "bits=5 is not supported"),
+    "compress band share above 1": (_compress("--band-share", "1.5"), "band_share=1.5"),
+    "compress band share negative": (_compress("--band-share", "-0.5"), "band_share=-0.5"),
+    "compress band share other method": (_compress("--method", "svd", "--band-share", "0.5"), "not of 'svd'"),
+    "compress method": (_compress("--method", "foo"), "unknown factorization method 'foo'"),
+    "compress dtype": (_compress("--dtype", "float8"), "--dtype 'float8'"),
+    # compress: text
+    "compress calibration tokens 0": (_compress("--calibration-tokens", "0"), "--calibration-tokens 0"),
+    "compress calibration tokens negative": (_compress("--calibration-tokens", "-1"), "--calibration-tokens -1"),
+    "compress eval tokens 0": (_compress("--eval-tokens", "0"), "--eval-tokens 0"),
+    "compress eval tokens negative": (_compress("--eval-tokens", "-5"), "--eval-tokens -5"),
+    "compress held back 0": (_compress("--held-back", "0"), "--held-back 0.0"),
+    "compress held back 1": (_compress("--held-back", "1"), "--held-back 1.0"),
+    "compress missing calibration": (_compress("--calibration", "{root}/none.txt"), "text file not found"),
+    "compress binary calibration": (_compress("--calibration", "{root}/binary.txt"), "is a binary file"),
+    "compress latin-1 calibration": (_compress("--calibration", "{root}/latin1.txt"), "is not UTF-8 text"),
+    "compress unknown language": (_compress("--calibration", "lang:xx_NOPE"), "no gettext catalogs"),
+    "compress missing eval text": (_compress("--eval-text", "{root}/none.txt"), "text file not found"),
+    "compress measure without serving": (
+        _without(_compress("--measure", "pydoc"), "--calibration"),
+        "--measure goes with --calibration",
+    ),
+    "compress calibration and dataset": (_compress("--dataset", "wikitext"), "not both"),
+    # compress: where from, where to
+    "compress missing model": (["compress", "{root}/missing-dir", "--rank", "8", "--out", "{out}"], "does not exist"),
+    "compress unknown bundled": (["compress", "bundled:nope", "--rank", "8", "--out", "{out}"], "bundled:gemma3"),
+    "compress offline hub name": (["compress", "nobody/no-such-model", "--rank", "8", "--out", "{out}"], "offline"),
+    "compress folder without config": (["compress", "{root}/no-config", "--rank", "8", "--out", "{out}"], "config"),
+    "compress out unwritable": (_without(_compress(), "--out") + ["--out", "/proc/foo"], "cannot be written"),
+    "compress out a file": (_without(_compress(), "--out") + ["--out", "{root}/a-file"], "is a file"),
+    "compress out taken": (_without(_compress(), "--out") + ["--out", "{root}/taken"], "--overwrite"),
+    "compress factorized model": (
+        ["compress", "{root}/factorized", "--rank", "8", "--out", "{out}"],
+        "already factorized",
+    ),
+    # eval
+    "eval no text": (["eval", "{dense}"], "one of them"),
+    "eval max tokens 0": (["eval", "{dense}", "--text", "{text}", "--max-tokens", "0"], "--max-tokens 0"),
+    "eval max tokens negative": (["eval", "{dense}", "--text", "{text}", "--max-tokens", "-5"], "--max-tokens -5"),
+    "eval missing model": (["eval", "{root}/missing-dir", "--text", "{text}"], "does not exist"),
+    "eval missing compare": (
+        ["eval", "{dense}", "--text", "{text}", "--compare", "{root}/missing-dir"],
+        "--compare model folder",
+    ),
+    "eval missing text": (["eval", "{dense}", "--text", "{root}/none.txt"], "text file not found"),
+    "eval binary text": (["eval", "{dense}", "--text", "{root}/binary.txt"], "is a binary file"),
+    # analyze
+    "analyze budget 0": (["analyze", "{dense}", "--budget", "0", "--out", "{out}"], "--budget 0.0"),
+    "analyze budget 2": (["analyze", "{dense}", "--budget", "2", "--out", "{out}"], "--budget 2.0"),
+    "analyze missing model": (["analyze", "{root}/missing-dir", "--out", "{out}"], "does not exist"),
+    "analyze missing text": (
+        ["analyze", "{dense}", "--calibration", "{root}/none.txt", "--out", "{out}"],
+        "text file not found",
+    ),
+    "analyze out unwritable": (["analyze", "{dense}", "--out", "/proc/foo"], "cannot be written"),
+    # densify
+    "densify missing folder": (["densify", "{root}/missing-dir", "--out", "{out}"], "does not exist"),
+    "densify dense folder": (["densify", "{dense}", "--out", "{out}"], "nothing to densify"),
+    "densify out unwritable": (["densify", "{root}/factorized", "--out", "/proc/foo"], "cannot be written"),
+    "densify out taken": (["densify", "{root}/factorized", "--out", "{root}/taken"], "--overwrite"),
+    # push
+    "push missing folder": (["push", "{root}/missing-dir", "me/x"], "does not exist"),
+    "push dense folder": (["push", "{dense}", "me/x"], "not a factorized checkpoint"),
+    # recover
+    **{
+        f"recover {name}": (
+            ["recover", "{root}/factorized", "--teacher", "{dense}", "--text", "{text}", "--out", "{out}", *extra],
+            message,
+        )
+        for name, extra, message in [
+            ("mode", ["--mode", "foo"], "--mode 'foo' is not one of"),
+            ("train", ["--mode", "distill", "--train", "everything"], "--train 'everything' is not one of"),
+            ("max minutes 0", ["--max-minutes", "0"], "--max-minutes 0.0 must be a number above 0"),
+            ("max minutes negative", ["--max-minutes", "-1"], "--max-minutes -1.0"),
+            ("max tokens 0", ["--max-tokens", "0"], "--max-tokens 0 must be a whole number above 0"),
+            ("max tokens too few", ["--max-tokens", "100"], "fewer than two 256-token blocks"),
+            ("max steps 0", ["--max-steps", "0"], "--max-steps 0"),
+            ("lr 0", ["--lr", "0"], "--lr 0.0"),
+            ("self-generate 0", ["--self-generate", "0"], "--self-generate 0"),
+            ("missing text", ["--text", "{root}/none.txt"], "text file not found"),
+            ("text and dataset", ["--dataset", "wikitext"], "not both"),
+        ]
+    },
+    "recover missing student": (
+        ["recover", "{root}/missing-dir", "--teacher", "{dense}", "--text", "{text}", "--out", "{out}"],
+        "does not exist",
+    ),
+    "recover missing teacher": (
+        ["recover", "{root}/factorized", "--teacher", "{root}/missing-dir", "--text", "{text}", "--out", "{out}"],
+        "teacher folder",
+    ),
+    "recover no text": (["recover", "{root}/factorized", "--teacher", "{dense}", "--out", "{out}"], "--self-generate N"),
+    "recover out unwritable": (
+        ["recover", "{root}/factorized", "--teacher", "{dense}", "--text", "{text}", "--out", "/proc/foo"],
+        "cannot be written",
+    ),
+}
+#: Cases that can only be seen in the loaded model (a folder whose config says nothing of its weights).
+NEEDS_THE_MODEL = {"compress factorized model"}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_value_is_one_line_exit_2_before_any_model_loads(case, folders, tmp_path, capsys, monkeypatch):
+    argv, message = CASES[case]
+    out = tmp_path / "out"
+    values = {"dense": folders / "dense", "text": folders / "text.txt", "root": folders, "out": out}
+    argv = [a.format(**values) for a in argv]
+    if case not in NEEDS_THE_MODEL:
+        monkeypatch.setattr(PreTrainedModel, "from_pretrained", _no_model_loads)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    before = sorted(p.relative_to(folders) for p in folders.rglob("*"))
+
+    code = main(argv)
+
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("hf-factor-embed: error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, (case, err)
+    assert message in errors[0], (case, errors[0])
+    assert not out.exists() and not Path("/proc/foo").exists()
+    assert sorted(p.relative_to(folders) for p in folders.rglob("*")) == before
+    assert (folders / "taken" / "mine.txt").read_text() == "keep"
+
+
+@classmethod
+def _no_model_loads(cls, *args, **kwargs):
+    raise AssertionError(f"{cls.__name__}.from_pretrained ran before the bad value was refused")
