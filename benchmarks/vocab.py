@@ -40,6 +40,7 @@ from hf_factor_embed.calibration_stats import CalibrationStats
 from hf_factor_embed.compress import _embedding_bytes
 from hf_factor_embed.evaluation import perplexity
 from hf_factor_embed.factorize.banded import BandedMethod
+from hf_factor_embed.model_text import bos_prefix, special_token_ids
 from hf_factor_embed.peers import TrimmedPeer, quantization_peers
 from hf_factor_embed.sources import load_source
 
@@ -80,25 +81,26 @@ def ratios(evals: dict, dense: dict, score) -> dict[str, float]:
     return {name: round(score(ids) / dense[name], 4) for name, ids in evals.items()}
 
 
-def ppl(model):
-    return lambda ids: perplexity(model, ids, window=min(512, ids.numel()))
+def ppl(model, bos_id):
+    return lambda ids: perplexity(model, ids, window=min(512, ids.numel()), bos_id=bos_id)
 
 
 def run_model(name: str, sets: list[str], args, save) -> dict:
     folder = bundled_model(name)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     dense = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    bos = bos_prefix(tokenizer)  # every window fed as the tokenizer feeds text: Gemma's <bos> first
     v, d = dense.get_input_embeddings().weight.shape
     fp32 = v * d * 4
     evals = evaluation_texts(tokenizer, sets, args.eval_tokens)
     out = _earlier(args, name) or {"model": name, "vocab": v, "dim": d, "fp32_bytes": fp32}
     out["eval_tokens"] = args.eval_tokens
     if not set(evals) <= set(out.get("dense_perplexity", {})):
-        out["dense_perplexity"] = {k: perplexity(dense, ids, window=min(512, ids.numel())) for k, ids in evals.items()}
+        out["dense_perplexity"] = {k: ppl(dense, bos)(ids) for k, ids in evals.items()}
     dense_ppl = out["dense_perplexity"]
     out.setdefault("peers", {})
     for p in (p for p in quantization_peers() if not set(evals) <= set(out["peers"].get(p.name, {}).get("ratio", {}))):
-        score = lambda ids, p=p: p.perplexity(dense, ids, min(512, ids.numel()))  # noqa: E731
+        score = lambda ids, p=p: p.perplexity(dense, ids, min(512, ids.numel()), bos_id=bos)  # noqa: E731
         out["peers"][p.name] = {"bytes": p.stored_bytes(v, d), "share": p.stored_bytes(v, d) / fp32}
         out["peers"][p.name]["ratio"] = ratios(evals, dense_ppl, score)
     out.setdefault("sets", {})
@@ -107,19 +109,25 @@ def run_model(name: str, sets: list[str], args, save) -> dict:
         started = time.perf_counter()
         calibration = calibration_ids(tokenizer, SETS[set_name])
         parts = [
-            collect_stats(dense, ids, model_tokens=args.model_tokens, progress=False) for ids in calibration.values()
+            collect_stats(dense, ids, model_tokens=args.model_tokens, progress=False, bos_id=bos)
+            for ids in calibration.values()
         ]
         stats = CalibrationStats.combine(*parts, equal=True)
         points = []
         ranks = RANKS[name][set_name][1:2] if args.quick else RANKS[name][set_name]
         for rank in ranks:
             model = hfe.patch_model(
-                copy.deepcopy(dense), rank=rank, method=BandedMethod(BAND_SHARE), calibration=stats, bits=BITS
+                copy.deepcopy(dense),
+                rank=rank,
+                method=BandedMethod(BAND_SHARE),
+                calibration=stats,
+                tokenizer=tokenizer,
+                bits=BITS,
             )
             stored = _embedding_bytes(model)["stored"]
             band = model.get_input_embeddings().dense_index.numel()
             point = {"rank": rank, "band_rows": band, "bytes": stored, "share": stored / fp32}
-            point["ratio"] = ratios(evals, dense_ppl, ppl(model))
+            point["ratio"] = ratios(evals, dense_ppl, ppl(model, bos))
             del model
             if rank != ranks[len(ranks) // 2]:  # trimming at one size per set: its middle point
                 points.append(point)
@@ -127,10 +135,11 @@ def run_model(name: str, sets: list[str], args, save) -> dict:
                 continue
             trim_rows = min(v, stored // (d + 2))  # int8 rows with an fp16 scale, as the band is stored
             scores = BandedMethod().band_scores(_Task(stats))
+            scores[special_token_ids(dense, tokenizer)] = float("inf")  # trimming keeps the special tokens too
             kept = torch.argsort(scores, descending=True, stable=True)[:trim_rows]
             trim = TrimmedPeer("trim", kept, _unk_id(tokenizer))
             trimmed = ratios(
-                evals, dense_ppl, lambda ids, trim=trim: trim.perplexity(dense, ids, min(512, ids.numel()))
+                evals, dense_ppl, lambda ids, trim=trim: trim.perplexity(dense, ids, min(512, ids.numel()), bos_id=bos)
             )
             point["trim_equal_bytes"] = {"rows": int(trim_rows), "ratio": trimmed}
             points.append(point)
@@ -162,10 +171,6 @@ class _Task:  # what BandedMethod.band_scores reads
 
 def _unk_id(tokenizer) -> int:
     return tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
-
-
-def _trimmed(model, peer: TrimmedPeer):
-    return lambda ids: peer.perplexity(model, ids, min(512, ids.numel()))
 
 
 def speed(dense, folder: Path, tokenizer, calibration: dict, rank: int, args) -> dict:

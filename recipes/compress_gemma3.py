@@ -76,5 +76,6 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except FactorEmbedError as error:
-        sys.exit(f"compress_gemma3.py: error: {error}")
+    except FactorEmbedError as error:  # one line and exit 2, like the command line
+        print(f"compress_gemma3.py: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -86,4 +86,5 @@ if __name__ == "__main__":
     try:
         main()
     except FactorEmbedError as error:
-        sys.exit(f"compress_smollm2.py: error: {error}")
+        print(f"compress_smollm2.py: error: {error}", file=sys.stderr)  # one line and exit 2, like the command line
+        sys.exit(2)

@@ -301,3 +301,41 @@ def test_python_api_compress_matches_patch_model(dense_dir, tmp_path, input_ids)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids).logits, reference(input_ids).logits)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "config mismatch"])
+def test_push_refuses_a_checkpoint_that_does_not_load_before_any_upload(
+    compressed, tmp_path, monkeypatch, capsys, damage
+):
+    import shutil
+
+    out, _ = compressed
+    folder = tmp_path / "copy"
+    shutil.copytree(out, folder)
+    if damage == "truncated":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-1000])
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        config["quantization_config"]["modules"]["input"]["rank"] = 12
+        (folder / "config.json").write_text(json.dumps(config))
+    hub = RecordingHub()
+    hub.install(monkeypatch)
+    code, _, err = run_cli(capsys, "push", folder, "me/tiny-factorized")
+    errors = [line for line in err.splitlines() if line.startswith("hf-factor-embed: error:")]
+    assert code == 2 and len(errors) == 1 and "nothing was uploaded" in errors[0], err
+    assert hub.repos == [] and hub.commits == []
+
+
+def test_densify_in_place_leaves_no_factorized_card_or_report(compressed, tmp_path, capsys):
+    import shutil
+
+    out, _ = compressed
+    folder = tmp_path / "model"
+    shutil.copytree(out, folder)
+    assert {"README.md", "compression.json", "spectrum.png"} <= {p.name for p in folder.iterdir()}
+    code, _, err = run_cli(capsys, "densify", folder, "--out", folder, "--overwrite")
+    assert code == 0, err
+    left = {p.name for p in folder.iterdir()}
+    assert not {"README.md", "compression.json", "spectrum.png"} & left and "model.safetensors" in left
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())

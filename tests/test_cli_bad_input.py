@@ -152,7 +152,10 @@ CASES = {
         ["recover", "{root}/factorized", "--teacher", "{root}/missing-dir", "--text", "{text}", "--out", "{out}"],
         "teacher folder",
     ),
-    "recover no text": (["recover", "{root}/factorized", "--teacher", "{dense}", "--out", "{out}"], "--self-generate N"),
+    "recover no text": (
+        ["recover", "{root}/factorized", "--teacher", "{dense}", "--out", "{out}"],
+        "--self-generate N",
+    ),
     "recover out unwritable": (
         ["recover", "{root}/factorized", "--teacher", "{dense}", "--text", "{text}", "--out", "/proc/foo"],
         "cannot be written",

@@ -259,3 +259,37 @@ def test_imports_point_one_way():
     tree = ast.parse(inspect.getsource(model_methods))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "integration" not in imported and not any(str(m).endswith(".integration") for m in imported)
+
+
+@pytest.fixture
+def banded_checkpoint(tmp_path) -> Path:
+    calibration = torch.arange(100, 140).repeat(20)
+    hfe.patch_model(tiny_llama(), rank=8, calibration=calibration).save_pretrained(tmp_path)
+    return tmp_path
+
+
+def _edit_band_index(folder: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    (key,) = [k for k in tensors if k.endswith("dense_index")]
+    tensors[key] = edit(tensors[key].clone())
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda i: i.index_fill_(0, torch.tensor([3]), 60000), "holds 60000, outside the vocabulary 0..319"),
+        (lambda i: i.index_fill_(0, torch.tensor([0]), -1), "holds -1, outside"),
+        (lambda i: i.index_fill_(0, torch.tensor([4]), int(i[3])), "twice"),
+        (lambda i: i.flip(0), "out of order"),
+    ],
+)
+def test_an_edited_band_index_is_refused_on_load(banded_checkpoint, edit, message):
+    from transformers import AutoModelForCausalLM
+
+    _edit_band_index(banded_checkpoint, edit)
+    with pytest.raises(CheckpointError, match=message):
+        AutoModelForCausalLM.from_pretrained(banded_checkpoint)

@@ -79,3 +79,41 @@ def test_gemma3_writes_its_own_text_for_recovery(gemma3, gemma3_dir):
     texts = self_generate(gemma3, tokenizer, 30, config=config, progress=False)["text"]
     assert len(texts) >= 3 and len(set(texts)) == len(texts)
     assert self_generate(gemma3, tokenizer, 30, config=config, progress=False)["text"] == texts  # seeded
+
+
+def test_gemma3_keeps_its_special_tokens_exact_and_continues_like_dense(gemma3, gemma3_dir):
+    """Scores alone leave ``<bos>`` (never in the text, never predicted) out of a small band; it is kept anyway, and
+    at the main job's point greedy continuations of prompts fed with ``<bos>`` start as dense's do (prompts whose
+    words the band serves: a rare word's row is the tail's, issue 21). Before, a
+    checkpoint without ``<bos>`` in its band answered "The capital of Australia is" with " is is is ..."."""
+    from hf_factor_embed.factorize.banded import BandedMethod
+    from hf_factor_embed.model_text import special_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(gemma3_dir)
+    calibration = {"pydoc": load_source("pydoc").text[:6000]}
+    small = hfe.patch_model(
+        fresh(gemma3),
+        rank=16,
+        method=BandedMethod(band_share=0.5),
+        calibration=calibration,
+        tokenizer=tokenizer,
+        model_tokens=128,
+    )
+    specials = special_token_ids(gemma3, tokenizer)
+    assert {0, 1, 2, 3, 106} <= set(specials.tolist())  # pad, eos, bos, unk, <end_of_turn>
+    assert torch.isin(specials, small.get_input_embeddings().dense_index).all()
+
+    model = hfe.patch_model(
+        fresh(gemma3),
+        rank=160,
+        method=BandedMethod(band_share=0.9),
+        calibration=calibration,
+        tokenizer=tokenizer,
+        model_tokens=256,
+        bits=4,
+    )
+    for prompt in ("The capital of Australia is", "In Python, a list is"):  # words of the served kind
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        assert ids[0, 0] == tokenizer.bos_token_id
+        dense, ours = (m.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1] :] for m in (gemma3, model))
+        assert torch.equal(ours[:3], dense[:3]), (prompt, tokenizer.decode(dense), tokenizer.decode(ours))

@@ -59,12 +59,23 @@ def test_smollm2_integer_factors_round_trip(smollm2, smollm2_ids, tmp_path):
         assert torch.equal(reloaded(smollm2_ids).logits, expected)
 
 
-def test_smollm2_full_rank_reproduces_dense(smollm2, smollm2_ids):
+def _full_rank(weight: torch.Tensor) -> torch.Tensor:
+    """The matrix that rank-d factors stand for: the factorization itself is exact at full rank."""
+    from hf_factor_embed.factorize import FactorizationTask, get_method
+
+    task = FactorizationTask(weight.detach(), weight.shape[1], ("input", "output"))
+    return get_method("svd").factorize(task).dense(weight.detach())
+
+
+def test_smollm2_full_rank_factors_reproduce_dense_but_are_not_a_compression(smollm2, smollm2_ids):
     with torch.no_grad():
         dense = smollm2(smollm2_ids).logits
-    model = hfe.patch_model(_fresh(smollm2), rank=576)
+    model = _fresh(smollm2)
+    model.model.embed_tokens.weight.data = _full_rank(model.model.embed_tokens.weight)  # tied: the head too
     with torch.no_grad():
         assert torch.allclose(model(smollm2_ids).logits, dense, atol=2e-3, rtol=1e-4)
+    with pytest.raises(hfe.FactorEmbedError, match=r"1\.\.569.*101\.2%"):
+        hfe.patch_model(_fresh(smollm2), rank=576)  # 576 * (49152 + 576) values: more than the dense matrix
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +102,8 @@ def test_minilm_round_trip_and_full_rank(minilm, tmp_path):
     batch = tok(SENTENCES, padding=True, return_tensors="pt")
     dense = _sentence_embeddings(dense_model, batch)
 
-    full = hfe.patch_model(_fresh(dense_model), rank=384)
+    full = _fresh(dense_model)
+    full.embeddings.word_embeddings.weight.data = _full_rank(full.embeddings.word_embeddings.weight)
     assert torch.allclose(_sentence_embeddings(full, batch), dense, atol=1e-4)
 
     model = hfe.patch_model(_fresh(dense_model), rank=128)
@@ -101,3 +113,10 @@ def test_minilm_round_trip_and_full_rank(minilm, tmp_path):
     assert isinstance(reloaded.get_input_embeddings(), hfe.FactorizedEmbedding)
     assert torch.equal(_sentence_embeddings(reloaded, batch), expected)
     assert torch.nn.functional.cosine_similarity(expected, dense).min() > 0.5
+
+
+def test_another_models_tokenizer_is_refused_on_a_real_model(smollm2, minilm):
+    """all-MiniLM's 30,522-token vocabulary would pick SmolLM2's band from the wrong ids."""
+    _, minilm_tokenizer = minilm
+    with pytest.raises(hfe.FactorEmbedError, match="30,522 tokens but the model's embedding 49,152 rows"):
+        hfe.patch_model(_fresh(smollm2), rank=64, calibration={"a": "some text " * 50}, tokenizer=minilm_tokenizer)
