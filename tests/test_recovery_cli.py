@@ -161,7 +161,7 @@ def test_recover_user_errors_are_one_line_and_exit_2(tiny_dirs, tmp_path, capsys
     cases = {
         "not one of": ["recover", str(student), *common, "--mode", "fast"],
         "not factorized": ["recover", str(teacher), *common],
-        "no config.json": ["recover", str(tmp_path / "nowhere"), *common],
+        "does not exist": ["recover", str(tmp_path / "nowhere"), *common],
         "is factorized": [
             "recover",
             str(student),
