@@ -72,8 +72,7 @@ def render(rows: dict) -> str:
     lines = [header]
     for name, by_model in rows.items():
         lines.append(
-            f"{name:<12}"
-            + "".join(f"{r['with_bos']:>26.3f}{r['without_bos']:>24.3f}" for r in by_model.values())
+            f"{name:<12}" + "".join(f"{r['with_bos']:>26.3f}{r['without_bos']:>24.3f}" for r in by_model.values())
         )
     if len(models) > 1:
         lines.append("ratio to dense, with <bos> / without:")

@@ -411,7 +411,7 @@ def _measure_peers(model, eval_texts: dict, dense_eval: dict, names: bool | Sequ
 def _embedding_bytes(model) -> dict:
     """Bytes the factorized embeddings take as stored (integer factors at their bits, a tied pair once), and
     the dense fp32 bytes they replace."""
-    from .quantize import stored_shapes
+    from .quantize import QUANTIZED_TENSORS, stored_shapes
 
     config = model.config.quantization_config
     stored, dense, seen = 0, 0, set()
@@ -420,11 +420,11 @@ def _embedding_bytes(model) -> dict:
             continue
         seen.add(id(layer.weight))
         dense += layer.weight.shape[0] * layer.basis.shape[1] * 4
-        for name in ("weight", "basis", "dense_rows", "dense_index"):
+        for name in ("weight", "basis", "dense_rows", "dense_index", "tail_codes", "codebooks", "tail_rotation"):
             tensor = getattr(layer, name, None)
             if tensor is None:
                 continue
-            if config.bits and name != "dense_index":
+            if config.bits and name in QUANTIZED_TENSORS:
                 bits, group = config.precision(name)
                 (q_rows, q_cols), (s_rows, s_cols) = stored_shapes(*tensor.shape, bits, group)
                 stored += q_rows * q_cols + 2 * s_rows * s_cols

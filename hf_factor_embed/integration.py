@@ -55,6 +55,7 @@ class FactorEmbedHfQuantizer(HfQuantizer):
             restore_from_placeholders(model, self.quantization_config)
         for name, layer in factorized_layers(model).items():
             check_band_index(name, layer)
+            check_tail_codes(name, layer)
             layer.use_head_layout()  # loading replaced the factors' storage with row-major copies
         install_methods(model)
         return model
@@ -196,6 +197,23 @@ def check_band_index(name: str, layer) -> None:
         raise CheckpointError(
             f"{where} holds id {int(index[at])} {problem}: an edited or damaged checkpoint; save the model again"
         )
+
+
+def check_tail_codes(name: str, layer) -> None:
+    """The tail's product codes, as loaded, index their codebooks (fewer than 256 centroids leave room for bad
+    codes), and the codebooks and rotation are finite."""
+    codes = getattr(layer, "tail_codes", None)
+    if codes is None:
+        return
+    k = layer.codebooks.shape[1]
+    if int(codes.max()) >= k:
+        raise CheckpointError(
+            f"{name}.tail_codes holds code {int(codes.max())} but its codebooks have {k} centroids: an edited or "
+            "damaged checkpoint; save the model again"
+        )
+    for tensor_name in ("codebooks", "tail_rotation"):
+        if not bool(getattr(layer, tensor_name).isfinite().all()):
+            raise CheckpointError(f"{name}.{tensor_name} holds NaN or infinite values: save the model again")
 
 
 def _as_loaded(model, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:

@@ -15,6 +15,12 @@ GroupReduce and adaptive input embeddings: the most used tokens keep full rank, 
 
 A tied pair of layers shares all its Parameter objects (and the band's index); nothing is copied.
 
+Optionally the tail also holds *product codes* (:mod:`hf_factor_embed.factorize.product`): ``tail_codes`` (V x m,
+uint8), ``codebooks`` (m x K x d/m) and ``tail_rotation`` (d x d), added to A @ B: row v gains
+``concat_j codebooks[j, tail_codes[v, j]] @ tail_rotation``. Every token keeps a row of its own (a low-rank tail
+gives the tokens outside the band points of one small subspace). The head reads them by table lookup: per
+subspace the dot products of the rotated hidden state with the K centroids once, then a gather-sum per token.
+
 Memory layout: A and the band's rows are stored column-major (a (V, r) tensor with strides (1, V)), see
 :func:`head_layout`. The band's token ids are kept sorted.
 """
@@ -70,7 +76,7 @@ class FactorizedLayer(nn.Module):
     weight: nn.Parameter
     basis: nn.Parameter
     #: Names of the tensors a tied head shares with its embedding, beside ``weight``.
-    shared_tensors = ("basis", "dense_rows", "dense_index")
+    shared_tensors = ("basis", "dense_rows", "dense_index", "tail_codes", "codebooks", "tail_rotation")
 
     def __init__(
         self,
@@ -79,6 +85,8 @@ class FactorizedLayer(nn.Module):
         rank: int,
         *,
         dense_rows: int = 0,
+        tail_subvectors: int = 0,
+        tail_centroids: int = 256,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -103,6 +111,43 @@ class FactorizedLayer(nn.Module):
         else:  # registered as None, like nn.Linear's absent bias: no entry in the state dict
             self.register_parameter("dense_rows", None)
             self.register_parameter("dense_index", None)
+        self._init_tail_codes(tail_subvectors, tail_centroids, device, dtype)
+
+    def _init_tail_codes(self, m: int, k: int, device, dtype) -> None:
+        v, d = self.num_embeddings, self.embedding_dim
+        if not m:
+            for name in ("tail_codes", "codebooks", "tail_rotation"):
+                self.register_parameter(name, None)
+            return
+        if d % m or not 1 <= k <= 256:
+            raise ValueError(f"tail_subvectors={m} must divide d={d}, and tail_centroids={k} lie in 1..256")
+        # Integers that never train, Parameters (not buffers) for the same reason as dense_index: ties.
+        self.tail_codes = nn.Parameter(torch.zeros(v, m, dtype=torch.uint8, device=device), requires_grad=False)
+        self.codebooks = nn.Parameter(torch.empty(m, k, d // m, device=device, dtype=dtype))
+        self.tail_rotation = nn.Parameter(torch.empty(d, d, device=device, dtype=dtype))
+
+    @property
+    def has_tail_codes(self) -> bool:
+        return self.tail_codes is not None
+
+    def tail_code_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The product-coded part of the rows of ``ids`` (any shape), ``(*ids.shape, d)``."""
+        m = self.codebooks.shape[0]
+        codes = self.tail_codes[ids].long()  # (..., m)
+        parts = self.codebooks[torch.arange(m, device=codes.device), codes]  # (..., m, d/m)
+        return parts.flatten(-2) @ self.tail_rotation
+
+    def tail_code_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``hidden_states @ (product-coded rows).T`` by table lookup: per subspace the rotated state's dot products
+        with the K centroids, then for every token the sum of its m entries (``embedding_bag``)."""
+        m, k, _ = self.codebooks.shape
+        rotated = F.linear(hidden_states, self.tail_rotation)  # h @ R.T: (..., d)
+        sub = rotated.unflatten(-1, (m, -1))  # (..., m, d/m)
+        tables = torch.einsum("...ms,mks->...mk", sub, self.codebooks).flatten(-2)  # (..., m*K)
+        flat = tables.reshape(-1, m * k)
+        offsets = (self.tail_codes.long() + torch.arange(m, device=flat.device) * k).reshape(-1, m)
+        logits = F.embedding_bag(offsets, flat.T.contiguous(), mode="sum")  # V x n
+        return logits.T.reshape(*hidden_states.shape[:-1], -1)
 
     @torch.no_grad()
     def use_head_layout(self) -> None:
@@ -147,6 +192,8 @@ class FactorizedLayer(nn.Module):
     def dense_weight(self) -> torch.Tensor:
         """The dense V x d matrix A @ B with the band's rows (materialised: for merging and checks only)."""
         dense = self.weight @ self.basis
+        if self.has_tail_codes:
+            dense = dense + self.tail_code_rows(torch.arange(dense.shape[0], device=dense.device))
         if self.dense_rows is not None:
             dense = dense.index_copy(0, self.dense_index, self.dense_rows)
         return dense
@@ -158,9 +205,10 @@ class FactorizedLayer(nn.Module):
         b: torch.Tensor,
         dense_index: torch.Tensor | None = None,
         dense_rows: torch.Tensor | None = None,
+        tail_codes=None,
     ) -> None:
-        """Copy factors (and the band) in, casting to this layer's dtype and device; the band is sorted by token id
-        (the head then writes its columns in increasing order)."""
+        """Copy factors (and the band, and the tail's product codes) in, casting to this layer's dtype and device;
+        the band is sorted by token id (the head then writes its columns in increasing order)."""
         if tuple(a.shape) != tuple(self.weight.shape) or tuple(b.shape) != tuple(self.basis.shape):
             raise ValueError(
                 f"factor shapes {tuple(a.shape)} / {tuple(b.shape)} do not match the layer's "
@@ -170,8 +218,14 @@ class FactorizedLayer(nn.Module):
             dense_rows is not None and tuple(dense_rows.shape) != tuple(self.dense_rows.shape)
         ):
             raise ValueError(f"the band's rows do not match the layer's {self.num_dense_rows} dense rows")
+        if (tail_codes is None) != (not self.has_tail_codes):
+            raise ValueError("the tail's product codes do not match the layer's (tail_subvectors in the config)")
         self.weight.copy_(a)
         self.basis.copy_(b)
+        if tail_codes is not None:
+            self.tail_codes.copy_(tail_codes.codes)
+            self.codebooks.copy_(tail_codes.codebooks)
+            self.tail_rotation.copy_(tail_codes.rotation)
         if dense_rows is not None:
             dense_index, order = torch.as_tensor(dense_index).sort()
             self.dense_index.copy_(dense_index)
@@ -180,7 +234,8 @@ class FactorizedLayer(nn.Module):
     def extra_repr(self) -> str:
         v, d = self.base_shape
         band = f", dense_rows={self.num_dense_rows}" if self.dense_rows is not None else ""
-        return f"{v}, {d}, rank={self.weight.shape[1]}{band}"
+        codes = f", tail_codes={tuple(self.codebooks.shape[:2])}" if self.has_tail_codes else ""
+        return f"{v}, {d}, rank={self.weight.shape[1]}{band}{codes}"
 
 
 class FactorizedEmbedding(FactorizedLayer):
@@ -198,10 +253,21 @@ class FactorizedEmbedding(FactorizedLayer):
         padding_idx: int | None = None,
         embed_scale: float | None = None,
         dense_rows: int = 0,
+        tail_subvectors: int = 0,
+        tail_centroids: int = 256,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, rank, dense_rows=dense_rows, device=device, dtype=dtype)
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            rank,
+            dense_rows=dense_rows,
+            tail_subvectors=tail_subvectors,
+            tail_centroids=tail_centroids,
+            device=device,
+            dtype=dtype,
+        )
         self.padding_idx = padding_idx
         # A plain float, as in transformers' ScaledWordEmbedding classes: it is part of the architecture
         # (rebuilt from the config), never a weight to save.
@@ -210,6 +276,8 @@ class FactorizedEmbedding(FactorizedLayer):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         codes = F.embedding(input_ids, self.weight, self.padding_idx)
         out = codes @ self.basis
+        if self.has_tail_codes:
+            out = out + self.tail_code_rows(input_ids)
         if self.dense_rows is not None:
             slots = self.band_slots()[input_ids]
             band = F.embedding(slots.clamp_min(0), self.dense_rows)
@@ -238,10 +306,21 @@ class FactorizedLMHead(FactorizedLayer):
         *,
         bias: bool = False,
         dense_rows: int = 0,
+        tail_subvectors: int = 0,
+        tail_centroids: int = 256,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, rank, dense_rows=dense_rows, device=device, dtype=dtype)
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            rank,
+            dense_rows=dense_rows,
+            tail_subvectors=tail_subvectors,
+            tail_centroids=tail_centroids,
+            device=device,
+            dtype=dtype,
+        )
         self.bias = nn.Parameter(torch.zeros(num_embeddings, device=device, dtype=dtype)) if bias else None
         # nn.Linear's names, read by transformers (resize, generation) and by users.
         self.in_features = embedding_dim
@@ -249,6 +328,8 @@ class FactorizedLMHead(FactorizedLayer):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         logits = F.linear(F.linear(hidden_states, self.basis), self.weight, self.bias)
+        if self.has_tail_codes:
+            logits = logits + self.tail_code_logits(hidden_states)
         if self.dense_rows is not None:
             bias = None if self.bias is None else self.bias[self.dense_index]
             # In place: the logits are a fresh tensor that linear's backward does not need, so overwriting the

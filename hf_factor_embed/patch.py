@@ -291,6 +291,8 @@ def _config(plan: _Plan, factors: dict[str, Factors], rank: int | None, budget: 
         modules[role] = {"rank": f.rank, "num_embeddings": v, "embedding_dim": d}
         if f.dense_index is not None:
             modules[role]["dense_rows"] = f.dense_index.numel()
+        if f.tail_codes is not None:
+            modules[role]["tail_subvectors"], modules[role]["tail_centroids"] = f.tail_codes.codebooks.shape[:2]
         scale = embed_scale_of(module) if role != OUTPUT else None
         if scale is not None:
             modules[role]["embed_scale"] = scale
@@ -318,10 +320,16 @@ def _report(model, plan: _Plan, factors: dict[str, Factors], note: str | None) -
                 params_before=v * d,
                 params_after=0 if shared else f.rank * (v + d) + k * d,
                 shares_with=source if shared else None,
-                relative_error=None if shared else relative_error(module.weight.detach(), f.a, f.b, f.dense_index),
+                relative_error=None if shared else _relative_error(module.weight.detach(), f),
             )
         )
     return report
+
+
+def _relative_error(weight: torch.Tensor, f: Factors) -> float:
+    if f.tail_codes is None:
+        return relative_error(weight, f.a, f.b, f.dense_index)
+    return float((f.dense(weight) - weight).norm() / weight.norm().clamp_min(1e-30))
 
 
 def _install(model, plan: _Plan, config: FactorEmbedConfig, factors: dict[str, Factors]) -> None:
@@ -333,7 +341,7 @@ def _install(model, plan: _Plan, config: FactorEmbedConfig, factors: dict[str, F
     give_own_config(model)
     layers = install_layers(model, plan.adapter, config)
     for role, f in factors.items():
-        layers[role].set_factors(f.a, f.b, f.dense_index, dense_rows[role])
+        layers[role].set_factors(f.a, f.b, f.dense_index, dense_rows[role], tail_codes=f.tail_codes)
     attach(model, config)
 
 

@@ -77,6 +77,8 @@ def install_layers(
                 spec["rank"],
                 bias=getattr(original, "bias", None) is not None,
                 dense_rows=spec.get("dense_rows", 0),
+                tail_subvectors=spec.get("tail_subvectors", 0),
+                tail_centroids=spec.get("tail_centroids", 256),
                 **factory,
             )
             if config.tied:
@@ -89,6 +91,8 @@ def install_layers(
                 padding_idx=getattr(original, "padding_idx", None),
                 embed_scale=spec.get("embed_scale"),
                 dense_rows=spec.get("dense_rows", 0),
+                tail_subvectors=spec.get("tail_subvectors", 0),
+                tail_centroids=spec.get("tail_centroids", 256),
                 **factory,
             )
         object.__setattr__(layer, DENSE_SKELETON, meta_copy(original))

@@ -23,11 +23,16 @@ from __future__ import annotations
 
 import torch
 
+from ..config import INPUT
 from ..errors import FactorEmbedError
 from .activation import normalized_cov
 from .base import FactorizationMethod, FactorizationTask, Factors
 from .frequency import row_weights
 from .lowrank import weighted_lowrank
+from .product import check_sub_dim, fit_product_codes
+
+#: What the rows outside the band are stored as.
+TAILS = ("lowrank", "pq")
 
 
 def band_plan(v: int, d: int, rank: int, band_share: float) -> tuple[int, int]:
@@ -48,7 +53,23 @@ class BandedMethod(FactorizationMethod):
     needs = frozenset({"token_counts"})
     uses = frozenset({"token_counts", "hidden_cov", "expected_probs"})
 
-    def __init__(self, band_share: float = 0.3, use_expected_probs: bool = True) -> None:
+    def __init__(
+        self,
+        band_share: float = 0.3,
+        use_expected_probs: bool = True,
+        *,
+        tail: str = "lowrank",
+        tail_rank: int = 16,
+        tail_sub_dim: int = 8,
+    ) -> None:
+        """``tail``: ``"lowrank"`` (the rows outside the band share a rank-r' basis, r' from the plan) or
+        ``"pq"`` (a rank-``tail_rank`` basis plus product codes of the residual, one byte per ``tail_sub_dim``
+        values: :mod:`.product`)."""
+        if tail not in TAILS:
+            raise FactorEmbedError(f"tail={tail!r} is not one of {', '.join(TAILS)}")
+        if isinstance(tail_rank, bool) or not isinstance(tail_rank, int) or tail_rank < 1:
+            raise FactorEmbedError(f"tail_rank={tail_rank!r} must be a whole number above 0")
+        self.tail, self.tail_rank, self.tail_sub_dim = tail, tail_rank, tail_sub_dim
         if isinstance(band_share, bool) or not isinstance(band_share, (int, float)) or not 0 <= band_share <= 1:
             raise FactorEmbedError(
                 f"band_share={band_share!r} is the share of the size spent on exact rows: give a number in 0..1 "
@@ -67,8 +88,20 @@ class BandedMethod(FactorizationMethod):
             k = max(k, task.exact_ids.numel())
         top = torch.argsort(scores, descending=True, stable=True)[:k]
         weights[top] = 0.0  # exact rows need nothing from the basis
-        a, b = weighted_lowrank(task.weight, inner, row_weights=weights, col_cov=normalized_cov(task))
-        return Factors(a, b, dense_index=top.sort().values if k else None)
+        if self.tail == "pq":
+            check_sub_dim(self.tail_sub_dim, d)
+            inner = min(self.tail_rank, d)
+        metric = normalized_cov(task)
+        a, b = weighted_lowrank(task.weight, inner, row_weights=weights, col_cov=metric)
+        codes = None
+        if self.tail == "pq":
+            if metric is not None and INPUT in task.roles:  # a tied pair: the joint metric (see .activation)
+                metric = metric + 0.3 * torch.eye(d, dtype=metric.dtype)
+            scores = self.band_scores(task)
+            codes = fit_product_codes(
+                task.weight.float() - a @ b, sub_dim=self.tail_sub_dim, metric=metric, row_weights=1 + v * scores
+            )
+        return Factors(a, b, dense_index=top.sort().values if k else None, tail_codes=codes)
 
     def band_scores(self, task: FactorizationTask) -> torch.Tensor:
         """How much each token deserves an exact row: its calibration frequency plus its expected probability."""

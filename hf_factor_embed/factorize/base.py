@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 
 from ..calibration_stats import CalibrationStats
+from .product import ProductCodes
 
 
 @dataclass
@@ -33,11 +34,13 @@ class FactorizationTask:
 
 @dataclass
 class Factors:
-    """A method's answer: A (V x r), B (r x d), and optionally the token ids kept as exact dense rows."""
+    """A method's answer: A (V x r), B (r x d), optionally the token ids kept as exact dense rows, and optionally
+    product codes added to A @ B (:class:`.product.ProductCodes`)."""
 
     a: torch.Tensor
     b: torch.Tensor
     dense_index: torch.Tensor | None = None
+    tail_codes: ProductCodes | None = None
 
     @property
     def rank(self) -> int:
@@ -46,6 +49,8 @@ class Factors:
     def dense(self, weight: torch.Tensor) -> torch.Tensor:
         """The V x d matrix these factors stand for: A @ B, with the band's rows taken exact from ``weight``."""
         out = (self.a @ self.b).to(weight.dtype)
+        if self.tail_codes is not None:
+            out += self.tail_codes.rows().to(weight.dtype)
         if self.dense_index is not None:
             out[self.dense_index] = weight[self.dense_index]
         return out

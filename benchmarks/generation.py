@@ -1,0 +1,122 @@
+"""Greedy continuations, compressed vs dense: what a user sees, beyond perplexity.
+
+    python benchmarks/generation.py --checkpoint out/gemma3-en            # the main job's checkpoint (~8 min)
+    python benchmarks/generation.py --model smollm2 --checkpoint out/smollm2-r256 --new-tokens 16
+
+Prompts (written for this benchmark, never used to calibrate or tune anything): English of several kinds, English
+with rare tokens (names with diacritics, emoji, symbols, code), and one prompt in each of eleven other languages.
+Each is fed as the tokenizer feeds it (``<bos>`` first for Gemma) and continued greedily for ``--new-tokens``
+tokens by the dense model and by each checkpoint. Reported per group: the share of continuations identical to
+dense's, the mean common prefix in tokens, and degenerate continuations (:mod:`hf_factor_embed.continuations`:
+a token or short sequence repeated, or another script, where dense's is not). Writes
+``benchmarks/results/generation.json`` with every continuation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import hf_factor_embed  # noqa: F401  (registers the integration: factorized checkpoints load)
+from hf_factor_embed.bundled import bundled_model
+from hf_factor_embed.continuations import compare, greedy, summarize
+
+RESULTS = Path(__file__).parent / "results"
+
+PROMPTS = {
+    "english": [
+        "The capital of Australia is",
+        "Photosynthesis is the process by which plants",
+        "To make a good cup of tea, you should first",
+        "The main causes of the First World War were",
+        "In mathematics, a prime number is",
+        "My favourite thing about autumn is",
+        "Dear Sir or Madam, I am writing to complain about",
+        "The recipe calls for two cups of flour and",
+        "Once upon a time, in a small village by the sea,",
+        "The stock market fell sharply on Monday after",
+        "A good night's sleep helps the brain",
+        "The difference between a virus and a bacterium is",
+    ],
+    "english, rare tokens": [
+        "My friend Nguyễn Thị Minh loves 🍜 and ☕, so for her birthday I will cook",
+        "Søren Kierkegaard and Björk both come from the north; Kierkegaard wrote",
+        "The temperature dropped to −40 °C, which is also −40 °F, because",
+        "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+        "I can't believe it 😂😂 the cat just",
+        "The formula E = mc² tells us that",
+        "Zoë and François met in Zürich at the café",
+        "SELECT name, COUNT(*) FROM orders WHERE",
+    ],
+    "languages not English": [
+        "Die Hauptstadt von Deutschland ist",  # de
+        "La tour Eiffel a été construite en",  # fr
+        "El río más largo de América del Sur es",  # es
+        "Машинное обучение — это область искусственного интеллекта, которая",  # ru
+        "中国的首都是北京，它是一座",  # zh
+        "日本で一番高い山は",  # ja
+        "Warszawa jest stolicą Polski i",  # pl
+        "O Brasil é o maior país da América do Sul e",  # pt
+        "القاهرة هي عاصمة مصر، وهي",  # ar
+        "भारत की राजधानी नई दिल्ली है और",  # hi
+        "서울은 대한민국의 수도이며",  # ko
+    ],
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="gemma3", help="the dense model: bundled gemma3 or smollm2")
+    parser.add_argument("--checkpoint", type=Path, action="append", required=True, help="repeat for several")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=RESULTS / "generation.json")
+    args = parser.parse_args(argv)
+    missing = [str(c) for c in args.checkpoint if not (c / "config.json").is_file()]
+    if missing or args.new_tokens < 1:
+        sys.exit(f"generation.py: error: no checkpoint at {missing[0]}" if missing else "--new-tokens must be > 0")
+
+    folder = bundled_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    groups = {p: group for group, prompts in PROMPTS.items() for p in prompts}
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    dense = greedy(AutoModelForCausalLM.from_pretrained(folder).eval(), tokenizer, list(groups), args.new_tokens)
+    result = {"model": args.model, "new_tokens": args.new_tokens, "dense_seconds": time.perf_counter() - started}
+    result["command"] = "python benchmarks/generation.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result["checkpoints"] = {}
+    for checkpoint in args.checkpoint:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+        rows = compare(tokenizer, groups, dense, greedy(model, tokenizer, list(groups), args.new_tokens))
+        result["checkpoints"][str(checkpoint)] = {
+            "summary": summarize(rows),
+            "continuations": [r.as_dict() for r in rows],
+        }
+        print(render(str(checkpoint), rows), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+
+
+def render(name: str, rows) -> str:
+    lines = [
+        f"{name}: greedy continuations vs dense",
+        f"{'group':<24}{'prompts':>8}{'identical':>11}{'prefix':>8}{'degenerate':>12}",
+    ]
+    for group, s in summarize(rows).items():
+        lines.append(
+            f"{group:<24}{s['prompts']:>8}{s['identical']:>10.0%}{s['common_prefix']:>8.1f}{s['degenerate']:>12}"
+        )
+    for r in rows:
+        if r.degenerate:
+            lines.append(f"  degenerate: {r.prompt!r} -> {r.ours[:80]!r} (dense: {r.dense[:60]!r})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""What a user sees: greedy continuations of a compressed model beside the dense model's, and degeneration.
+
+Perplexity averages over positions; a user reads one continuation at a time, and a tail token that wins the argmax
+once can repeat for the rest of the answer ("meshgridmeshgrid..."). Every prompt is fed as the tokenizer feeds it
+(``<bos>`` first where it adds one). A continuation is *degenerate* where the dense model's is not, when
+
+* it repeats: one token four times running, or a 2- to 4-token sequence three times running;
+* it changes script: most of its letters are of another script than the prompt's (Latin, Cyrillic, CJK, ...),
+  while most of dense's are of the prompt's.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import torch
+
+#: Unicode script names that read as one script here (Japanese mixes kanji and kana).
+_SAME_SCRIPT = {"HIRAGANA": "CJK", "KATAKANA": "CJK", "CJK": "CJK", "FULLWIDTH": "CJK", "HALFWIDTH": "CJK"}
+
+
+@dataclass
+class Continuation:
+    """One prompt's greedy continuation beside dense's."""
+
+    prompt: str
+    group: str
+    dense: str
+    ours: str
+    identical: bool  # the same tokens over the whole continuation
+    common_prefix: int  # tokens equal from the start
+    repeats: bool  # degenerate by repetition where dense does not repeat
+    other_script: bool  # degenerate by script where dense keeps the prompt's
+
+    @property
+    def degenerate(self) -> bool:
+        return self.repeats or self.other_script
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "degenerate": self.degenerate}
+
+
+@torch.no_grad()
+def greedy(model, tokenizer, prompts: list[str], new_tokens: int = 32) -> list[list[int]]:
+    """Each prompt's greedy continuation (token ids), the prompt fed as the tokenizer feeds it, one at a time (no
+    padding, so no position or mask differs from a single user's request)."""
+    out = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        generated = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+        out.append(generated[0, ids.shape[1] :].tolist())
+    return out
+
+
+def compare(tokenizer, groups: dict[str, str], dense: list[list[int]], ours: list[list[int]]) -> list[Continuation]:
+    """``groups``: prompt -> its group (English kind, a language); ``dense``/``ours``: their continuations."""
+    rows = []
+    for (prompt, group), d, o in zip(groups.items(), dense, ours, strict=True):
+        prefix = next((i for i, (a, b) in enumerate(zip(d, o, strict=False)) if a != b), min(len(d), len(o)))
+        d_text, o_text = tokenizer.decode(d), tokenizer.decode(o)
+        script = dominant_script(prompt)
+        rows.append(
+            Continuation(
+                prompt=prompt,
+                group=group,
+                dense=d_text,
+                ours=o_text,
+                identical=d == o,
+                common_prefix=prefix,
+                repeats=repeats(o) and not repeats(d),
+                other_script=script is not None
+                and dominant_script(o_text) not in (None, script)
+                and dominant_script(d_text) in (None, script),
+            )
+        )
+    return rows
+
+
+def repeats(tokens: list[int]) -> bool:
+    """One token four times running, or a sequence of 2 to 4 tokens three times running."""
+    for n, times in ((1, 4), (2, 3), (3, 3), (4, 3)):
+        for start in range(len(tokens) - n * times + 1):
+            unit = tokens[start : start + n]
+            if all(tokens[start + k * n : start + (k + 1) * n] == unit for k in range(1, times)):
+                return True
+    return False
+
+
+def dominant_script(text: str) -> str | None:
+    """The script most of ``text``'s letters are written in (None for no letters)."""
+    scripts = Counter(_script(ch) for ch in text if ch.isalpha())
+    return scripts.most_common(1)[0][0] if scripts else None
+
+
+def _script(ch: str) -> str:
+    name = unicodedata.name(ch, "UNKNOWN").split()[0]
+    return _SAME_SCRIPT.get(name, name)
+
+
+def summarize(rows: list[Continuation]) -> dict[str, dict]:
+    """Per group: prompts, share identical, mean common prefix, degenerate prompts."""
+    out = {}
+    for group in dict.fromkeys(r.group for r in rows):
+        mine = [r for r in rows if r.group == group]
+        out[group] = {
+            "prompts": len(mine),
+            "identical": sum(r.identical for r in mine) / len(mine),
+            "common_prefix": sum(r.common_prefix for r in mine) / len(mine),
+            "degenerate": sum(r.degenerate for r in mine),
+        }
+    return out
