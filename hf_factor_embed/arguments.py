@@ -100,4 +100,3 @@ def read_text_file(path: str | Path) -> str:
             f"{path} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); convert it, e.g. "
             f"iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8{path.suffix}"
         ) from None
-

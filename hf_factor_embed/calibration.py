@@ -106,9 +106,7 @@ def collect_stats(
 
     started = time.perf_counter()
     model_ids = ids if model_tokens is None else ids[:model_tokens]
-    for h in iter_head_inputs(
-        model, model_ids, window=window, batch_size=batch_size, progress=progress, bos_id=bos_id
-    ):
+    for h in iter_head_inputs(model, model_ids, window=window, batch_size=batch_size, progress=progress, bos_id=bos_id):
         accumulate(h.reshape(-1, d).float())
     logger.info("calibration: %d tokens in %.1f s", ids.numel(), time.perf_counter() - started)
     return CalibrationStats(

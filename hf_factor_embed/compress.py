@@ -61,6 +61,8 @@ def compress(
     held_back: float = 0.2,
     peers: bool | Sequence[str] = False,
     band_share: float | None = None,
+    tail: str | None = None,
+    tail_sub_dim: int | None = None,
     gguf_file: str | None = None,
     dtype: str = "float32",
     overwrite: bool = False,
@@ -86,11 +88,16 @@ def compress(
     languages not served; ``[]`` for none); one far outside (> 2x dense) is a warning. ``peers``: measure int8 /
     int6 / int4 / asymmetric 4-bit quantization of the dense embedding on the same texts (causal LMs); True for
     all of :func:`hf_factor_embed.peers.quantization_peers`, or a list of their names.
-    ``band_share``: with the banded method, the share of the size spent on exact rows (default 0.3).
+    ``band_share``: with the banded method, the share of the size spent on exact rows (default 0.3). ``tail``:
+    what the rows outside the band are stored as, ``"lowrank"`` (default) or ``"pq"`` (a rank-16 basis plus product
+    codes, one byte per ``tail_sub_dim`` values, default 8: :mod:`hf_factor_embed.factorize.product`).
     """
     options = dict(rank=rank, budget=budget, target=target, bits=bits, group_size=group_size, band_bits=band_bits)
     options.update(held_back=held_back, calibration_tokens=calibration_tokens, eval_tokens=eval_tokens, dtype=dtype)
-    method = _check_arguments(model_name, out, method, band_share, overwrite, **options)
+    banded = {
+        k: v for k, v in (("band_share", band_share), ("tail", tail), ("tail_sub_dim", tail_sub_dim)) if v is not None
+    }
+    method = _check_arguments(model_name, out, method, banded, overwrite, **options)
     if serve is not None and calibration is not None:
         raise FactorEmbedError("give the served sources (serve=...) or calibration text, not both")
     served: dict[str, str] = {}  # served source -> where its text comes from
@@ -101,7 +108,7 @@ def compress(
         if clash:
             raise FactorEmbedError(f"an evaluation text and a source share the name {clash[0]!r}; rename the file")
         eval_texts = {**served_evals, **(eval_texts or {})}
-    _check_rank_fits(model_name, rank, gguf_file)
+    _check_rank_fits(model_name, rank, gguf_file, method)
     out = check_output_dir(out, overwrite=overwrite)
     model, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype)
     if factorized_layers(model):
@@ -151,6 +158,8 @@ def compress(
         "fed_as": describe_feed(bos_id, tokenizer),
         "special_tokens_exact": (tokenizer.convert_ids_to_tokens(special.tolist()) if tokenizer else special.tolist()),
         "band_share": band_share,
+        "tail": tail or "lowrank",
+        "tail_sub_dim": tail_sub_dim if tail == "pq" else None,
         "param_bytes_dense": bytes_dense,
         "embedding_bytes": _embedding_bytes(model),
         "param_bytes_factorized": _param_bytes(model),
@@ -186,7 +195,7 @@ def _check_arguments(
     model_name,
     out,
     method,
-    band_share,
+    banded: dict,
     overwrite,
     *,
     rank,
@@ -201,7 +210,7 @@ def _check_arguments(
     dtype,
 ):
     """Every check that needs no model, before anything loads; returns the method to use (a configured
-    ``BandedMethod`` for ``band_share``)."""
+    ``BandedMethod`` for the banded method's settings ``banded``: band_share, tail, tail_sub_dim)."""
     from .factorize import get_method
     from .loading import DTYPES
     from .quantize import check_bits
@@ -226,19 +235,21 @@ def _check_arguments(
         raise FactorEmbedError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if method is not None:
         get_method(method)  # an unknown name is one line, before the model loads
-    if band_share is not None:
+    if banded:
         from .factorize.banded import BandedMethod
 
         if method not in (None, "banded"):
-            raise FactorEmbedError(f"band_share is a setting of the banded method, not of {method!r}")
-        method = BandedMethod(band_share=band_share)
+            raise FactorEmbedError(f"{', '.join(banded)}: settings of the banded method, not of {method!r}")
+        if "tail_sub_dim" in banded and banded.get("tail") != "pq":
+            raise FactorEmbedError("--tail-sub-dim is a setting of the product-coded tail: add --tail pq")
+        method = BandedMethod(**banded)
     check_model_name(model_name)
     check_output_dir(out, overwrite=overwrite)
     check_writable_folder(out)
     return method
 
 
-def _check_rank_fits(model_name, rank: int | None, gguf_file: str | None) -> None:
+def _check_rank_fits(model_name, rank: int | None, gguf_file: str | None, method=None) -> None:
     """A rank whose factors would be no smaller than the embedding is refused from the config alone (a second),
     not after the model loads; a GGUF's config is as slow to read as its weights, so it waits for them."""
     if rank is None or gguf_file is not None:
@@ -255,6 +266,10 @@ def _check_rank_fits(model_name, rank: int | None, gguf_file: str | None) -> Non
     v, d = getattr(config, "vocab_size", None), getattr(config, "hidden_size", None)
     if isinstance(v, int) and isinstance(d, int):
         check_rank(rank, v, d)
+        if getattr(method, "tail", None) == "pq":
+            from .factorize.product import check_sub_dim
+
+            check_sub_dim(method.tail_sub_dim, d)
 
 
 def _token_ids(text: str | torch.Tensor, tokenizer, what: str) -> torch.Tensor:

@@ -66,6 +66,14 @@ CASES = {
     "compress band share negative": (_compress("--band-share", "-0.5"), "band_share=-0.5"),
     "compress band share other method": (_compress("--method", "svd", "--band-share", "0.5"), "not of 'svd'"),
     "compress method": (_compress("--method", "foo"), "unknown factorization method 'foo'"),
+    "compress tail unknown": (_compress("--tail", "vq"), "tail='vq' is not one of"),
+    "compress tail sub-dim alone": (_compress("--tail-sub-dim", "8"), "add --tail pq"),
+    "compress tail sub-dim 0": (_compress("--tail", "pq", "--tail-sub-dim", "0"), "tail_sub_dim=0"),
+    "compress tail sub-dim not dividing": (
+        _compress("--tail", "pq", "--tail-sub-dim", "7"),
+        "divide the embedding width 64",
+    ),
+    "compress tail with svd": (_compress("--method", "svd", "--tail", "pq"), "not of 'svd'"),
     "compress dtype": (_compress("--dtype", "float8"), "--dtype 'float8'"),
     # compress: text
     "compress calibration tokens 0": (_compress("--calibration-tokens", "0"), "--calibration-tokens 0"),

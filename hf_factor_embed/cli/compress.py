@@ -65,6 +65,14 @@ def compress(
     band_share: Annotated[
         float | None, typer.Option(help="banded: share of the size spent on exact rows (default 0.3).")
     ] = None,
+    tail: Annotated[
+        str | None,
+        typer.Option(
+            help="banded: the rows outside the band as lowrank (default) or pq (product codes: every token "
+            "keeps a row of its own, one byte per --tail-sub-dim values)."
+        ),
+    ] = None,
+    tail_sub_dim: Annotated[int | None, typer.Option(help="--tail pq: values per code byte (default 8).")] = None,
     peers: Annotated[
         bool, typer.Option(help="Also measure int8 / int6 / int4 quantization of the dense embedding.")
     ] = False,
@@ -101,6 +109,8 @@ def compress(
         measure=None if measure is None else [m for m in measure if m != "none"],
         held_back=held_back,
         band_share=band_share,
+        tail=tail,
+        tail_sub_dim=tail_sub_dim,
         peers=peers,
         calibration_tokens=calibration_tokens,
         eval_tokens=eval_tokens,

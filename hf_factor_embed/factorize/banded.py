@@ -61,6 +61,7 @@ class BandedMethod(FactorizationMethod):
         tail: str = "lowrank",
         tail_rank: int = 16,
         tail_sub_dim: int = 8,
+        tail_centroids: int = 256,
     ) -> None:
         """``tail``: ``"lowrank"`` (the rows outside the band share a rank-r' basis, r' from the plan) or
         ``"pq"`` (a rank-``tail_rank`` basis plus product codes of the residual, one byte per ``tail_sub_dim``
@@ -69,7 +70,12 @@ class BandedMethod(FactorizationMethod):
             raise FactorEmbedError(f"tail={tail!r} is not one of {', '.join(TAILS)}")
         if isinstance(tail_rank, bool) or not isinstance(tail_rank, int) or tail_rank < 1:
             raise FactorEmbedError(f"tail_rank={tail_rank!r} must be a whole number above 0")
+        if isinstance(tail_sub_dim, bool) or not isinstance(tail_sub_dim, int) or tail_sub_dim < 1:
+            raise FactorEmbedError(f"tail_sub_dim={tail_sub_dim!r} must be a whole number above 0 (e.g. 4 or 8)")
+        if isinstance(tail_centroids, bool) or not isinstance(tail_centroids, int) or not 2 <= tail_centroids <= 256:
+            raise FactorEmbedError(f"tail_centroids={tail_centroids!r} must lie in 2..256 (codes are one byte)")
         self.tail, self.tail_rank, self.tail_sub_dim = tail, tail_rank, tail_sub_dim
+        self.tail_centroids = tail_centroids
         if isinstance(band_share, bool) or not isinstance(band_share, (int, float)) or not 0 <= band_share <= 1:
             raise FactorEmbedError(
                 f"band_share={band_share!r} is the share of the size spent on exact rows: give a number in 0..1 "
@@ -99,7 +105,11 @@ class BandedMethod(FactorizationMethod):
                 metric = metric + 0.3 * torch.eye(d, dtype=metric.dtype)
             scores = self.band_scores(task)
             codes = fit_product_codes(
-                task.weight.float() - a @ b, sub_dim=self.tail_sub_dim, metric=metric, row_weights=1 + v * scores
+                task.weight.float() - a @ b,
+                sub_dim=self.tail_sub_dim,
+                metric=metric,
+                row_weights=1 + v * scores,
+                centroids=self.tail_centroids,
             )
         return Factors(a, b, dense_index=top.sort().values if k else None, tail_codes=codes)
 

@@ -10,7 +10,7 @@ from ..structure import factorized_layers
 
 TRAIN_MODES = ("factors", "lora", "all")
 #: The tensors of a factorized layer that train (``dense_index`` is an integer map, never trained).
-FACTOR_TENSORS = ("weight", "basis", "dense_rows")
+FACTOR_TENSORS = ("weight", "basis", "dense_rows", "codebooks", "tail_rotation")
 
 
 def factor_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -1,0 +1,154 @@
+"""The product-coded tail: every token outside the band keeps a row of its own (uint8 codes into per-subspace
+codebooks, fitted in the head's metric). Round trip identical and tied, smaller than dense, the head's table lookup
+equal to the dense product, corrupted codes refused on load, densify and recovery's parameters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+import hf_factor_embed as hfe
+from hf_factor_embed.compress import _embedding_bytes
+from hf_factor_embed.errors import CheckpointError, FactorEmbedError
+from hf_factor_embed.factorize.banded import BandedMethod
+from hf_factor_embed.factorize.product import fit_product_codes
+from hf_factor_embed.recovery.trainable import factor_parameters
+
+VOCAB, WIDTH = 2048, 64
+
+
+def wide_vocab_llama() -> LlamaForCausalLM:
+    """A tiny LLaMA whose embedding is most of it, as in the models the tail is for."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def pq_model(centroids: int = 256) -> LlamaForCausalLM:
+    calibration = torch.randint(1, 300, (4000,), generator=torch.Generator().manual_seed(1))
+    method = BandedMethod(0.5, tail="pq", tail_sub_dim=8, tail_rank=4, tail_centroids=centroids)
+    return hfe.patch_model(wide_vocab_llama(), rank=16, method=method, calibration=calibration)
+
+
+@pytest.fixture
+def ids() -> torch.Tensor:
+    return torch.randint(1, VOCAB, (2, 16), generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple[Path, LlamaForCausalLM]:
+    out = tmp_path_factory.mktemp("pq")
+    model = pq_model()
+    model.save_pretrained(out)
+    return out, model
+
+
+def test_codes_recover_rows_better_than_their_mean():
+    torch.manual_seed(0)
+    rows = torch.randn(4096, 16) @ torch.randn(16, 16)
+    codes = fit_product_codes(rows, sub_dim=4, centroids=64)
+    assert codes.codes.dtype == torch.uint8 and codes.codes.shape == (4096, 4)
+    error = (codes.rows() - rows).pow(2).sum() / (rows - rows.mean(0)).pow(2).sum()
+    assert error < 0.35
+
+
+def test_head_by_table_lookup_equals_the_dense_product():
+    head = pq_model().lm_head
+    h = torch.randn(3, 5, WIDTH)
+    with torch.no_grad():
+        torch.testing.assert_close(head(h), h @ head.dense_weight().T, rtol=1e-4, atol=1e-4)
+
+
+def test_round_trip_is_identical_tied_and_smaller(saved, ids):
+    out, model = saved
+    with torch.no_grad():
+        expected = model(ids).logits
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    embedding, head = reloaded.get_input_embeddings(), reloaded.lm_head
+    assert head.tail_codes is embedding.tail_codes and head.codebooks is embedding.codebooks
+    assert embedding.tail_codes.dtype == torch.uint8 and embedding.tail_codes.shape == (VOCAB, WIDTH // 8)
+    spec = json.loads((out / "config.json").read_text())["quantization_config"]["modules"]["input"]
+    assert (spec["tail_subvectors"], spec["tail_centroids"]) == (8, 256)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, expected)
+    stored = _embedding_bytes(model)
+    assert stored["stored"] < 0.5 * stored["dense_fp32"]
+
+
+def test_every_token_keeps_a_row_of_its_own():
+    """The low-rank tail alone maps the rows outside the band into a rank-4 subspace; the codes tell them apart."""
+    layer = pq_model().get_input_embeddings()
+    outside = torch.ones(VOCAB, dtype=torch.bool)
+    outside[layer.dense_index] = False
+    rows = layer.dense_weight()[outside]
+    assert torch.linalg.matrix_rank(rows.double()) > 16
+    assert torch.unique(layer.tail_codes[outside], dim=0).shape[0] > 0.9 * int(outside.sum())
+
+
+def test_densify_keeps_the_outputs(ids):
+    model = pq_model()
+    with torch.no_grad():
+        expected = model(ids).logits
+        hfe.densify(model)
+        torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_codebooks_train_and_codes_do_not(ids):
+    model = pq_model()
+    params = factor_parameters(model)
+    layer = model.get_input_embeddings()
+    assert any(p is layer.codebooks for p in params) and not any(p is layer.tail_codes for p in params)
+    for p in params:
+        p.requires_grad_(True)
+    model(ids, labels=ids).loss.backward()
+    assert layer.codebooks.grad is not None and layer.codebooks.grad.abs().sum() > 0
+
+
+def test_a_code_past_its_codebook_is_refused_on_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    pq_model(centroids=16).save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(path)
+    (key,) = [k for k in tensors if k.endswith("tail_codes")]
+    tensors[key][5, 0] = 200
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="code 200 but its codebooks have 16 centroids"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tail": "vq"}, "tail='vq'"),
+        ({"tail": "pq", "tail_sub_dim": 0}, "tail_sub_dim=0"),
+        ({"tail": "pq", "tail_rank": 0}, "tail_rank=0"),
+        ({"tail": "pq", "tail_centroids": 300}, "tail_centroids=300"),
+    ],
+)
+def test_bad_tail_settings_are_refused(kwargs, message):
+    with pytest.raises(FactorEmbedError, match=message):
+        BandedMethod(0.5, **kwargs)
+
+
+def test_a_sub_dimension_that_does_not_divide_the_width_is_refused():
+    with pytest.raises(FactorEmbedError, match="must divide the embedding width 64"):
+        hfe.patch_model(
+            wide_vocab_llama(),
+            rank=8,
+            method=BandedMethod(0.5, tail="pq", tail_sub_dim=7),
+            calibration=torch.arange(1, 300),
+        )
