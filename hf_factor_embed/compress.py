@@ -426,6 +426,7 @@ def _measure_peers(model, eval_texts: dict, dense_eval: dict, names: bool | Sequ
 def _embedding_bytes(model) -> dict:
     """Bytes the factorized embeddings take as stored (integer factors at their bits, a tied pair once), and
     the dense fp32 bytes they replace."""
+    from .layers import TAIL_CODE_TENSORS
     from .quantize import QUANTIZED_TENSORS, stored_shapes
 
     config = model.config.quantization_config
@@ -435,7 +436,7 @@ def _embedding_bytes(model) -> dict:
             continue
         seen.add(id(layer.weight))
         dense += layer.weight.shape[0] * layer.basis.shape[1] * 4
-        for name in ("weight", "basis", "dense_rows", "dense_index", "tail_codes", "codebooks", "tail_rotation"):
+        for name in (*QUANTIZED_TENSORS, "dense_index", *TAIL_CODE_TENSORS):
             tensor = getattr(layer, name, None)
             if tensor is None:
                 continue

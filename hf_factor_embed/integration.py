@@ -211,7 +211,14 @@ def check_tail_codes(name: str, layer) -> None:
             f"{name}.tail_codes holds code {int(codes.max())} but its codebooks have {k} centroids: an edited or "
             "damaged checkpoint; save the model again"
         )
-    for tensor_name in ("codebooks", "tail_rotation"):
+    columns, d = layer.tail_columns, layer.embedding_dim
+    if columns.numel() and (
+        int(columns.min()) < 0 or int(columns.max()) >= d or columns.unique().numel() < columns.numel()
+    ):
+        raise CheckpointError(
+            f"{name}.tail_columns must name distinct coordinates in 0..{d - 1}: an edited or damaged checkpoint"
+        )
+    for tensor_name in ("codebooks", "tail_rotation", "tail_column_values"):
         if not bool(getattr(layer, tensor_name).isfinite().all()):
             raise CheckpointError(f"{name}.{tensor_name} holds NaN or infinite values: save the model again")
 

@@ -35,6 +35,8 @@ from torch import nn
 
 #: The tensors of a factorized layer stored column-major (:func:`head_layout`): A and the band's rows.
 HEAD_LAYOUT_TENSORS = ("weight", "dense_rows")
+#: The tensors of a product-coded tail (:mod:`hf_factor_embed.factorize.product`), stored as they are.
+TAIL_CODE_TENSORS = ("tail_codes", "codebooks", "tail_rotation", "tail_columns", "tail_column_values")
 #: Row-major copies handed to state dicts, alive while a state dict holds them (see ``_save_to_state_dict``).
 _ROW_MAJOR_COPIES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
@@ -76,7 +78,7 @@ class FactorizedLayer(nn.Module):
     weight: nn.Parameter
     basis: nn.Parameter
     #: Names of the tensors a tied head shares with its embedding, beside ``weight``.
-    shared_tensors = ("basis", "dense_rows", "dense_index", "tail_codes", "codebooks", "tail_rotation")
+    shared_tensors = ("basis", "dense_rows", "dense_index", *TAIL_CODE_TENSORS)
 
     def __init__(
         self,
@@ -87,6 +89,7 @@ class FactorizedLayer(nn.Module):
         dense_rows: int = 0,
         tail_subvectors: int = 0,
         tail_centroids: int = 256,
+        tail_exact_columns: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -111,12 +114,12 @@ class FactorizedLayer(nn.Module):
         else:  # registered as None, like nn.Linear's absent bias: no entry in the state dict
             self.register_parameter("dense_rows", None)
             self.register_parameter("dense_index", None)
-        self._init_tail_codes(tail_subvectors, tail_centroids, device, dtype)
+        self._init_tail_codes(tail_subvectors, tail_centroids, tail_exact_columns, device, dtype)
 
-    def _init_tail_codes(self, m: int, k: int, device, dtype) -> None:
+    def _init_tail_codes(self, m: int, k: int, c: int, device, dtype) -> None:
         v, d = self.num_embeddings, self.embedding_dim
         if not m:
-            for name in ("tail_codes", "codebooks", "tail_rotation"):
+            for name in TAIL_CODE_TENSORS:
                 self.register_parameter(name, None)
             return
         if d % m or not 1 <= k <= 256:
@@ -125,6 +128,11 @@ class FactorizedLayer(nn.Module):
         self.tail_codes = nn.Parameter(torch.zeros(v, m, dtype=torch.uint8, device=device), requires_grad=False)
         self.codebooks = nn.Parameter(torch.empty(m, k, d // m, device=device, dtype=dtype))
         self.tail_rotation = nn.Parameter(torch.empty(d, d, device=device, dtype=dtype))
+        # The outlier coordinates, exact in every row (fp16; copies of W's columns, nothing to train).
+        self.tail_columns = nn.Parameter(torch.zeros(c, dtype=torch.long, device=device), requires_grad=False)
+        self.tail_column_values = nn.Parameter(
+            torch.zeros(v, c, dtype=torch.float16, device=device), requires_grad=False
+        )
 
     @property
     def has_tail_codes(self) -> bool:
@@ -135,7 +143,9 @@ class FactorizedLayer(nn.Module):
         m = self.codebooks.shape[0]
         codes = self.tail_codes[ids].long()  # (..., m)
         parts = self.codebooks[torch.arange(m, device=codes.device), codes]  # (..., m, d/m)
-        return parts.flatten(-2) @ self.tail_rotation
+        rows = parts.flatten(-2) @ self.tail_rotation  # zero in the exact columns
+        exact = self.tail_column_values[ids].to(rows.dtype)
+        return rows.index_copy(rows.dim() - 1, self.tail_columns, exact)
 
     def tail_code_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """``hidden_states @ (product-coded rows).T`` by table lookup: per subspace the rotated state's dot products
@@ -147,7 +157,9 @@ class FactorizedLayer(nn.Module):
         flat = tables.reshape(-1, m * k)
         offsets = (self.tail_codes.long() + torch.arange(m, device=flat.device) * k).reshape(-1, m)
         logits = F.embedding_bag(offsets, flat.T.contiguous(), mode="sum")  # V x n
-        return logits.T.reshape(*hidden_states.shape[:-1], -1)
+        logits = logits.T.reshape(*hidden_states.shape[:-1], -1)
+        exact = hidden_states.index_select(-1, self.tail_columns)
+        return logits + F.linear(exact, self.tail_column_values.to(exact.dtype))
 
     @torch.no_grad()
     def use_head_layout(self) -> None:
@@ -226,6 +238,8 @@ class FactorizedLayer(nn.Module):
             self.tail_codes.copy_(tail_codes.codes)
             self.codebooks.copy_(tail_codes.codebooks)
             self.tail_rotation.copy_(tail_codes.rotation)
+            self.tail_columns.copy_(tail_codes.columns)
+            self.tail_column_values.copy_(tail_codes.column_values)
         if dense_rows is not None:
             dense_index, order = torch.as_tensor(dense_index).sort()
             self.dense_index.copy_(dense_index)
@@ -255,6 +269,7 @@ class FactorizedEmbedding(FactorizedLayer):
         dense_rows: int = 0,
         tail_subvectors: int = 0,
         tail_centroids: int = 256,
+        tail_exact_columns: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -265,6 +280,7 @@ class FactorizedEmbedding(FactorizedLayer):
             dense_rows=dense_rows,
             tail_subvectors=tail_subvectors,
             tail_centroids=tail_centroids,
+            tail_exact_columns=tail_exact_columns,
             device=device,
             dtype=dtype,
         )
@@ -308,6 +324,7 @@ class FactorizedLMHead(FactorizedLayer):
         dense_rows: int = 0,
         tail_subvectors: int = 0,
         tail_centroids: int = 256,
+        tail_exact_columns: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -318,6 +335,7 @@ class FactorizedLMHead(FactorizedLayer):
             dense_rows=dense_rows,
             tail_subvectors=tail_subvectors,
             tail_centroids=tail_centroids,
+            tail_exact_columns=tail_exact_columns,
             device=device,
             dtype=dtype,
         )

@@ -293,6 +293,7 @@ def _config(plan: _Plan, factors: dict[str, Factors], rank: int | None, budget: 
             modules[role]["dense_rows"] = f.dense_index.numel()
         if f.tail_codes is not None:
             modules[role]["tail_subvectors"], modules[role]["tail_centroids"] = f.tail_codes.codebooks.shape[:2]
+            modules[role]["tail_exact_columns"] = f.tail_codes.columns.numel()
         scale = embed_scale_of(module) if role != OUTPUT else None
         if scale is not None:
             modules[role]["embed_scale"] = scale

@@ -79,6 +79,7 @@ def install_layers(
                 dense_rows=spec.get("dense_rows", 0),
                 tail_subvectors=spec.get("tail_subvectors", 0),
                 tail_centroids=spec.get("tail_centroids", 256),
+                tail_exact_columns=spec.get("tail_exact_columns", 0),
                 **factory,
             )
             if config.tied:
@@ -93,6 +94,7 @@ def install_layers(
                 dense_rows=spec.get("dense_rows", 0),
                 tail_subvectors=spec.get("tail_subvectors", 0),
                 tail_centroids=spec.get("tail_centroids", 256),
+                tail_exact_columns=spec.get("tail_exact_columns", 0),
                 **factory,
             )
         object.__setattr__(layer, DENSE_SKELETON, meta_copy(original))

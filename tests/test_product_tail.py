@@ -39,7 +39,7 @@ def wide_vocab_llama() -> LlamaForCausalLM:
 
 def pq_model(centroids: int = 256) -> LlamaForCausalLM:
     calibration = torch.randint(1, 300, (4000,), generator=torch.Generator().manual_seed(1))
-    method = BandedMethod(0.5, tail="pq", tail_sub_dim=8, tail_rank=4, tail_centroids=centroids)
+    method = BandedMethod(0.5, tail="pq", tail_sub_dim=8, tail_rank=4, tail_centroids=centroids, tail_exact_columns=4)
     return hfe.patch_model(wide_vocab_llama(), rank=16, method=method, calibration=calibration)
 
 
@@ -96,6 +96,17 @@ def test_every_token_keeps_a_row_of_its_own():
     rows = layer.dense_weight()[outside]
     assert torch.linalg.matrix_rank(rows.double()) > 16
     assert torch.unique(layer.tail_codes[outside], dim=0).shape[0] > 0.9 * int(outside.sum())
+
+
+def test_outlier_columns_are_exact_in_every_row():
+    """A few coordinates of the hidden state carry massive activations; the tail keeps them exact (fp16)."""
+    dense = wide_vocab_llama().get_input_embeddings().weight.detach().clone()
+    layer = pq_model().get_input_embeddings()
+    columns, outside = layer.tail_columns, torch.ones(VOCAB, dtype=torch.bool)
+    outside[layer.dense_index] = False  # the band's rows are exact in every coordinate
+    assert columns.numel() == 4
+    tail = layer.dense_weight()[outside][:, columns]
+    torch.testing.assert_close(tail, dense[outside][:, columns].half().float(), rtol=0, atol=0)
 
 
 def test_densify_keeps_the_outputs(ids):

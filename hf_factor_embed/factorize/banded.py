@@ -29,7 +29,7 @@ from .activation import normalized_cov
 from .base import FactorizationMethod, FactorizationTask, Factors
 from .frequency import row_weights
 from .lowrank import weighted_lowrank
-from .product import check_sub_dim, fit_product_codes
+from .product import check_sub_dim, fit_product_codes, outlier_columns
 
 #: What the rows outside the band are stored as.
 TAILS = ("lowrank", "pq")
@@ -62,6 +62,7 @@ class BandedMethod(FactorizationMethod):
         tail_rank: int = 16,
         tail_sub_dim: int = 8,
         tail_centroids: int = 256,
+        tail_exact_columns: int = 16,
     ) -> None:
         """``tail``: ``"lowrank"`` (the rows outside the band share a rank-r' basis, r' from the plan) or
         ``"pq"`` (a rank-``tail_rank`` basis plus product codes of the residual, one byte per ``tail_sub_dim``
@@ -76,6 +77,10 @@ class BandedMethod(FactorizationMethod):
             raise FactorEmbedError(f"tail_centroids={tail_centroids!r} must lie in 2..256 (codes are one byte)")
         self.tail, self.tail_rank, self.tail_sub_dim = tail, tail_rank, tail_sub_dim
         self.tail_centroids = tail_centroids
+        if isinstance(tail_exact_columns, bool) or not isinstance(tail_exact_columns, int) or tail_exact_columns < 0:
+            raise FactorEmbedError(f"tail_exact_columns={tail_exact_columns!r} must be a whole number, 0 or more")
+        self.tail_exact_columns = tail_exact_columns
+        self.tail_mix = 0.3 if tail == "pq" else 0.0
         if isinstance(band_share, bool) or not isinstance(band_share, (int, float)) or not 0 <= band_share <= 1:
             raise FactorEmbedError(
                 f"band_share={band_share!r} is the share of the size spent on exact rows: give a number in 0..1 "
@@ -98,20 +103,30 @@ class BandedMethod(FactorizationMethod):
             check_sub_dim(self.tail_sub_dim, d)
             inner = min(self.tail_rank, d)
         metric = normalized_cov(task)
-        a, b = weighted_lowrank(task.weight, inner, row_weights=weights, col_cov=metric)
-        codes = None
+        if metric is not None and INPUT in task.roles and self.tail_mix:  # a tied pair: the joint metric
+            metric = metric + self.tail_mix * torch.eye(d, dtype=metric.dtype)
         if self.tail == "pq":
-            if metric is not None and INPUT in task.roles:  # a tied pair: the joint metric (see .activation)
-                metric = metric + 0.3 * torch.eye(d, dtype=metric.dtype)
-            scores = self.band_scores(task)
-            codes = fit_product_codes(
-                task.weight.float() - a @ b,
-                sub_dim=self.tail_sub_dim,
-                metric=metric,
-                row_weights=1 + v * scores,
-                centroids=self.tail_centroids,
-            )
-        return Factors(a, b, dense_index=top.sort().values if k else None, tail_codes=codes)
+            return self._product_tail(task, top, weights, inner, metric)
+        a, b = weighted_lowrank(task.weight, inner, row_weights=weights, col_cov=metric)
+        return Factors(a, b, dense_index=top.sort().values if top.numel() else None)
+
+    def _product_tail(self, task, top, weights, inner, metric) -> Factors:
+        """Outlier columns exact, a rank-``inner`` basis for the rest, product codes of what it leaves."""
+        v, _ = task.weight.shape
+        columns = outlier_columns(metric, task.weight, min(self.tail_exact_columns, task.weight.shape[1]))
+        weight = task.weight.float().index_fill(1, columns, 0.0)
+        a, b = weighted_lowrank(weight, inner, row_weights=weights, col_cov=metric)
+        b = b.index_fill(1, columns, 0.0)
+        codes = fit_product_codes(
+            weight - a @ b,
+            sub_dim=self.tail_sub_dim,
+            metric=metric,
+            row_weights=1 + v * self.band_scores(task),
+            centroids=self.tail_centroids,
+            columns=columns,
+            column_values=task.weight.float()[:, columns],
+        )
+        return Factors(a, b, dense_index=top.sort().values if top.numel() else None, tail_codes=codes)
 
     def band_scores(self, task: FactorizationTask) -> torch.Tensor:
         """How much each token deserves an exact row: its calibration frequency plus its expected probability."""

@@ -11,8 +11,10 @@ Fitted here on the residual left by the low-rank part, in the metric the head ne
 objective of :mod:`.activation`), quantized there, and mapped back by ``rotation = M^(-1/2)``, which the layer
 applies after the lookup. So the squared error k-means minimises is the logit error a tied pair cares about.
 Rows are weighted ``1 + V * (frequency + expected probability)``: the calibration's tokens pull the centroids, no
-row is ignored. The k-means is plain torch (batched over subspaces, chunked over rows, weighted): no new
-dependency, and weights and the rotation stay in one place.
+row is ignored. The k-means is faiss's (``faiss.Kmeans`` with row weights, one subspace at a time) where
+``faiss-cpu`` is installed (``pip install "hf-factor-embed[pq]"``), else the same weighted k-means in plain torch
+(batched over subspaces, chunked over rows). Gemma-3's 262,144 x 640 embedding, 80 subspaces of 8, 10 iterations on
+this 2-core CPU: torch about 250 s, faiss FAISS_SECONDS s (``python benchmarks/tail.py``).
 """
 
 from __future__ import annotations
@@ -31,16 +33,32 @@ _CHUNK_BYTES = 256 * 2**20  # distance matrices in memory at once
 @dataclass
 class ProductCodes:
     """``codes`` (V x m, uint8), ``codebooks`` (m x K x sub_dim) and ``rotation`` (d x d): row v is
-    ``concat_j codebooks[j, codes[v, j]] @ rotation``."""
+    ``concat_j codebooks[j, codes[v, j]] @ rotation``, except in the ``columns`` (c,), which hold ``column_values``
+    (V x c, fp16) exactly (the rotation's columns there are zero)."""
 
     codes: torch.Tensor
     codebooks: torch.Tensor
     rotation: torch.Tensor
+    columns: torch.Tensor
+    column_values: torch.Tensor
 
     def rows(self) -> torch.Tensor:
         m = self.codebooks.shape[0]
         parts = self.codebooks[torch.arange(m), self.codes.long()]  # V x m x sub_dim
-        return parts.reshape(self.codes.shape[0], -1) @ self.rotation
+        out = parts.reshape(self.codes.shape[0], -1) @ self.rotation
+        return out.index_copy(1, self.columns, self.column_values.to(out.dtype))
+
+
+def outlier_columns(metric: torch.Tensor | None, weight: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` coordinates with the largest hidden-state second moment (without one, the largest column
+    norms of W). A few coordinates of an LLM's final hidden state carry massive activations (Gemma-3: coordinate
+    507 reaches -365 on Hindi text, where the typical one is a few units); an error of 1% in those columns of a row
+    then moves its logit by tens and a tail token wins every argmax. Kept exact, they cost V * count fp16 values:
+    with 16, Hindi went from 4e8x to 5.7x dense (``python benchmarks/tail.py``)."""
+    if count == 0:
+        return torch.zeros(0, dtype=torch.long)
+    size = metric.diagonal() if metric is not None else weight.float().pow(2).sum(0)
+    return size.argsort(descending=True)[:count].sort().values
 
 
 def check_sub_dim(sub_dim: int, d: int) -> None:
@@ -70,21 +88,55 @@ def fit_product_codes(
     centroids: int = CENTROIDS,
     iterations: int = 10,
     seed: int = 0,
+    columns: torch.Tensor | None = None,
+    column_values: torch.Tensor | None = None,
 ) -> ProductCodes:
-    """Product codes of ``residual`` (V x d), fitted by weighted k-means in each subspace under ``metric``."""
+    """Product codes of ``residual`` (V x d), fitted by weighted k-means in each subspace under ``metric``; the
+    ``columns`` (kept exact as ``column_values`` by the caller) are left out of the fit."""
     v, d = residual.shape
     check_sub_dim(sub_dim, d)
+    columns = torch.zeros(0, dtype=torch.long) if columns is None else columns
+    residual = residual.index_fill(1, columns, 0.0)
     root, inverse_root = metric_root(metric, d)
     x = (residual.double() @ root).float().reshape(v, d // sub_dim, sub_dim).transpose(0, 1).contiguous()
     weights = torch.ones(v) if row_weights is None else row_weights.float().clamp_min(0)
-    generator = torch.Generator().manual_seed(seed)
     k = min(centroids, v)
+    fit = _kmeans_faiss if _has_faiss() else _kmeans_torch
+    books, codes = fit(x, weights, k, iterations, seed)
+    rotation = inverse_root.float().index_fill(1, columns, 0.0)
+    values = torch.zeros(v, columns.numel()) if column_values is None else column_values
+    return ProductCodes(codes.T.contiguous().to(torch.uint8), books, rotation, columns, values.half())
+
+
+def _has_faiss() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("faiss") is not None
+
+
+def _kmeans_faiss(x, weights, k: int, iterations: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """faiss's k-means in each subspace: (m x K x sub_dim centroids, m x V codes)."""
+    import faiss
+
+    books, codes = [], []
+    w = weights.numpy().astype("float32")
+    for part in x:
+        data = part.numpy().astype("float32", copy=False)
+        kmeans = faiss.Kmeans(data.shape[1], k, niter=iterations, seed=seed, max_points_per_centroid=data.shape[0])
+        kmeans.train(data, weights=w)
+        codes.append(torch.from_numpy(kmeans.index.search(data, 1)[1][:, 0].astype("int64")))
+        books.append(torch.from_numpy(kmeans.centroids.copy()))
+    return torch.stack(books), torch.stack(codes)
+
+
+def _kmeans_torch(x, weights, k: int, iterations: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same weighted k-means in plain torch, all subspaces at once."""
+    generator = torch.Generator().manual_seed(seed)
     start = torch.multinomial(weights / weights.sum(), k, replacement=False, generator=generator)
     books = x[:, start].clone()  # m x K x sub_dim
     for _ in range(iterations):
-        codes = _assign(x, books)
-        books = _update(x, codes, weights, books, generator)
-    return ProductCodes(_assign(x, books).T.contiguous().to(torch.uint8), books, inverse_root.float())
+        books = _update(x, _assign(x, books), weights, books, generator)
+    return books, _assign(x, books)
 
 
 def _assign(x: torch.Tensor, books: torch.Tensor) -> torch.Tensor:
