@@ -93,8 +93,11 @@ def main(argv: list[str] | None = None) -> None:
     result["checkpoints"] = {}
     for checkpoint in args.checkpoint:
         model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
-        rows = compare(tokenizer, groups, dense, greedy(model, tokenizer, list(groups), args.new_tokens))
+        started = time.perf_counter()
+        ours = greedy(model, tokenizer, list(groups), args.new_tokens)
+        rows = compare(tokenizer, groups, dense, ours)
         result["checkpoints"][str(checkpoint)] = {
+            "seconds": time.perf_counter() - started,
             "summary": summarize(rows),
             "continuations": [r.as_dict() for r in rows],
         }

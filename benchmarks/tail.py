@@ -41,7 +41,7 @@ UNSEEN = ["licenses", "messages", *(f"lang:{c}" for c in ("de", "fr", "es", "ru"
 #: name -> (rank, band share, tail, tail sub-dimension): rank and share set the band (and a low-rank tail's rank).
 POINTS = {
     "main": (160, 0.9, "lowrank", None),  # the main job: 59k band rows, a rank-16 tail (6.3%)
-    "pq8-6%": (26, 0.9, "pq", 8),  # ~9k band rows, one code byte per 8 values
+    "pq8-6%": (26, 0.9, "pq", 8),  # ~9.6k band rows, one code byte per 8 values
     "pq8-8%": (81, 0.9, "pq", 8),  # ~30k band rows
     "pq8-10%": (135, 0.9, "pq", 8),  # ~50k band rows
     "pq4-10%": (49, 0.9, "pq", 4),  # ~18k band rows, one code byte per 4 values

@@ -117,3 +117,22 @@ def test_gemma3_keeps_its_special_tokens_exact_and_continues_like_dense(gemma3, 
         assert ids[0, 0] == tokenizer.bos_token_id
         dense, ours = (m.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1] :] for m in (gemma3, model))
         assert torch.equal(ours[:3], dense[:3]), (prompt, tokenizer.decode(dense), tokenizer.decode(ours))
+
+
+def test_gemma3_product_tail_round_trip_is_identical_tied_and_smaller(gemma3, gemma3_dir, served, tmp_path):
+    """The tail every token keeps a row of (product codes, outlier coordinates exact) on the real 262k vocabulary."""
+    from hf_factor_embed.factorize.banded import BandedMethod
+
+    method = BandedMethod(0.9, tail="pq", tail_sub_dim=16)
+    model = hfe.patch_model(fresh(gemma3), rank=16, method=method, calibration=served, model_tokens=128, bits=4)
+    embedding = model.get_input_embeddings()
+    assert embedding.tail_codes.shape == (262144, 40) and embedding.tail_columns.numel() == 16
+    probe = torch.cat([served["pydoc"][:12], served["de"][:12]])[None]
+    with torch.no_grad():
+        expected = model(probe).logits
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.lm_head.tail_codes is reloaded.get_input_embeddings().tail_codes
+    with torch.no_grad():
+        assert torch.equal(reloaded(probe).logits, expected)
+    assert folder_bytes(tmp_path) < 0.45 * folder_bytes(gemma3_dir)

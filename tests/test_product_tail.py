@@ -163,3 +163,19 @@ def test_a_sub_dimension_that_does_not_divide_the_width_is_refused():
             method=BandedMethod(0.5, tail="pq", tail_sub_dim=7),
             calibration=torch.arange(1, 300),
         )
+
+
+def test_the_torch_k_means_matches_faiss_where_both_run(monkeypatch):
+    """faiss-cpu (the ``pq`` extra) is the fast path; without it the same weighted k-means runs in torch."""
+    from hf_factor_embed.factorize import product
+
+    if not product._has_faiss():
+        pytest.skip("faiss-cpu is not installed")
+    torch.manual_seed(0)
+    rows = torch.randn(3000, 16) @ torch.randn(16, 16)
+    errors = {}
+    for path in ("torch", "faiss"):
+        monkeypatch.setattr(product, "_has_faiss", lambda path=path: path == "faiss")
+        codes = product.fit_product_codes(rows, sub_dim=4, centroids=32)
+        errors[path] = float((codes.rows() - rows).pow(2).sum() / rows.pow(2).sum())
+    assert abs(errors["torch"] - errors["faiss"]) < 0.1 * errors["faiss"], errors
