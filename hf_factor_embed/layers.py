@@ -266,24 +266,10 @@ class FactorizedEmbedding(FactorizedLayer):
         *,
         padding_idx: int | None = None,
         embed_scale: float | None = None,
-        dense_rows: int = 0,
-        tail_subvectors: int = 0,
-        tail_centroids: int = 256,
-        tail_exact_columns: int = 0,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        **layout,
     ) -> None:
-        super().__init__(
-            num_embeddings,
-            embedding_dim,
-            rank,
-            dense_rows=dense_rows,
-            tail_subvectors=tail_subvectors,
-            tail_centroids=tail_centroids,
-            tail_exact_columns=tail_exact_columns,
-            device=device,
-            dtype=dtype,
-        )
+        """``layout``: :class:`FactorizedLayer`'s keyword arguments (the band, the tail's codes, device, dtype)."""
+        super().__init__(num_embeddings, embedding_dim, rank, **layout)
         self.padding_idx = padding_idx
         # A plain float, as in transformers' ScaledWordEmbedding classes: it is part of the architecture
         # (rebuilt from the config), never a weight to save.
@@ -321,25 +307,12 @@ class FactorizedLMHead(FactorizedLayer):
         rank: int,
         *,
         bias: bool = False,
-        dense_rows: int = 0,
-        tail_subvectors: int = 0,
-        tail_centroids: int = 256,
-        tail_exact_columns: int = 0,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        **layout,
     ) -> None:
-        super().__init__(
-            num_embeddings,
-            embedding_dim,
-            rank,
-            dense_rows=dense_rows,
-            tail_subvectors=tail_subvectors,
-            tail_centroids=tail_centroids,
-            tail_exact_columns=tail_exact_columns,
-            device=device,
-            dtype=dtype,
-        )
-        self.bias = nn.Parameter(torch.zeros(num_embeddings, device=device, dtype=dtype)) if bias else None
+        """``layout``: :class:`FactorizedLayer`'s keyword arguments (the band, the tail's codes, device, dtype)."""
+        super().__init__(num_embeddings, embedding_dim, rank, **layout)
+        factory = {"device": self.basis.device, "dtype": self.basis.dtype}
+        self.bias = nn.Parameter(torch.zeros(num_embeddings, **factory)) if bias else None
         # nn.Linear's names, read by transformers (resize, generation) and by users.
         self.in_features = embedding_dim
         self.out_features = num_embeddings

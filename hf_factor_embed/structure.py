@@ -22,6 +22,8 @@ from .lazy import pretrained_model_class as _pretrained_model_class
 if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
     from transformers import PreTrainedModel
 
+#: Keys of a module's entry in the config that size its layer beyond the rank (absent: no band, no codes).
+LAYOUT_KEYS = ("dense_rows", "tail_subvectors", "tail_centroids", "tail_exact_columns")
 #: Attribute of a factorized layer holding the replaced dense module on the meta device.
 DENSE_SKELETON = "_dense_skeleton"
 
@@ -69,18 +71,11 @@ def install_layers(
                 f"the {role!r} module of {type(model).__name__} is {v} x {d} but the factorized config says "
                 f"{spec['num_embeddings']} x {spec['embedding_dim']}"
             )
-        factory = {"device": original.weight.device, "dtype": original.weight.dtype}
+        layout = {"device": original.weight.device, "dtype": original.weight.dtype}
+        layout |= {k: spec[k] for k in LAYOUT_KEYS if k in spec}  # the band's size, the tail's codes
         if role == OUTPUT:
             layer: FactorizedLayer = FactorizedLMHead(
-                v,
-                d,
-                spec["rank"],
-                bias=getattr(original, "bias", None) is not None,
-                dense_rows=spec.get("dense_rows", 0),
-                tail_subvectors=spec.get("tail_subvectors", 0),
-                tail_centroids=spec.get("tail_centroids", 256),
-                tail_exact_columns=spec.get("tail_exact_columns", 0),
-                **factory,
+                v, d, spec["rank"], bias=getattr(original, "bias", None) is not None, **layout
             )
             if config.tied:
                 layer.tie_to(layers[INPUT])
@@ -91,11 +86,7 @@ def install_layers(
                 spec["rank"],
                 padding_idx=getattr(original, "padding_idx", None),
                 embed_scale=spec.get("embed_scale"),
-                dense_rows=spec.get("dense_rows", 0),
-                tail_subvectors=spec.get("tail_subvectors", 0),
-                tail_centroids=spec.get("tail_centroids", 256),
-                tail_exact_columns=spec.get("tail_exact_columns", 0),
-                **factory,
+                **layout,
             )
         object.__setattr__(layer, DENSE_SKELETON, meta_copy(original))
         adapter.set(model, role, layer)
