@@ -319,12 +319,20 @@ def _report(model, plan: _Plan, factors: dict[str, Factors], note: str | None) -
                 rank=f.rank,
                 dense_rows=k,
                 params_before=v * d,
-                params_after=0 if shared else f.rank * (v + d) + k * d,
+                params_after=0 if shared else f.rank * (v + d) + k * d + _code_elements(f),
                 shares_with=source if shared else None,
                 relative_error=None if shared else _relative_error(module.weight.detach(), f),
             )
         )
     return report
+
+
+def _code_elements(f: Factors) -> int:
+    """Elements of the tail's product codes (uint8 codes count one each, as ``num_parameters`` counts them)."""
+    codes = f.tail_codes
+    if codes is None:
+        return 0
+    return sum(t.numel() for t in (codes.codes, codes.codebooks, codes.rotation, codes.columns, codes.column_values))
 
 
 def _relative_error(weight: torch.Tensor, f: Factors) -> float:
