@@ -37,6 +37,10 @@ from torch import nn
 HEAD_LAYOUT_TENSORS = ("weight", "dense_rows")
 #: The tensors of a product-coded tail (:mod:`hf_factor_embed.factorize.product`), stored as they are.
 TAIL_CODE_TENSORS = ("tail_codes", "codebooks", "tail_rotation", "tail_columns", "tail_column_values")
+#: Positions up to which the tail's codes are read by table lookup (each gathers V * m entries), and the rows per
+#: block when more positions rebuild them instead (V x n logits either way).
+_LOOKUP_POSITIONS = 4
+_CODE_BLOCK = 32768
 #: Row-major copies handed to state dicts, alive while a state dict holds them (see ``_save_to_state_dict``).
 _ROW_MAJOR_COPIES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
@@ -148,18 +152,48 @@ class FactorizedLayer(nn.Module):
         return rows.index_copy(rows.dim() - 1, self.tail_columns, exact)
 
     def tail_code_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """``hidden_states @ (product-coded rows).T`` by table lookup: per subspace the rotated state's dot products
-        with the K centroids, then for every token the sum of its m entries (``embedding_bag``)."""
-        m, k, _ = self.codebooks.shape
+        """``hidden_states @ (product-coded rows).T``, the rows never formed whole.
+
+        A decode step (a few positions) reads the codes by table lookup: per subspace the rotated state's dot
+        products with the K centroids, then for every token the sum of its m entries, one ``index_select`` over
+        the codes' flat offsets. Many positions (prefill, perplexity) rebuild the rows a block at a time in the
+        rotated space and multiply, as a dense head would.
+        """
+        m, k, s = self.codebooks.shape
         rotated = F.linear(hidden_states, self.tail_rotation)  # h @ R.T: (..., d)
-        sub = rotated.unflatten(-1, (m, -1))  # (..., m, d/m)
-        tables = torch.einsum("...ms,mks->...mk", sub, self.codebooks).flatten(-2)  # (..., m*K)
-        flat = tables.reshape(-1, m * k)
-        offsets = (self.tail_codes.long() + torch.arange(m, device=flat.device) * k).reshape(-1, m)
-        logits = F.embedding_bag(offsets, flat.T.contiguous(), mode="sum")  # V x n
-        logits = logits.T.reshape(*hidden_states.shape[:-1], -1)
+        flat = rotated.reshape(-1, m * s)
+        if flat.shape[0] <= _LOOKUP_POSITIONS:
+            offsets = self._code_offsets()
+            parts = []
+            for row in flat:  # one position at a time: its V x m gathered entries are the peak
+                table = torch.einsum("ms,mks->mk", row.view(m, s), self.codebooks).reshape(-1)
+                parts.append(table.index_select(0, offsets).view(-1, m).sum(-1))
+            logits = torch.stack(parts)
+        else:
+            logits = torch.cat(
+                [flat @ self._code_parts(block).T for block in torch.arange(self.num_embeddings).split(_CODE_BLOCK)],
+                dim=-1,
+            )
+        logits = logits.reshape(*hidden_states.shape[:-1], -1)
         exact = hidden_states.index_select(-1, self.tail_columns)
         return logits + F.linear(exact, self.tail_column_values.to(exact.dtype))
+
+    def _code_parts(self, ids: torch.Tensor) -> torch.Tensor:
+        """The rows of ``ids`` in the rotated space (before ``tail_rotation``): ``len(ids) x d``."""
+        m = self.codebooks.shape[0]
+        codes = self.tail_codes[ids.to(self.tail_codes.device)].long()
+        return self.codebooks[torch.arange(m, device=codes.device), codes].flatten(-2)
+
+    def _code_offsets(self) -> torch.Tensor:
+        """The codes as flat int32 offsets into the m * K tables (V * m), cached while the codes are unchanged."""
+        key = (self.tail_codes.data_ptr(), self.tail_codes._version, self.codebooks.shape[1])
+        cached = getattr(self, "_offsets", None)
+        if cached is None or cached[0] != key:
+            m, k = self.codebooks.shape[:2]
+            step = torch.arange(m, dtype=torch.int32, device=self.tail_codes.device) * k
+            cached = (key, (self.tail_codes.to(torch.int32) + step).reshape(-1))
+            object.__setattr__(self, "_offsets", cached)  # not a buffer: never saved, never moved by .to()
+        return cached[1]
 
     @torch.no_grad()
     def use_head_layout(self) -> None:

@@ -123,7 +123,14 @@ def _kmeans_faiss(x, weights, k: int, iterations: int, seed: int) -> tuple[torch
     w = weights.numpy().astype("float32")
     for part in x:
         data = part.numpy().astype("float32", copy=False)
-        kmeans = faiss.Kmeans(data.shape[1], k, niter=iterations, seed=seed, max_points_per_centroid=data.shape[0])
+        kmeans = faiss.Kmeans(
+            data.shape[1],
+            k,
+            niter=iterations,
+            seed=seed,
+            max_points_per_centroid=data.shape[0],
+            min_points_per_centroid=1,
+        )
         kmeans.train(data, weights=w)
         codes.append(torch.from_numpy(kmeans.index.search(data, 1)[1][:, 0].astype("int64")))
         books.append(torch.from_numpy(kmeans.centroids.copy()))
