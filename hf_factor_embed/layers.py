@@ -40,7 +40,7 @@ TAIL_CODE_TENSORS = ("tail_codes", "codebooks", "tail_rotation", "tail_columns",
 #: Positions up to which the tail's codes are read by table lookup (each gathers V * m entries), and the rows per
 #: block when more positions rebuild them instead (V x n logits either way).
 _LOOKUP_POSITIONS = 4
-_CODE_BLOCK = 32768
+_CODE_BLOCK = 16384
 #: Row-major copies handed to state dicts, alive while a state dict holds them (see ``_save_to_state_dict``).
 _ROW_MAJOR_COPIES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
@@ -163,11 +163,11 @@ class FactorizedLayer(nn.Module):
         rotated = F.linear(hidden_states, self.tail_rotation)  # h @ R.T: (..., d)
         flat = rotated.reshape(-1, m * s)
         if flat.shape[0] <= _LOOKUP_POSITIONS:
-            offsets = self._code_offsets()
+            offsets = self._code_offsets().split(_CODE_BLOCK * m)  # a block of tokens' entries at a time
             parts = []
-            for row in flat:  # one position at a time: its V x m gathered entries are the peak
+            for row in flat:
                 table = torch.einsum("ms,mks->mk", row.view(m, s), self.codebooks).reshape(-1)
-                parts.append(table.index_select(0, offsets).view(-1, m).sum(-1))
+                parts.append(torch.cat([table.index_select(0, o).view(-1, m).sum(-1) for o in offsets]))
             logits = torch.stack(parts)
         else:
             logits = torch.cat(
