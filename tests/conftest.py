@@ -27,10 +27,10 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 VOCAB = 320
 
 
-def tiny_llama(tied: bool = True) -> LlamaForCausalLM:
+def tiny_llama(tied: bool = True, vocab: int = VOCAB) -> LlamaForCausalLM:
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         hidden_size=64,
         intermediate_size=96,
         num_hidden_layers=2,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from conftest import tiny_llama
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 import hf_factor_embed as hfe
 from hf_factor_embed.compress import _embedding_bytes
@@ -23,18 +24,7 @@ VOCAB, WIDTH = 2048, 64
 
 def wide_vocab_llama() -> LlamaForCausalLM:
     """A tiny LLaMA whose embedding is most of it, as in the models the tail is for."""
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=WIDTH,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(vocab=VOCAB)
 
 
 def pq_model(centroids: int = 256) -> LlamaForCausalLM:
