@@ -141,7 +141,8 @@ def compress(
     )
     seconds = time.perf_counter() - started
     report = model.factor_embed_report
-    special = special_token_ids(model, tokenizer)
+    has_band = any(layer.dense_index is not None for layer in factorized_layers(model).values())
+    special = special_token_ids(model, tokenizer) if has_band else torch.zeros(0, dtype=torch.long)
     result = {
         "base_model": str(model_name),
         "base_model_id": base_model_id,
