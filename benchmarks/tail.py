@@ -30,7 +30,7 @@ from hf_factor_embed.calibration import collect_stats
 from hf_factor_embed.calibration_stats import CalibrationStats
 from hf_factor_embed.compress import _embedding_bytes
 from hf_factor_embed.evaluation import perplexity
-from hf_factor_embed.factorize.banded import BandedMethod
+from hf_factor_embed.factorize.banded import BandedMethod, band_scores
 from hf_factor_embed.model_text import bos_prefix, special_token_ids
 from hf_factor_embed.peers import QuantizedPeer, TrimmedPeer
 from hf_factor_embed.sources import load_source
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         point["ratio"] = {k: p / dense_ppl[k] for k, p in score(model).items()}
         del model
         rows = min(v, stored // (d + 2))  # int8 rows with an fp16 scale, as the band is stored
-        scores = BandedMethod().band_scores(_Task(stats))
+        scores = band_scores(stats)
         scores[special_token_ids(dense, tokenizer)] = float("inf")
         trim = TrimmedPeer("trim", torch.argsort(scores, descending=True, stable=True)[:rows], tokenizer.unk_token_id)
         point["trim_equal_bytes"] = {
@@ -121,11 +121,6 @@ def main(argv: list[str] | None = None) -> None:
         print(render_row(f"  trim {rows} rows", {"share": point["share"], **point["trim_equal_bytes"]}), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
-
-
-class _Task:  # what BandedMethod.band_scores reads
-    def __init__(self, stats):
-        self.stats = stats
 
 
 def render_row(name: str, point: dict) -> str:

@@ -39,7 +39,7 @@ from hf_factor_embed.calibration import collect_stats
 from hf_factor_embed.calibration_stats import CalibrationStats
 from hf_factor_embed.compress import _embedding_bytes
 from hf_factor_embed.evaluation import perplexity
-from hf_factor_embed.factorize.banded import BandedMethod
+from hf_factor_embed.factorize.banded import BandedMethod, band_scores
 from hf_factor_embed.model_text import bos_prefix, special_token_ids
 from hf_factor_embed.peers import TrimmedPeer, quantization_peers
 from hf_factor_embed.sources import load_source
@@ -134,7 +134,7 @@ def run_model(name: str, sets: list[str], args, save) -> dict:
                 print(f"{name} {set_name} r={rank}: {point['share']:.1%} of fp32, {point['ratio']}", flush=True)
                 continue
             trim_rows = min(v, stored // (d + 2))  # int8 rows with an fp16 scale, as the band is stored
-            scores = BandedMethod().band_scores(_Task(stats))
+            scores = band_scores(stats)
             scores[special_token_ids(dense, tokenizer)] = float("inf")  # trimming keeps the special tokens too
             kept = torch.argsort(scores, descending=True, stable=True)[:trim_rows]
             trim = TrimmedPeer("trim", kept, _unk_id(tokenizer))
@@ -162,11 +162,6 @@ def _earlier(args, name: str) -> dict | None:
     if not (args.resume and args.out.is_file()):
         return None
     return next((r for r in json.loads(args.out.read_text())["results"] if r["model"] == name), None)
-
-
-class _Task:  # what BandedMethod.band_scores reads
-    def __init__(self, stats):
-        self.stats = stats
 
 
 def _unk_id(tokenizer) -> int:

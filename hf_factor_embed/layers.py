@@ -144,10 +144,7 @@ class FactorizedLayer(nn.Module):
 
     def tail_code_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The product-coded part of the rows of ``ids`` (any shape), ``(*ids.shape, d)``."""
-        m = self.codebooks.shape[0]
-        codes = self.tail_codes[ids].long()  # (..., m)
-        parts = self.codebooks[torch.arange(m, device=codes.device), codes]  # (..., m, d/m)
-        rows = parts.flatten(-2) @ self.tail_rotation  # zero in the exact columns
+        rows = self._code_parts(ids) @ self.tail_rotation  # zero in the exact columns
         exact = self.tail_column_values[ids].to(rows.dtype)
         return rows.index_copy(rows.dim() - 1, self.tail_columns, exact)
 
@@ -179,7 +176,7 @@ class FactorizedLayer(nn.Module):
         return logits + F.linear(exact, self.tail_column_values.to(exact.dtype))
 
     def _code_parts(self, ids: torch.Tensor) -> torch.Tensor:
-        """The rows of ``ids`` in the rotated space (before ``tail_rotation``): ``len(ids) x d``."""
+        """The rows of ``ids`` (any shape) in the rotated space, before ``tail_rotation``: ``(*ids.shape, d)``."""
         m = self.codebooks.shape[0]
         codes = self.tail_codes[ids.to(self.tail_codes.device)].long()
         return self.codebooks[torch.arange(m, device=codes.device), codes].flatten(-2)

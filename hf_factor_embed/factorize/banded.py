@@ -130,11 +130,17 @@ class BandedMethod(FactorizationMethod):
 
     def band_scores(self, task: FactorizationTask) -> torch.Tensor:
         """How much each token deserves an exact row: its calibration frequency plus its expected probability."""
-        counts = task.stats.token_counts.double()
-        scores = counts / counts.sum().clamp_min(1)
-        probs = task.stats.expected_probs
-        if self.use_expected_probs and probs is not None:
-            if probs.shape != counts.shape:
-                raise ValueError(f"expected_probs covers {probs.shape[0]} tokens but the counts {counts.shape[0]}")
-            scores = scores + probs.double()
-        return scores
+        return band_scores(task.stats, self.use_expected_probs)
+
+
+def band_scores(stats, use_expected_probs: bool = True) -> torch.Tensor:
+    """Calibration frequency plus the model's expected probability, per token, from :class:`CalibrationStats`
+    (what ranks the band; benchmarks rank trimmed vocabularies by it too)."""
+    counts = stats.token_counts.double()
+    scores = counts / counts.sum().clamp_min(1)
+    probs = stats.expected_probs
+    if use_expected_probs and probs is not None:
+        if probs.shape != counts.shape:
+            raise ValueError(f"expected_probs covers {probs.shape[0]} tokens but the counts {counts.shape[0]}")
+        scores = scores + probs.double()
+    return scores
