@@ -1,0 +1,189 @@
+"""``export(folder, out, format=...)``: check, load, record transformers' answers, swap in stored factors, write,
+check the written file against those answers, report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..arguments import check_writable_folder, one_of
+from ..errors import FactorEmbedError
+from ..folders import check_output_dir, is_factorized_checkpoint
+
+FORMATS = ("onnx",)
+#: Modules each format needs -> the line that installs them.
+_NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime")}
+INSTALL = 'pip install "hf-factor-embed[export]"'
+#: Prompts the written file is checked on: greedy tokens must match transformers' (decoders); hidden states must
+#: agree (encoders). Short, so the check costs seconds.
+CHECK_PROMPTS = ("The capital of France is", "def add(a, b):\n    return")
+CHECK_TOKENS = 8
+REPORT_FILE = "export.json"
+#: Files of the checkpoint folder copied beside the exported model (tokenizer, configs, the card).
+_BESIDE = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.txt",
+    "chat_template.jinja",
+    "README.md",
+)
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export` wrote and how it was checked."""
+
+    format: str
+    file: str
+    kind: str  # "decoder" (greedy-checked) or "encoder" (hidden states checked)
+    file_bytes: int
+    embedding_bytes: int  # the stored factors in the file
+    checkpoint_embedding_bytes: int  # the same factors in the checkpoint's safetensors
+    checked_prompts: int
+    identical: bool
+    max_abs_difference: float | None
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        check = (
+            f"greedy tokens identical to transformers on {self.checked_prompts} prompts"
+            if self.kind == "decoder"
+            else f"hidden states within {self.max_abs_difference:.1e} of transformers'"
+        )
+        return (
+            f"wrote {self.file} ({self.file_bytes / 1e6:.1f} MB; "
+            f"embedding factors {self.embedding_bytes / 1e6:.1f} MB, "
+            f"the checkpoint's {self.checkpoint_embedding_bytes / 1e6:.1f} MB); {check}; {self.seconds:.0f} s"
+        )
+
+
+def export(folder: str | Path, out: str | Path, *, format: str = "onnx", overwrite: bool = False) -> ExportReport:
+    """Export the factorized checkpoint ``folder`` to ``out`` (a new folder) in ``format`` and check it.
+
+    Raises :class:`FactorEmbedError` before anything loads for a folder that is not a factorized checkpoint, an
+    unknown format, an unwritable ``out`` or a missing extra; after writing, when the file disagrees with
+    transformers (the folder is then left with the file and ``export.json`` saying so, for a bug report).
+    """
+    started = time.perf_counter()
+    folder, out = Path(folder), Path(out)
+    kind = check_export(folder, out, format=format, overwrite=overwrite)
+    from ..loading import load_model
+    from ..structure import factorized_layers
+    from .decoder import use_stored_factors
+
+    model, tokenizer = load_model(folder)
+    if tokenizer is None:
+        raise FactorEmbedError(f"{folder} has no tokenizer files; the export is checked on text and ships one")
+    reference = _reference(model, tokenizer, kind)
+    modules = list(factorized_layers(model))
+    use_stored_factors(model)
+    out.mkdir(parents=True, exist_ok=True)
+    path = _write(model, out, format, kind)
+    for name in _BESIDE:
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, out / name)
+    identical, difference = _check(path, tokenizer, kind, reference)
+    report = ExportReport(
+        format=format,
+        file=str(path),
+        kind=kind,
+        file_bytes=path.stat().st_size,
+        embedding_bytes=_factor_bytes(model),
+        checkpoint_embedding_bytes=_checkpoint_factor_bytes(folder, modules),
+        checked_prompts=len(CHECK_PROMPTS),
+        identical=identical,
+        max_abs_difference=difference,
+        seconds=time.perf_counter() - started,
+    )
+    (out / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if not identical:
+        raise FactorEmbedError(
+            f"the exported file disagrees with transformers (see {out / REPORT_FILE}); please report it"
+        )
+    return report
+
+
+def check_export(folder: Path, out: Path, *, format: str, overwrite: bool = False) -> str:
+    """Every check that needs no weights; returns the kind of graph ("decoder" or "encoder")."""
+    one_of("--format", format, FORMATS)
+    if not is_factorized_checkpoint(folder):
+        raise FactorEmbedError(
+            f"{folder} is a dense checkpoint; export exports factorized ones (run hf-factor-embed compress first)"
+        )
+    config = json.loads((folder / "config.json").read_text())
+    kind = "decoder" if any(a.endswith("ForCausalLM") for a in config.get("architectures") or []) else "encoder"
+    missing = [module for module in _NEEDS[format] if importlib.util.find_spec(module) is None]
+    if missing:
+        raise FactorEmbedError(f"{format} export needs {', '.join(missing)}; {INSTALL}")
+    check_output_dir(out, overwrite=overwrite)
+    check_writable_folder(out)
+    return kind
+
+
+def _reference(model, tokenizer, kind: str):
+    import torch
+
+    from ..continuations import greedy
+
+    if kind == "decoder":
+        return greedy(model, tokenizer, list(CHECK_PROMPTS), CHECK_TOKENS)
+    with torch.no_grad():
+        return [model.base_model(**tokenizer(p, return_tensors="pt")).last_hidden_state for p in CHECK_PROMPTS]
+
+
+def _write(model, out: Path, format: str, kind: str) -> Path:
+    from .onnx import export_onnx
+
+    return export_onnx(model, out, kind)
+
+
+def _check(path: Path, tokenizer, kind: str, reference) -> tuple[bool, float | None]:
+    from .runtime import OnnxDecoder, OnnxEncoder
+
+    if kind == "decoder":
+        runtime = OnnxDecoder(path)
+        ours = [runtime.greedy(tokenizer(p).input_ids, CHECK_TOKENS) for p in CHECK_PROMPTS]
+        return ours == reference, None
+    runtime = OnnxEncoder(path)
+    difference = max(
+        float(abs(runtime.hidden_states(tokenizer(p, return_tensors="np")) - ref.numpy()).max())
+        for p, ref in zip(CHECK_PROMPTS, reference, strict=True)
+    )
+    return difference < 1e-3, difference
+
+
+def _factor_bytes(model) -> int:
+    from .layers import ExportedFactors
+
+    tensors = {id(t): t for m in model.modules() if isinstance(m, ExportedFactors) for t in m.buffers()}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _checkpoint_factor_bytes(folder: Path, modules: list[str]) -> int:
+    """Bytes of the factorized modules' tensors in the checkpoint's safetensors files (read from their headers)."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(file, "pt") as handle:
+            for key in handle.keys():
+                if any(key.startswith(module + ".") for module in modules):
+                    tensor = handle.get_slice(key)
+                    total += math.prod(tensor.get_shape()) * _ITEMSIZE[tensor.get_dtype()]
+    return total
+
+
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}

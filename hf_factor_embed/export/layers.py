@@ -1,0 +1,142 @@
+"""Export-time stand-ins for the factorized layers: the factors kept as the checkpoint stores them.
+
+In transformers the factors are float Parameters (read back from the checkpoint's integers at load). An exported
+graph instead keeps the integers themselves (int8, or two 4-bit values per uint8, with fp16 scales) as initializers
+and dequantizes what it reads: the embedding gathers its rows first and dequantizes only those; the head
+dequantizes a matrix per call, inside the graph. So the file's embedding bytes are the checkpoint's, not the dense
+model's. A tied pair shares its :class:`StoredMatrix` modules, so the exported file holds one copy.
+
+The graph computes exactly what :class:`~hf_factor_embed.layers.FactorizedEmbedding` and
+:class:`~hf_factor_embed.layers.FactorizedLMHead` compute (same float values, same order of the low-rank part,
+the tail's codes and the band), in plain tensor ops that ``torch.export`` traces and every runtime has.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import FactorEmbedConfig
+from ..errors import FactorEmbedError
+from ..layers import FactorizedEmbedding, FactorizedLayer, FactorizedLMHead
+from ..quantize import _group, dequantize, quantize
+
+
+class StoredMatrix(nn.Module):
+    """A rows x cols float matrix held as stored: ``values`` (float), or integers ``q`` and fp16 ``scale``."""
+
+    def __init__(self, values: torch.Tensor, bits: int | None, group: int | None, name: str) -> None:
+        super().__init__()
+        values = values.detach().float().contiguous()
+        self.bits, self.cols = bits, values.shape[1]
+        if bits is None:
+            self.register_buffer("values", values)
+            return
+        self.group = _group(self.cols, group)
+        q, scale = quantize(values, bits, group)
+        if not torch.equal(dequantize(q, scale, bits, self.cols, group), values):
+            raise FactorEmbedError(
+                f"{name} is not what its checkpoint stores at {bits} bits (trained since it was saved?); "
+                "save it with save_pretrained and export the saved folder"
+            )
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The float rows of ``ids`` (any shape): ``(*ids.shape, cols)``; only those rows are dequantized."""
+        if self.bits is None:
+            return F.embedding(ids, self.values)
+        return self._dequantize(self.q[ids], self.scale[ids])
+
+    def matrix(self) -> torch.Tensor:
+        """The whole float matrix."""
+        return self.values if self.bits is None else self._dequantize(self.q, self.scale)
+
+    def _dequantize(self, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        if self.bits == 4:  # two values a byte, low nibble first, offset by 8 (quantize's packing)
+            q = torch.stack([(q & 15).to(torch.int8) - 8, (q >> 4).to(torch.int8) - 8], dim=-1).flatten(-2)
+        values = q[..., : self.cols].float()
+        scales = scale.float().repeat_interleave(self.group, dim=-1)[..., : self.cols]
+        return values * scales
+
+
+class ExportedFactors(nn.Module):
+    """What a factorized layer (and its tied twin) reads: A, B, the band and the tail's product codes."""
+
+    def __init__(self, layer: FactorizedLayer, config: FactorEmbedConfig, name: str) -> None:
+        super().__init__()
+        self.num_embeddings = layer.num_embeddings
+        precision = (lambda tensor: config.precision(tensor)) if config.bits else (lambda tensor: (None, None))
+        self.codes = StoredMatrix(layer.weight, *precision("weight"), f"{name}.weight")
+        self.basis = StoredMatrix(layer.basis, *precision("basis"), f"{name}.basis")
+        self.band = None
+        if layer.dense_rows is not None:
+            self.band = StoredMatrix(layer.dense_rows, *precision("dense_rows"), f"{name}.dense_rows")
+            self.register_buffer("dense_index", layer.dense_index.detach().clone())
+        self.has_tail_codes = layer.has_tail_codes
+        if self.has_tail_codes:
+            for tensor in ("tail_codes", "codebooks", "tail_rotation", "tail_columns", "tail_column_values"):
+                self.register_buffer(tensor, getattr(layer, tensor).detach().clone())
+
+    def band_slots(self) -> torch.Tensor:
+        """Token id -> its row in the band, or -1 (computed in the graph: V integers, no stored table)."""
+        slots = torch.full((self.num_embeddings,), -1, dtype=torch.long, device=self.dense_index.device)
+        return slots.index_put((self.dense_index,), torch.arange(self.dense_index.shape[0]))
+
+    def tail_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        m = self.codebooks.shape[0]
+        codes = self.tail_codes[ids].long()  # (*ids, m)
+        parts = self.codebooks[torch.arange(m), codes].flatten(-2)
+        rows = parts @ self.tail_rotation.float()
+        exact = self.tail_column_values[ids].float()
+        return rows.index_copy(rows.dim() - 1, self.tail_columns, exact)
+
+    def tail_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Per position and subspace the state's dot products with the centroids, then a gather-sum per token."""
+        m, k, s = self.codebooks.shape
+        rotated = F.linear(hidden_states, self.tail_rotation.float())
+        tables = torch.einsum("...ms,mks->...mk", rotated.unflatten(-1, (m, s)), self.codebooks.float())
+        offsets = self.tail_codes.long() + torch.arange(m) * k  # (V, m) into the m * K entries
+        logits = tables.flatten(-2)[..., offsets].sum(-1)
+        exact = hidden_states.index_select(-1, self.tail_columns)
+        return logits + F.linear(exact, self.tail_column_values.float())
+
+
+class ExportedEmbedding(nn.Module):
+    """:class:`FactorizedEmbedding`'s forward over stored factors."""
+
+    def __init__(self, layer: FactorizedEmbedding, factors: ExportedFactors) -> None:
+        super().__init__()
+        self.factors, self.embed_scale = factors, layer.embed_scale
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        f = self.factors
+        out = f.codes.rows(input_ids) @ f.basis.matrix()
+        if f.has_tail_codes:
+            out = out + f.tail_rows(input_ids)
+        if f.band is not None:
+            slots = f.band_slots()[input_ids]
+            out = torch.where((slots >= 0).unsqueeze(-1), f.band.rows(slots.clamp_min(0)), out)
+        if self.embed_scale is not None:
+            out = out * self.embed_scale
+        return out
+
+
+class ExportedLMHead(nn.Module):
+    """:class:`FactorizedLMHead`'s forward over stored factors (meant for the positions whose logits are kept)."""
+
+    def __init__(self, layer: FactorizedLMHead, factors: ExportedFactors) -> None:
+        super().__init__()
+        self.factors = factors
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().float(), requires_grad=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        f = self.factors
+        logits = F.linear(F.linear(hidden_states, f.basis.matrix()), f.codes.matrix(), self.bias)
+        if f.has_tail_codes:
+            logits = logits + f.tail_logits(hidden_states)
+        if f.band is not None:
+            bias = None if self.bias is None else self.bias[f.dense_index]
+            logits = logits.index_copy(-1, f.dense_index, F.linear(hidden_states, f.band.matrix(), bias))
+        return logits
