@@ -129,6 +129,14 @@ CASES = {
     "densify dense folder": (["densify", "{dense}", "--out", "{out}"], "nothing to densify"),
     "densify out unwritable": (["densify", "{root}/factorized", "--out", "/proc/foo"], "cannot be written"),
     "densify out taken": (["densify", "{root}/factorized", "--out", "{root}/taken"], "--overwrite"),
+    # export
+    "export missing folder": (["export", "{root}/missing-dir", "--out", "{out}"], "does not exist"),
+    "export dense folder": (["export", "{dense}", "--out", "{out}"], "run hf-factor-embed compress first"),
+    "export no config": (["export", "{root}/no-config", "--out", "{out}"], "no config.json"),
+    "export unknown format": (["export", "{root}/factorized", "--out", "{out}", "--format", "tflite"], "onnx"),
+    "export out unwritable": (["export", "{root}/factorized", "--out", "/proc/foo"], "cannot be written"),
+    "export out taken": (["export", "{root}/factorized", "--out", "{root}/taken"], "--overwrite"),
+    "export out is a file": (["export", "{root}/factorized", "--out", "{root}/a-file"], "is a file"),
     # push
     "push missing folder": (["push", "{root}/missing-dir", "me/x"], "does not exist"),
     "push dense folder": (["push", "{dense}", "me/x"], "not a factorized checkpoint"),

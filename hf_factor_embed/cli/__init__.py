@@ -29,7 +29,7 @@ def _root() -> None:
 
 
 def _register_commands() -> None:
-    from . import analyze, compress, densify, evaluate, push, recover  # noqa: F401  (each registers on ``app``)
+    from . import analyze, compress, densify, evaluate, export, push, recover  # noqa: F401  (each registers on ``app``)
 
 
 _ARGV: list[str] = []
@@ -50,6 +50,7 @@ INSTALL_HINTS = {
     "matplotlib": 'pip install "hf-factor-embed[plots]"',
     "gguf": 'pip install "gguf>=0.10"',
     "tensorboard": "pip install tensorboard",
+    **dict.fromkeys(("onnx", "onnxscript", "onnxruntime"), 'pip install "hf-factor-embed[export]"'),
 }
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,8 +71,16 @@ class ExportReport:
         )
 
 
-def export(folder: str | Path, out: str | Path, *, format: str = "onnx", overwrite: bool = False) -> ExportReport:
-    """Export the factorized checkpoint ``folder`` to ``out`` (a new folder) in ``format`` and check it.
+def export(
+    folder: str | Path,
+    out: str | Path,
+    *,
+    format: str = "onnx",
+    overwrite: bool = False,
+    prompts: Sequence[str] = CHECK_PROMPTS,
+) -> ExportReport:
+    """Export the factorized checkpoint ``folder`` to ``out`` (a new folder) in ``format`` and check it on
+    ``prompts`` (fed as the tokenizer feeds them): greedy tokens for a decoder, hidden states for an encoder.
 
     Raises :class:`FactorEmbedError` before anything loads for a folder that is not a factorized checkpoint, an
     unknown format, an unwritable ``out`` or a missing extra; after writing, when the file disagrees with
@@ -87,7 +96,7 @@ def export(folder: str | Path, out: str | Path, *, format: str = "onnx", overwri
     model, tokenizer = load_model(folder)
     if tokenizer is None:
         raise FactorEmbedError(f"{folder} has no tokenizer files; the export is checked on text and ships one")
-    reference = _reference(model, tokenizer, kind)
+    reference = _reference(model, tokenizer, kind, prompts)
     modules = list(factorized_layers(model))
     use_stored_factors(model)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +104,7 @@ def export(folder: str | Path, out: str | Path, *, format: str = "onnx", overwri
     for name in _BESIDE:
         if (folder / name).is_file():
             shutil.copy2(folder / name, out / name)
-    identical, difference = _check(path, tokenizer, kind, reference)
+    identical, difference = _check(path, tokenizer, kind, prompts, reference)
     report = ExportReport(
         format=format,
         file=str(path),
@@ -103,7 +112,7 @@ def export(folder: str | Path, out: str | Path, *, format: str = "onnx", overwri
         file_bytes=path.stat().st_size,
         embedding_bytes=_factor_bytes(model),
         checkpoint_embedding_bytes=_checkpoint_factor_bytes(folder, modules),
-        checked_prompts=len(CHECK_PROMPTS),
+        checked_prompts=len(prompts),
         identical=identical,
         max_abs_difference=difference,
         seconds=time.perf_counter() - started,
@@ -133,15 +142,15 @@ def check_export(folder: Path, out: Path, *, format: str, overwrite: bool = Fals
     return kind
 
 
-def _reference(model, tokenizer, kind: str):
+def _reference(model, tokenizer, kind: str, prompts: Sequence[str]):
     import torch
 
     from ..continuations import greedy
 
     if kind == "decoder":
-        return greedy(model, tokenizer, list(CHECK_PROMPTS), CHECK_TOKENS)
+        return greedy(model, tokenizer, list(prompts), CHECK_TOKENS)
     with torch.no_grad():
-        return [model.base_model(**tokenizer(p, return_tensors="pt")).last_hidden_state for p in CHECK_PROMPTS]
+        return [model.base_model(**tokenizer(p, return_tensors="pt")).last_hidden_state for p in prompts]
 
 
 def _write(model, out: Path, format: str, kind: str) -> Path:
@@ -150,17 +159,17 @@ def _write(model, out: Path, format: str, kind: str) -> Path:
     return export_onnx(model, out, kind)
 
 
-def _check(path: Path, tokenizer, kind: str, reference) -> tuple[bool, float | None]:
+def _check(path: Path, tokenizer, kind: str, prompts: Sequence[str], reference) -> tuple[bool, float | None]:
     from .runtime import OnnxDecoder, OnnxEncoder
 
     if kind == "decoder":
         runtime = OnnxDecoder(path)
-        ours = [runtime.greedy(tokenizer(p).input_ids, CHECK_TOKENS) for p in CHECK_PROMPTS]
+        ours = [runtime.greedy(tokenizer(p).input_ids, CHECK_TOKENS) for p in prompts]
         return ours == reference, None
     runtime = OnnxEncoder(path)
     difference = max(
         float(abs(runtime.hidden_states(tokenizer(p, return_tensors="np")) - ref.numpy()).max())
-        for p, ref in zip(CHECK_PROMPTS, reference, strict=True)
+        for p, ref in zip(prompts, reference, strict=True)
     )
     return difference < 1e-3, difference
 

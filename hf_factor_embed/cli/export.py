@@ -1,0 +1,31 @@
+"""``hf-factor-embed export``: a factorized checkpoint as an ONNX file, checked in ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+
+
+@app.command(
+    epilog=(
+        "Example:\n\n  hf-factor-embed export out/gemma3-en --format onnx --out out/gemma3-en-onnx\n\n"
+        'Needs: pip install "hf-factor-embed\\[export]"'  # \\[: rich markup would eat [export]
+    ),
+)
+def export(
+    folder: Annotated[Path, typer.Argument(help="A factorized checkpoint folder (compress or save_pretrained).")],
+    out: Annotated[Path, typer.Option(help="Where to write model.onnx, the tokenizer and export.json.")],
+    format: Annotated[str, typer.Option(help="onnx: one file for ONNX Runtime / transformers.js.")] = "onnx",
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
+) -> None:
+    """Export FOLDER with its integers kept, then check the file against transformers (greedy tokens for a
+    decoder, hidden states for an encoder)."""
+    from ..export import check_export
+    from ..export import export as export_folder
+
+    check_export(folder, out, format=format, overwrite=overwrite)
+    typer.echo(export_folder(folder, out, format=format, overwrite=overwrite))

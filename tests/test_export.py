@@ -1,0 +1,130 @@
+"""Export to ONNX: the file runs in ONNX Runtime and decodes exactly what transformers decodes, its integers kept,
+a tied pair stored once; bad input refused before anything loads."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import onnx
+import pytest
+import torch
+from conftest import VOCAB, tiny_bert, tiny_llama, tiny_tokenizer, tiny_words
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+import hf_factor_embed as hfe
+from hf_factor_embed.cli import main
+from hf_factor_embed.export import export
+from hf_factor_embed.export.decoder import use_stored_factors
+from hf_factor_embed.export.runtime import OnnxDecoder
+
+#: Long enough to pass tiny Gemma-3's sliding window below, and to make the greedy check more than one token.
+PROMPTS = [tiny_words(12, seed=3), tiny_words(5, seed=4)]
+
+
+def tiny_gemma3() -> Gemma3ForCausalLM:
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=4,  # shorter than the prompts: the exported mask must keep the window
+        layer_types=["sliding_attention", "full_attention"],
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=VOCAB - 1,
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
+def _saved(model, folder, bits=None):
+    calibration = torch.randint(1, VOCAB, (1, 600), generator=torch.Generator().manual_seed(0))
+    hfe.patch_model(model, rank=16, calibration=calibration, bits=bits)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _initializers(path) -> dict[str, onnx.TensorProto]:
+    return {i.name: i for i in onnx.load(str(path)).graph.initializer}
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("bits", [None, 4])
+def test_decoder_greedy_tokens_match_transformers(family, bits, tmp_path):
+    model = tiny_llama() if family == "llama" else tiny_gemma3()
+    folder = _saved(model, tmp_path / "ckpt", bits)
+
+    report = export(folder, tmp_path / "onnx", prompts=PROMPTS)
+
+    assert report.identical and report.kind == "decoder"
+    assert report.embedding_bytes == report.checkpoint_embedding_bytes
+    names = _initializers(report.file)
+    codes = [n for n in names if n.endswith("codes.q" if bits else "codes.values")]
+    assert len(codes) == 1  # tied: one copy for the embedding and the head
+    if bits:
+        assert names[codes[0]].data_type == onnx.TensorProto.UINT8  # two 4-bit codes a byte, as stored
+    assert (tmp_path / "onnx" / "tokenizer.json").is_file() and (tmp_path / "onnx" / "export.json").is_file()
+
+
+def test_decoder_continues_from_its_cache(tmp_path):
+    """Tokens fed one at a time through the cache give the logits of the whole sequence fed at once."""
+    report = export(_saved(tiny_gemma3(), tmp_path / "ckpt", 4), tmp_path / "onnx", prompts=PROMPTS)
+    runtime = OnnxDecoder(report.file)
+    ids = torch.randint(1, VOCAB, (1, 9), generator=torch.Generator().manual_seed(5)).numpy()
+    whole, _ = runtime.step(ids, runtime.empty_cache())
+    logits, cache = runtime.step(ids[:, :6], runtime.empty_cache())
+    for i in range(6, 9):
+        logits, cache = runtime.step(ids[:, i : i + 1], cache)
+    assert abs(whole - logits).max() < 1e-4
+
+
+def test_encoder_hidden_states_match_transformers(tmp_path):
+    report = export(_saved(tiny_bert(), tmp_path / "ckpt"), tmp_path / "onnx", prompts=PROMPTS)
+    assert report.kind == "encoder" and report.identical and report.max_abs_difference < 1e-4
+
+
+def test_factors_changed_since_saving_are_refused(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(_saved(tiny_llama(), tmp_path / "ckpt", 8))
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(1.001)
+    with pytest.raises(hfe.FactorEmbedError, match="save it with save_pretrained"):
+        use_stored_factors(model)
+
+
+def test_missing_extra_is_one_line_naming_the_install(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "ckpt"
+    hfe.patch_model(tiny_llama(), rank=8).save_pretrained(folder)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+
+    capsys.readouterr()  # the save's progress bars
+    code = main(["export", str(folder), "--out", str(tmp_path / "onnx")])
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and 'pip install "hf-factor-embed[export]"' in err[0], err
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_smollm2_exports_and_decodes_like_transformers(smollm2_dir, real_text, tmp_path):
+    """A real model, its band and codes int8: the file's greedy tokens are transformers' (two default prompts)."""
+    from hf_factor_embed.loading import load_model
+
+    model, tokenizer = load_model(smollm2_dir)
+    dense_bytes = sum(p.numel() * 4 for p in model.parameters())
+    embedding_bytes = model.get_input_embeddings().weight.numel() * 4
+    hfe.patch_model(model, rank=64, calibration=real_text[:6000], tokenizer=tokenizer, bits=8)
+    model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+
+    report = export(tmp_path / "ckpt", tmp_path / "onnx")
+
+    assert report.identical
+    assert report.embedding_bytes == report.checkpoint_embedding_bytes
+    # the rest of the model as it was, the embedding as the checkpoint stores it (the head is tied: no copy)
+    assert report.file_bytes < 1.01 * (dense_bytes - embedding_bytes) + report.embedding_bytes
