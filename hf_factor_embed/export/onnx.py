@@ -44,6 +44,8 @@ def export_onnx(model, out: Path, kind: str = "decoder") -> Path:
             verbose=False,
         )
     program.model = onnxscript.optimizer.optimize(program.model, input_size_limit=_FOLD_LIMIT)
+    for node in program.model.graph.all_nodes():  # the exporter's per-node stack traces: megabytes, no use
+        node.metadata_props.clear()
     path = out / MODEL_FILE
     # One file while under protobuf's 2 GB limit (a factorized small model always is); external data beyond.
     program.save(path, external_data=_parameter_bytes(model) > 1.8e9)
