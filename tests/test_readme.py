@@ -35,7 +35,7 @@ def readme_commands() -> list[list[str]]:
 
 def test_the_readme_shows_every_subcommand():
     shown = {c[0] for c in readme_commands()}
-    assert shown >= {"compress", "eval", "analyze", "recover", "push", "densify"}
+    assert shown >= {"compress", "eval", "analyze", "recover", "push", "densify", "export"}
 
 
 def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, capsys, real_text):

@@ -12,6 +12,6 @@ does not import torch's exporter or ONNX Runtime.
 
 from __future__ import annotations
 
-from .api import FORMATS, ExportReport, check_export, export
+from .api import FORMATS, ExportReport, check_export, check_format, export
 
-__all__ = ["FORMATS", "ExportReport", "check_export", "export"]
+__all__ = ["FORMATS", "ExportReport", "check_export", "check_format", "export"]

@@ -16,10 +16,10 @@ from ..arguments import check_writable_folder, one_of
 from ..errors import FactorEmbedError
 from ..folders import check_output_dir, is_factorized_checkpoint
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "executorch")
 #: Modules each format needs -> the line that installs them.
-_NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime")}
-INSTALL = 'pip install "hf-factor-embed[export]"'
+_NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "executorch": ("executorch",)}
+INSTALL = {"onnx": 'pip install "hf-factor-embed[export]"', "executorch": 'pip install "hf-factor-embed[executorch]"'}
 #: Prompts the written file is checked on: greedy tokens must match transformers' (decoders); hidden states must
 #: agree (encoders). Short, so the check costs seconds.
 CHECK_PROMPTS = ("The capital of France is", "def add(a, b):\n    return")
@@ -127,19 +127,29 @@ def export(
 
 def check_export(folder: Path, out: Path, *, format: str, overwrite: bool = False) -> str:
     """Every check that needs no weights; returns the kind of graph ("decoder" or "encoder")."""
-    one_of("--format", format, FORMATS)
+    check_format(format)
     if not is_factorized_checkpoint(folder):
         raise FactorEmbedError(
             f"{folder} is a dense checkpoint; export exports factorized ones (run hf-factor-embed compress first)"
         )
     config = json.loads((folder / "config.json").read_text())
     kind = "decoder" if any(a.endswith("ForCausalLM") for a in config.get("architectures") or []) else "encoder"
-    missing = [module for module in _NEEDS[format] if importlib.util.find_spec(module) is None]
-    if missing:
-        raise FactorEmbedError(f"{format} export needs {', '.join(missing)}; {INSTALL}")
+    if kind == "encoder" and format == "executorch":
+        raise FactorEmbedError(
+            f"{folder} is an encoder ({config.get('model_type')}); --format executorch exports decoders (causal "
+            "LMs) with their cache; export an encoder with --format onnx"
+        )
     check_output_dir(out, overwrite=overwrite)
     check_writable_folder(out)
     return kind
+
+
+def check_format(format: str, option: str = "--format") -> None:
+    """A known format whose libraries are installed (checked before a long job, not after it)."""
+    one_of(option, format, FORMATS)
+    missing = [module for module in _NEEDS[format] if importlib.util.find_spec(module) is None]
+    if missing:
+        raise FactorEmbedError(f"{format} export needs {', '.join(missing)}; {INSTALL[format]}")
 
 
 def _reference(model, tokenizer, kind: str, prompts: Sequence[str]):
@@ -154,6 +164,10 @@ def _reference(model, tokenizer, kind: str, prompts: Sequence[str]):
 
 
 def _write(model, out: Path, format: str, kind: str) -> Path:
+    if format == "executorch":
+        from .executorch import export_executorch
+
+        return export_executorch(model, out)
     from .onnx import export_onnx
 
     return export_onnx(model, out, kind)
@@ -163,7 +177,12 @@ def _check(path: Path, tokenizer, kind: str, prompts: Sequence[str], reference) 
     from .runtime import OnnxDecoder, OnnxEncoder
 
     if kind == "decoder":
-        runtime = OnnxDecoder(path)
+        if path.suffix == ".pte":
+            from .executorch import ExecuTorchDecoder
+
+            runtime = ExecuTorchDecoder(path)
+        else:
+            runtime = OnnxDecoder(path)
         ours = [runtime.greedy(tokenizer(p).input_ids, CHECK_TOKENS) for p in prompts]
         return ours == reference, None
     runtime = OnnxEncoder(path)

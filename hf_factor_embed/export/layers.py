@@ -55,7 +55,9 @@ class StoredMatrix(nn.Module):
 
     def _dequantize(self, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         if self.bits == 4:  # two values a byte, low nibble first, offset by 8 (quantize's packing)
-            q = torch.stack([(q & 15).to(torch.int8) - 8, (q >> 4).to(torch.int8) - 8], dim=-1).flatten(-2)
+            # remainder and floor division rather than & and >>: those are not in core ATen (ExecuTorch refuses them)
+            low, high = torch.remainder(q, 16), torch.div(q, 16, rounding_mode="floor")
+            q = torch.stack([low.to(torch.int8) - 8, high.to(torch.int8) - 8], dim=-1).flatten(-2)
         values = q[..., : self.cols].float()
         scales = scale.float().repeat_interleave(self.group, dim=-1)[..., : self.cols]
         return values * scales

@@ -1,0 +1,54 @@
+"""A factorized decoder to an ExecuTorch program (``.pte``), through transformers' own recipe.
+
+``transformers.integrations.executorch.TorchExportableModuleForDecoderOnlyLM`` wraps a causal LM with a static
+key/value cache held as buffers (the signature of ExecuTorch's LLM runner: one token and its position in, its
+logits out); ``torch.export`` traces it with the stored-factor layers swapped in (:mod:`.layers`, whose ops are
+all core ATen), and ExecuTorch lowers what XNNPACK runs to its CPU kernels (``XnnpackPartitioner``); the rest runs on
+the portable kernels. The cache holds ``max_length`` positions, prompt and continuation together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+PROGRAM_FILE = "model.pte"
+#: Positions the static cache holds by default (prompt + continuation).
+MAX_LENGTH = 512
+
+
+def export_executorch(model, out: Path, max_length: int = MAX_LENGTH) -> Path:
+    """Write ``out/model.pte`` for ``model`` (a causal LM, stored-factor layers swapped in)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    model.generation_config.cache_implementation = "static"
+    module = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_length)
+    with torch.no_grad():
+        program = module.export(input_ids=torch.tensor([[0]]), cache_position=torch.tensor([0]))
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    path = out / PROGRAM_FILE
+    path.write_bytes(lowered.buffer)
+    return path
+
+
+class ExecuTorchDecoder:
+    """ExecuTorch's Python runtime over a ``.pte`` :func:`export_executorch` wrote: greedy decoding, token by token."""
+
+    def __init__(self, path: str | Path) -> None:
+        from executorch.runtime import Runtime
+
+        self.method = Runtime.get().load_program(Path(path)).load_method("forward")
+
+    def greedy(self, prompt_ids: list[int], new_tokens: int) -> list[int]:
+        """``new_tokens`` greedy tokens after ``prompt_ids``; the prompt is fed one token at a time (the program's
+        input is one token), so positions and cache are what the runner's would be."""
+        tokens: list[int] = []
+        for position, token in enumerate([*prompt_ids, *[None] * (new_tokens - 1)]):
+            token = token if token is not None else tokens[-1]
+            logits = self.method.execute([torch.tensor([[token]]), torch.tensor([position])])[0]
+            if position >= len(prompt_ids) - 1:
+                tokens.append(int(logits[0, -1].argmax()))
+        return tokens
