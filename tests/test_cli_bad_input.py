@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import tiny_llama, tiny_tokenizer, tiny_words
+from conftest import tiny_bert, tiny_llama, tiny_tokenizer, tiny_words
 from transformers import PreTrainedModel
 
 import hf_factor_embed as hfe
@@ -20,6 +20,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     tiny_llama().save_pretrained(root / "dense")
     tiny_tokenizer().save_pretrained(root / "dense")
     hfe.patch_model(tiny_llama(), rank=8).save_pretrained(root / "factorized")
+    hfe.patch_model(tiny_bert(), rank=8).save_pretrained(root / "encoder")
     (root / "text.txt").write_text(tiny_words(600))
     (root / "binary.txt").write_bytes(bytes(range(256)) * 8)
     (root / "latin1.txt").write_bytes("Grüße aus Köln, déjà vu.\n".encode("latin-1") * 20)
@@ -137,6 +138,10 @@ CASES = {
     "export out unwritable": (["export", "{root}/factorized", "--out", "/proc/foo"], "cannot be written"),
     "export out taken": (["export", "{root}/factorized", "--out", "{root}/taken"], "--overwrite"),
     "export out is a file": (["export", "{root}/factorized", "--out", "{root}/a-file"], "is a file"),
+    "export encoder to executorch": (
+        ["export", "{root}/encoder", "--out", "{out}", "--format", "executorch"],
+        "exports decoders",
+    ),
     # push
     "push missing folder": (["push", "{root}/missing-dir", "me/x"], "does not exist"),
     "push dense folder": (["push", "{dense}", "me/x"], "not a factorized checkpoint"),

@@ -97,18 +97,30 @@ def test_factors_changed_since_saving_are_refused(tmp_path):
         use_stored_factors(model)
 
 
-def test_missing_extra_is_one_line_naming_the_install(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("format", "module", "extra"), [("onnx", "onnxruntime", "export"), ("executorch", "executorch", "executorch")]
+)
+def test_missing_extra_is_one_line_naming_the_install(format, module, extra, tmp_path, monkeypatch, capsys):
     folder = tmp_path / "ckpt"
     hfe.patch_model(tiny_llama(), rank=8).save_pretrained(folder)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
 
     capsys.readouterr()  # the save's progress bars
-    code = main(["export", str(folder), "--out", str(tmp_path / "onnx")])
+    code = main(["export", str(folder), "--out", str(tmp_path / "out"), "--format", format])
 
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and 'pip install "hf-factor-embed[export]"' in err[0], err
-    assert not (tmp_path / "onnx").exists()
+    assert code == 2 and len(err) == 1 and f'pip install "hf-factor-embed[{extra}]"' in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_executorch_program_decodes_like_transformers(family, tmp_path):
+    pytest.importorskip("executorch.runtime")
+    model = tiny_llama() if family == "llama" else tiny_gemma3()
+    report = export(_saved(model, tmp_path / "ckpt", 4), tmp_path / "pte", format="executorch", prompts=PROMPTS)
+    assert report.identical and report.file.endswith(".pte")
+    assert report.embedding_bytes == report.checkpoint_embedding_bytes
 
 
 def test_smollm2_exports_and_decodes_like_transformers(smollm2_dir, real_text, tmp_path):

@@ -127,7 +127,7 @@ def export(
 
 def check_export(folder: Path, out: Path, *, format: str, overwrite: bool = False) -> str:
     """Every check that needs no weights; returns the kind of graph ("decoder" or "encoder")."""
-    check_format(format)
+    one_of("--format", format, FORMATS)
     if not is_factorized_checkpoint(folder):
         raise FactorEmbedError(
             f"{folder} is a dense checkpoint; export exports factorized ones (run hf-factor-embed compress first)"
@@ -139,6 +139,7 @@ def check_export(folder: Path, out: Path, *, format: str, overwrite: bool = Fals
             f"{folder} is an encoder ({config.get('model_type')}); --format executorch exports decoders (causal "
             "LMs) with their cache; export an encoder with --format onnx"
         )
+    check_format(format)
     check_output_dir(out, overwrite=overwrite)
     check_writable_folder(out)
     return kind
