@@ -123,25 +123,6 @@ def test_executorch_program_decodes_like_transformers(family, tmp_path):
     assert report.embedding_bytes == report.checkpoint_embedding_bytes
 
 
-def test_smollm2_exports_and_decodes_like_transformers(smollm2_dir, real_text, tmp_path):
-    """A real model, its band and codes int8: the file's greedy tokens are transformers' (two default prompts)."""
-    from hf_factor_embed.loading import load_model
-
-    model, tokenizer = load_model(smollm2_dir)
-    dense_bytes = sum(p.numel() * 4 for p in model.parameters())
-    embedding_bytes = model.get_input_embeddings().weight.numel() * 4
-    hfe.patch_model(model, rank=64, calibration=real_text[:6000], tokenizer=tokenizer, bits=8)
-    model.save_pretrained(tmp_path / "ckpt")
-    tokenizer.save_pretrained(tmp_path / "ckpt")
-
-    report = export(tmp_path / "ckpt", tmp_path / "onnx")
-
-    assert report.identical
-    assert report.embedding_bytes == report.checkpoint_embedding_bytes
-    # the rest of the model as it was, the embedding as the checkpoint stores it (the head is tied: no copy)
-    assert report.file_bytes < 1.01 * (dense_bytes - embedding_bytes) + report.embedding_bytes
-
-
 def test_readme_onnx_runtime_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     """The README's ONNX Runtime snippet (the card shows the same), pointed at a tiny export."""
     import re
@@ -160,3 +141,40 @@ def test_readme_onnx_runtime_snippet_runs_as_written(tmp_path, monkeypatch, caps
     runtime = OnnxDecoder(report.file)
     expected = runtime.greedy(tiny_tokenizer()("The capital of France is").input_ids, 16)
     assert capsys.readouterr().out == "".join(tiny_tokenizer().decode([t]) for t in expected)
+
+
+@pytest.mark.parametrize("format", ["onnx", "executorch"])
+def test_product_coded_tail_exports_with_its_codes(format, tmp_path):
+    """The tail's uint8 codes stay codes in the file, read by the same lookup; greedy tokens are transformers'."""
+    if format == "executorch":
+        pytest.importorskip("executorch.runtime")
+    from test_product_tail import pq_model
+
+    folder = tmp_path / "ckpt"
+    pq_model().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+
+    report = export(folder, tmp_path / format, format=format, prompts=PROMPTS)
+
+    assert report.identical and report.embedding_bytes == report.checkpoint_embedding_bytes
+    if format == "onnx":
+        codes = [i for n, i in _initializers(report.file).items() if n.endswith("tail_codes")]
+        assert len(codes) == 1 and codes[0].data_type == onnx.TensorProto.UINT8
+
+
+@pytest.mark.parametrize(("bits", "group"), [(8, 64), (8, None), (4, 32), (4, None), (None, None)])
+def test_stored_matrix_reads_what_was_stored(bits, group):
+    """Rows, the whole matrix and products, in every storage layout."""
+    from hf_factor_embed.export.layers import StoredMatrix
+    from hf_factor_embed.quantize import round_in_place
+
+    values = torch.randn(50, 128, generator=torch.Generator().manual_seed(0))
+    if bits:
+        round_in_place(values, bits, group)
+    stored = StoredMatrix(values, bits, group, "m")
+    x = torch.randn(3, 128)
+    ids = torch.tensor([[4, 0], [49, 7]])
+    assert torch.equal(stored.matrix(), values) and torch.equal(stored.rows(ids), values[ids])
+    torch.testing.assert_close(stored.linear(x), x @ values.T)
+    if bits:
+        assert stored.q.numel() * stored.q.element_size() == values.numel() * bits // 8  # the checkpoint's bytes

@@ -3,6 +3,7 @@ names are written here; limits on the tokens read are appended), with the Hub re
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -61,3 +62,7 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, capsys, rea
         err = capsys.readouterr().err
         assert code == 0, f"hf-factor-embed {key}: {err[-1500:]}"
     assert hub.commits and hub.commits[0][0] == "my-org/SmolLM2-135M-Instruct-factorized-r256"
+    # the export commands ran on the real SmolLM2 checkpoint: each file decodes like transformers, its factors as stored
+    for folder in ("out/smollm2-r256-onnx", "out/smollm2-r256-pte"):
+        report = json.loads(Path(folder, "export.json").read_text())
+        assert report["identical"] and report["embedding_bytes"] == report["checkpoint_embedding_bytes"], report

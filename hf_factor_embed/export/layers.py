@@ -53,14 +53,27 @@ class StoredMatrix(nn.Module):
         """The whole float matrix."""
         return self.values if self.bits is None else self._dequantize(self.q, self.scale)
 
-    def _dequantize(self, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ matrix().T`` (``(..., cols) -> (..., rows)``); with one scale a row, the scales multiply the
+        products instead of the matrix. (Scaling products group by group, in either layout, was no faster in ONNX
+        Runtime on Gemma-3's band: 4.3-5.4 ms a decode step against 4.9 ms, one run each.)"""
+        if self.bits is None:
+            return F.linear(x, self.values)
+        if self.group >= self.cols:
+            return F.linear(x, self._integers(self.q).float()) * self.scale[:, 0].float()
+        return F.linear(x, self.matrix())
+
+    def _integers(self, q: torch.Tensor) -> torch.Tensor:
+        """The stored integers as int8, ``(..., cols)``: 4-bit ones unpacked."""
         if self.bits == 4:  # two values a byte, low nibble first, offset by 8 (quantize's packing)
             # remainder and floor division rather than & and >>: those are not in core ATen (ExecuTorch refuses them)
             low, high = torch.remainder(q, 16), torch.div(q, 16, rounding_mode="floor")
             q = torch.stack([low.to(torch.int8) - 8, high.to(torch.int8) - 8], dim=-1).flatten(-2)
-        values = q[..., : self.cols].float()
+        return q[..., : self.cols]
+
+    def _dequantize(self, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         scales = scale.float().repeat_interleave(self.group, dim=-1)[..., : self.cols]
-        return values * scales
+        return self._integers(q).float() * scales
 
 
 class ExportedFactors(nn.Module):
@@ -135,10 +148,14 @@ class ExportedLMHead(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         f = self.factors
-        logits = F.linear(F.linear(hidden_states, f.basis.matrix()), f.codes.matrix(), self.bias)
+        logits = f.codes.linear(f.basis.linear(hidden_states))
+        if self.bias is not None:
+            logits = logits + self.bias
         if f.has_tail_codes:
             logits = logits + f.tail_logits(hidden_states)
         if f.band is not None:
-            bias = None if self.bias is None else self.bias[f.dense_index]
-            logits = logits.index_copy(-1, f.dense_index, F.linear(hidden_states, f.band.matrix(), bias))
+            band = f.band.linear(hidden_states)
+            if self.bias is not None:
+                band = band + self.bias[f.dense_index]
+            logits = logits.index_copy(-1, f.dense_index, band)
         return logits
