@@ -19,7 +19,9 @@ from . import app
 def export(
     folder: Annotated[Path, typer.Argument(help="A factorized checkpoint folder (compress or save_pretrained).")],
     out: Annotated[Path, typer.Option(help="Where to write the model file, the tokenizer and export.json.")],
-    format: Annotated[str, typer.Option(help="onnx (model.onnx, for ONNX Runtime) or executorch (model.pte, XNNPACK-lowered).")] = "onnx",
+    format: Annotated[
+        str, typer.Option(help="onnx (model.onnx, for ONNX Runtime) or executorch (model.pte, XNNPACK-lowered).")
+    ] = "onnx",
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
 ) -> None:
     """Export FOLDER with its integers kept, then check the file against transformers in its runtime (greedy
