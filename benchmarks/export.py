@@ -3,6 +3,7 @@
     python benchmarks/export.py --checkpoint out/gemma3-en --dense bundled:gemma3          # ~6 min
     python benchmarks/export.py --checkpoint out/smollm2-r256 --dense bundled:smollm2
     python benchmarks/export.py --checkpoint out/minilm-r64 --dense PATH/TO/all-MiniLM-L6-v2   # an encoder
+    python benchmarks/export.py --checkpoint out/gemma3-en --dense bundled:gemma3 --executorch   # .pte files
 
 Both models are exported the same way (:mod:`hf_factor_embed.export`: torch's exporter, the cache as tensors, the
 last position's logits); the factorized one through ``hf_factor_embed.export.export``, with its integers kept and
@@ -48,11 +49,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint", type=Path, required=True, help="a factorized checkpoint folder")
     parser.add_argument("--dense", required=True, help="its dense model: a folder or bundled:NAME")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per prompt in the check")
+    parser.add_argument("--executorch", action="store_true", help="ExecuTorch .pte files instead of ONNX ones")
     args = parser.parse_args(argv)
     if not (args.checkpoint / "config.json").is_file():
         sys.exit(f"export.py: error: no checkpoint at {args.checkpoint}")
     check_model_name(args.dense, "--dense model")
     result = {"command": "python benchmarks/export.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
+    if args.executorch:
+        return _executorch(args.checkpoint, args.dense, result)
     with tempfile.TemporaryDirectory() as scratch:
         report = export(args.checkpoint, Path(scratch, "factorized"))
         dense, tokenizer = load_model(args.dense)
@@ -70,6 +74,40 @@ def main(argv: list[str] | None = None) -> dict:
     print(render(args.checkpoint.name, result))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"export_{args.checkpoint.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _executorch(checkpoint: Path, dense_name: str, result: dict) -> dict:
+    """Both models as ``.pte`` programs (XNNPACK-lowered), run by ExecuTorch's Python runtime one token a call:
+    bytes, load (best of 3), and tokens/s over a 32-token prompt and 32 greedy tokens after it (best of 3)."""
+    from hf_factor_embed.export.executorch import ExecuTorchDecoder, export_executorch
+
+    with tempfile.TemporaryDirectory() as scratch:
+        report = export(checkpoint, Path(scratch, "factorized"), format="executorch")
+        dense, tokenizer = load_model(dense_name)
+        dense_file = export_executorch(dense, _mkdir(Path(scratch, "dense")))
+        files = {
+            "dense": (dense_file, dense.get_input_embeddings().weight.numel() * 4),
+            "factorized": (Path(report.file), report.embedding_bytes),
+        }
+        del dense
+        prompt = _prompt_ids(tokenizer, 32)[0].tolist()
+        result["rows"] = {}
+        for name, (path, embedding) in files.items():
+            runtime = ExecuTorchDecoder(path)
+            seconds = _best(lambda runtime=runtime: runtime.greedy(prompt, DECODE))
+            row = {**_bytes(path, embedding), "load_s": _best(lambda path=path: ExecuTorchDecoder(path))}
+            result["rows"][name] = row | {"tok_s": (len(prompt) + DECODE - 1) / seconds}
+        result["export"] = report.to_dict()
+    lines = [f"{checkpoint.name}: ExecuTorch (XNNPACK), one token a call, this CPU"]
+    lines += [
+        f"{name:<12}{r['file_bytes'] / 1e6:>9.1f} MB{r['embedding_bytes'] / 1e6:>9.1f} MB embedding"
+        f"{r['load_s']:>8.2f} s load{r['tok_s']:>9.1f} tok/s"
+        for name, r in result["rows"].items()
+    ]
+    print("\n".join(lines))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"export_executorch_{checkpoint.name}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
