@@ -76,6 +76,33 @@ def _row_major(tensor: torch.Tensor) -> torch.Tensor:
     return copy
 
 
+def band_slots(dense_index: torch.Tensor, num_embeddings: int) -> torch.Tensor:
+    """Token id -> its row in a band holding ``dense_index``, or -1: ``(num_embeddings,)`` integers."""
+    slots = torch.full((num_embeddings,), -1, dtype=torch.long, device=dense_index.device)
+    return slots.index_put((dense_index,), torch.arange(dense_index.shape[0], device=dense_index.device))
+
+
+def product_code_parts(ids: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """The product-coded rows of ``ids`` (any shape) in the rotated space, before the rotation: ``(*ids.shape, d)``."""
+    m = codebooks.shape[0]
+    picked = codes[ids.to(codes.device)].long()
+    return codebooks[torch.arange(m, device=picked.device), picked].flatten(-2)
+
+
+def product_code_rows(
+    ids: torch.Tensor,
+    codes: torch.Tensor,
+    codebooks: torch.Tensor,
+    rotation: torch.Tensor,
+    columns: torch.Tensor,
+    column_values: torch.Tensor,
+) -> torch.Tensor:
+    """The product-coded part of the rows of ``ids`` (any shape), ``(*ids.shape, d)``: the parts rotated back,
+    then the exact ``columns`` written in (the rotation's columns there are zero)."""
+    rows = product_code_parts(ids, codes, codebooks) @ rotation
+    return rows.index_copy(rows.dim() - 1, columns, column_values[ids].to(rows.dtype))
+
+
 class FactorizedLayer(nn.Module):
     """What the two factorized layers share: the factors, their base shape and the way back to dense."""
 
@@ -144,9 +171,9 @@ class FactorizedLayer(nn.Module):
 
     def tail_code_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The product-coded part of the rows of ``ids`` (any shape), ``(*ids.shape, d)``."""
-        rows = self._code_parts(ids) @ self.tail_rotation  # zero in the exact columns
-        exact = self.tail_column_values[ids].to(rows.dtype)
-        return rows.index_copy(rows.dim() - 1, self.tail_columns, exact)
+        return product_code_rows(
+            ids, self.tail_codes, self.codebooks, self.tail_rotation, self.tail_columns, self.tail_column_values
+        )
 
     def tail_code_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """``hidden_states @ (product-coded rows).T``, the rows never formed whole.
@@ -168,18 +195,15 @@ class FactorizedLayer(nn.Module):
             logits = torch.stack(parts)
         else:
             logits = torch.cat(
-                [flat @ self._code_parts(block).T for block in torch.arange(self.num_embeddings).split(_CODE_BLOCK)],
+                [
+                    flat @ product_code_parts(block, self.tail_codes, self.codebooks).T
+                    for block in torch.arange(self.num_embeddings).split(_CODE_BLOCK)
+                ],
                 dim=-1,
             )
         logits = logits.reshape(*hidden_states.shape[:-1], -1)
         exact = hidden_states.index_select(-1, self.tail_columns)
         return logits + F.linear(exact, self.tail_column_values.to(exact.dtype))
-
-    def _code_parts(self, ids: torch.Tensor) -> torch.Tensor:
-        """The rows of ``ids`` (any shape) in the rotated space, before ``tail_rotation``: ``(*ids.shape, d)``."""
-        m = self.codebooks.shape[0]
-        codes = self.tail_codes[ids.to(self.tail_codes.device)].long()
-        return self.codebooks[torch.arange(m, device=codes.device), codes].flatten(-2)
 
     def _code_offsets(self) -> torch.Tensor:
         """The codes as flat int32 offsets into the m * K tables (V * m), cached while the codes are unchanged."""
@@ -223,9 +247,7 @@ class FactorizedLayer(nn.Module):
 
     def band_slots(self) -> torch.Tensor:
         """Token id -> its row in ``dense_rows``, or -1 (recomputed each call: V integers, cheap, never stale)."""
-        slots = torch.full((self.weight.shape[0],), -1, dtype=torch.long, device=self.weight.device)
-        slots[self.dense_index] = torch.arange(self.num_dense_rows, device=self.weight.device)
-        return slots
+        return band_slots(self.dense_index, self.weight.shape[0])
 
     @property
     def base_shape(self) -> tuple[int, int]:

@@ -26,8 +26,6 @@ def export(
 ) -> None:
     """Export FOLDER with its integers kept, then check the file against transformers in its runtime (greedy
     tokens for a decoder, hidden states for an encoder)."""
-    from ..export import check_export
-    from ..export import export as export_folder
+    from ..export import export as export_folder  # it checks everything it can before the model loads
 
-    check_export(folder, out, format=format, overwrite=overwrite)
     typer.echo(export_folder(folder, out, format=format, overwrite=overwrite))

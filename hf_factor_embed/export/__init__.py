@@ -1,4 +1,4 @@
-"""A factorized checkpoint where small models are deployed: an ONNX file (ONNX Runtime, transformers.js) or an
+"""A factorized checkpoint where small models are deployed: an ONNX file (ONNX Runtime) or an
 ExecuTorch program, its integers kept, checked against transformers before it is called done.
 
     from hf_factor_embed.export import export

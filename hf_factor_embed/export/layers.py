@@ -19,7 +19,14 @@ from torch import nn
 
 from ..config import FactorEmbedConfig
 from ..errors import FactorEmbedError
-from ..layers import FactorizedEmbedding, FactorizedLayer, FactorizedLMHead
+from ..layers import (
+    TAIL_CODE_TENSORS,
+    FactorizedEmbedding,
+    FactorizedLayer,
+    FactorizedLMHead,
+    band_slots,
+    product_code_rows,
+)
 from ..quantize import _group, dequantize, quantize
 
 
@@ -82,7 +89,7 @@ class ExportedFactors(nn.Module):
     def __init__(self, layer: FactorizedLayer, config: FactorEmbedConfig, name: str) -> None:
         super().__init__()
         self.num_embeddings = layer.num_embeddings
-        precision = (lambda tensor: config.precision(tensor)) if config.bits else (lambda tensor: (None, None))
+        precision = config.precision if config.bits else (lambda tensor: (None, None))
         self.codes = StoredMatrix(layer.weight, *precision("weight"), f"{name}.weight")
         self.basis = StoredMatrix(layer.basis, *precision("basis"), f"{name}.basis")
         self.band = None
@@ -91,21 +98,17 @@ class ExportedFactors(nn.Module):
             self.register_buffer("dense_index", layer.dense_index.detach().clone())
         self.has_tail_codes = layer.has_tail_codes
         if self.has_tail_codes:
-            for tensor in ("tail_codes", "codebooks", "tail_rotation", "tail_columns", "tail_column_values"):
+            for tensor in TAIL_CODE_TENSORS:
                 self.register_buffer(tensor, getattr(layer, tensor).detach().clone())
 
     def band_slots(self) -> torch.Tensor:
         """Token id -> its row in the band, or -1 (computed in the graph: V integers, no stored table)."""
-        slots = torch.full((self.num_embeddings,), -1, dtype=torch.long, device=self.dense_index.device)
-        return slots.index_put((self.dense_index,), torch.arange(self.dense_index.shape[0]))
+        return band_slots(self.dense_index, self.num_embeddings)
 
     def tail_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        m = self.codebooks.shape[0]
-        codes = self.tail_codes[ids].long()  # (*ids, m)
-        parts = self.codebooks[torch.arange(m), codes].flatten(-2)
-        rows = parts @ self.tail_rotation.float()
-        exact = self.tail_column_values[ids].float()
-        return rows.index_copy(rows.dim() - 1, self.tail_columns, exact)
+        return product_code_rows(
+            ids, self.tail_codes, self.codebooks, self.tail_rotation, self.tail_columns, self.tail_column_values
+        )
 
     def tail_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Per position and subspace the state's dot products with the centroids, then a gather-sum per token."""

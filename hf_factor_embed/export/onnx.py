@@ -5,7 +5,7 @@ the model as transformers builds it, with dense ``nn.Embedding`` / ``nn.Linear``
 have to be taught to every one of them. torch's exporter traces whatever modules the model holds, so the stored-
 factor layers (:mod:`.layers`) go in as they are, integers included, and the file keeps optimum's input and output
 names (``input_ids``, ``past_key_values.{i}.key``, ``logits``, ``present.{i}.key``), which ONNX Runtime's users
-and transformers.js know.
+know (transformers.js reads them too; untested here).
 
 The graph is then cleaned by onnxscript's optimizer with constant folding limited to small tensors, so no stored
 integer matrix is folded into floats (the default folds inputs up to 8,192 values: a small model's factors).
