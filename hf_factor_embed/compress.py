@@ -22,12 +22,15 @@ from .folders import check_output_dir, folder_bytes
 from .loading import is_causal_lm, load_model
 from .model_text import bos_prefix, describe_feed, special_token_ids
 from .patch import patch_model
+from .plan import BAND_SHARE, check_budget_fits, check_plan_arguments
 from .sources import load_sources, unserved_defaults
 from .structure import factorized_layers
 
 logger = logging.getLogger(__name__)
 
 COMPRESSION_FILE = "compression.json"
+#: The byte budget ``compress`` plans for when served sources are given and no size is (8% of the fp32 bytes).
+DEFAULT_MAX_BYTES = "0.08"
 
 
 def read_texts(files: Sequence[str | Path] | None = None, dataset: str | None = None) -> str | None:
@@ -48,6 +51,7 @@ def compress(
     rank: int | None = None,
     budget: float | None = None,
     target: float | None = None,
+    max_bytes: str | float | None = None,
     method: str | None = None,
     bits: int | None = None,
     group_size: int | None = None,
@@ -88,11 +92,22 @@ def compress(
     languages not served; ``[]`` for none); one far outside (> 2x dense) is a warning. ``peers``: measure int8 /
     int6 / int4 / asymmetric 4-bit quantization of the dense embedding on the same texts (causal LMs); True for
     all of :func:`hf_factor_embed.peers.quantization_peers`, or a list of their names.
+    ``max_bytes``: instead of ``rank``, a byte budget for the embedding as stored: a share of its fp32 bytes (0.08)
+    or a size ("40MB"). The plan (:mod:`hf_factor_embed.plan`) factorizes a candidate for each tail format that
+    fits, measures each on the served sources' held-back parts and on the sources not served beside trimming at
+    the same bytes, and keeps the best; ``compression.json`` lists them all. Needs ``serve``; ``bits`` defaults
+    to 4 with it. With ``serve`` and none of ``rank``, ``budget``, ``target``, it is :data:`DEFAULT_MAX_BYTES`.
     ``band_share``: with the banded method, the share of the size spent on exact rows (default 0.3). ``tail``:
     what the rows outside the band are stored as, ``"lowrank"`` (default) or ``"pq"`` (a rank-16 basis plus product
     codes, one byte per ``tail_sub_dim`` values, default 8: :mod:`hf_factor_embed.factorize.product`).
     """
+    if serve is not None and max_bytes is None and rank is None and budget is None and target is None:
+        max_bytes = DEFAULT_MAX_BYTES
+    plan_spec = check_plan_arguments(max_bytes, serve, method, band_share, tail, tail_sub_dim)
+    if plan_spec is not None and bits is None:
+        bits = 4  # a budget in bytes is spent on integer factors
     options = dict(rank=rank, budget=budget, target=target, bits=bits, group_size=group_size, band_bits=band_bits)
+    options["planned"] = plan_spec is not None
     options.update(held_back=held_back, calibration_tokens=calibration_tokens, eval_tokens=eval_tokens, dtype=dtype)
     banded = {
         k: v for k, v in (("band_share", band_share), ("tail", tail), ("tail_sub_dim", tail_sub_dim)) if v is not None
@@ -109,6 +124,7 @@ def compress(
             raise FactorEmbedError(f"an evaluation text and a source share the name {clash[0]!r}; rename the file")
         eval_texts = {**served_evals, **(eval_texts or {})}
     _check_rank_fits(model_name, rank, gguf_file, method)
+    check_budget_fits(model_name, plan_spec, gguf_file, bits, band_bits)
     out = check_output_dir(out, overwrite=overwrite)
     model, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype)
     if factorized_layers(model):
@@ -127,18 +143,37 @@ def compress(
     bytes_dense = _param_bytes(model)
 
     started = time.perf_counter()
-    size = {"rank": rank} if rank is not None else {"budget": budget} if budget is not None else {"target": target}
-    patch_model(
-        model,
-        **size,
-        method=method,
-        calibration=calibration,
-        tokenizer=tokenizer,
-        model_tokens=calibration_tokens if isinstance(calibration, Mapping) else None,
-        bits=bits,
-        group_size=group_size,
-        band_bits=band_bits,
-    )
+    plan_record = None
+    if plan_spec is not None:
+        model, plan_record = _run_plan(
+            model,
+            tokenizer,
+            plan_spec,
+            calibration,
+            calibration_tokens,
+            eval_texts,
+            dense_eval,
+            served,
+            bits,
+            group_size,
+            band_bits,
+        )
+        size = {"max_bytes": max_bytes}
+        band_share, tail = None, plan_record["chosen_tail"]
+        tail_sub_dim = plan_record["chosen_tail_sub_dim"]
+    else:
+        size = {"rank": rank} if rank is not None else {"budget": budget} if budget is not None else {"target": target}
+        patch_model(
+            model,
+            **size,
+            method=method,
+            calibration=calibration,
+            tokenizer=tokenizer,
+            model_tokens=calibration_tokens if isinstance(calibration, Mapping) else None,
+            bits=bits,
+            group_size=group_size,
+            band_bits=band_bits,
+        )
     seconds = time.perf_counter() - started
     report = model.factor_embed_report
     has_band = any(layer.dense_index is not None for layer in factorized_layers(model).values())
@@ -158,7 +193,7 @@ def compress(
         "calibration_tokens": _count_tokens(calibration),
         "fed_as": describe_feed(bos_id, tokenizer),
         "special_tokens_exact": (tokenizer.convert_ids_to_tokens(special.tolist()) if tokenizer else special.tolist()),
-        "band_share": band_share,
+        "band_share": band_share if plan_record is None else BAND_SHARE,
         "tail": tail or "lowrank",
         "tail_sub_dim": tail_sub_dim if tail == "pq" else None,
         "param_bytes_dense": bytes_dense,
@@ -178,6 +213,8 @@ def compress(
     result["warnings"] = _warnings(result["evaluation"], served) if serve is not None else []
     if peer_results is not None:
         result["peers"] = peer_results
+    if plan_record is not None:
+        result["plan"] = plan_record
     model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
@@ -192,6 +229,75 @@ def compress(
     return result
 
 
+def _run_plan(
+    model, tokenizer, spec, calibration, calibration_tokens, eval_texts, dense_eval, served, bits, group_size, band_bits
+):
+    """The plan (:mod:`.plan`) on ``model``: statistics gathered once, a factorized copy per candidate measured on
+    every evaluation text beside trimming at the same bytes; returns (the chosen model, the plan's record)."""
+    from .analysis import embedding_weights
+    from .calibration import collect_stats
+    from .calibration_stats import CalibrationStats
+    from .factorize.banded import BandedMethod, band_scores
+    from .peers import TrimmedPeer
+    from .plan import budget_bytes, run_plan
+
+    if not is_causal_lm(model):
+        raise FactorEmbedError(
+            "--max-bytes measures perplexity on the served text: causal language models only; "
+            "give --rank for this model"
+        )
+    fp32 = sum(w.numel() * 4 for w in embedding_weights(model).values())
+    bos_id = bos_prefix(tokenizer)
+    wanted = set(BandedMethod.uses) | {"token_counts"}
+    parts = {
+        n: collect_stats(model, ids, statistics=wanted, model_tokens=calibration_tokens, bos_id=bos_id)
+        for n, ids in calibration.items()
+    }
+    stats = CalibrationStats.combine(*parts.values(), equal=True) if len(parts) > 1 else next(iter(parts.values()))
+    special = special_token_ids(model, tokenizer)
+
+    def patch(copy, candidate):
+        patch_model(
+            copy,
+            rank=candidate.rank,
+            method=candidate.method(),
+            calibration=stats,
+            tokenizer=tokenizer,
+            bits=bits,
+            group_size=group_size,
+            band_bits=band_bits,
+        )
+        copy.factor_embed_report.sources = {n: part.num_tokens for n, part in parts.items()}
+        return copy
+
+    def ratios(perplexity_of) -> dict[str, float]:
+        return {n: round(perplexity_of(n, ids) / dense_eval[n]["perplexity"], 4) for n, ids in eval_texts.items()}
+
+    def measure_trim(rows: int) -> dict[str, float]:
+        scores = band_scores(stats)
+        scores[special] = float("inf")
+        kept = torch.argsort(scores, descending=True, stable=True)[:rows]
+        trim = TrimmedPeer("trim", kept, tokenizer.unk_token_id)
+        return ratios(lambda n, ids: trim.perplexity(model, ids, dense_eval[n]["window"], bos_id=bos_id))
+
+    chosen, record = run_plan(
+        model,
+        budget=budget_bytes(spec, fp32),
+        fp32_bytes=fp32,
+        patch=patch,
+        measure=lambda m: ratios(lambda n, ids: evaluate_text(m, tokenizer, ids, len(ids))["perplexity"]),
+        measure_trim=measure_trim,
+        stored_bytes_of=lambda m: _embedding_bytes(m)["stored"],
+        served=list(served),
+        bits=bits,
+        band_bits=band_bits,
+        special_rows=int(special.numel()),
+    )
+    picked = next(c for c in record["candidates"] if c["name"] == record["chosen"])
+    record["chosen_tail"], record["chosen_tail_sub_dim"] = picked["tail"], picked["tail_sub_dim"]
+    return chosen, record
+
+
 def _check_arguments(
     model_name,
     out,
@@ -202,6 +308,7 @@ def _check_arguments(
     rank,
     budget,
     target,
+    planned,
     bits,
     group_size,
     band_bits,
@@ -216,8 +323,10 @@ def _check_arguments(
     from .loading import DTYPES
     from .quantize import check_bits
 
-    if sum(x is not None for x in (rank, budget, target)) != 1:
-        raise FactorEmbedError("give exactly one of --rank, --budget or --target")
+    if sum(x is not None for x in (rank, budget, target)) + planned != 1:
+        raise FactorEmbedError(
+            "give exactly one of --rank, --budget, --target or --max-bytes (the plan, for served --calibration sources)"
+        )
     positive_int("--rank", rank, optional=True)
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < 1):
         raise FactorEmbedError(f"--budget {budget!r} must be a share strictly between 0 and 1 (e.g. 0.3)")
@@ -428,7 +537,7 @@ def _embedding_bytes(model) -> dict:
     """Bytes the factorized embeddings take as stored (integer factors at their bits, a tied pair once), and
     the dense fp32 bytes they replace."""
     from .layers import TAIL_CODE_TENSORS
-    from .quantize import QUANTIZED_TENSORS, stored_shapes
+    from .quantize import QUANTIZED_TENSORS, stored_bytes
 
     config = model.config.quantization_config
     stored, dense, seen = 0, 0, set()
@@ -441,12 +550,7 @@ def _embedding_bytes(model) -> dict:
             tensor = getattr(layer, name, None)
             if tensor is None:
                 continue
-            if config.bits and name in QUANTIZED_TENSORS:
-                bits, group = config.precision(name)
-                (q_rows, q_cols), (s_rows, s_cols) = stored_shapes(*tensor.shape, bits, group)
-                stored += q_rows * q_cols + 2 * s_rows * s_cols
-            else:
-                stored += tensor.numel() * tensor.element_size()
+            stored += stored_bytes(config, name, tuple(tensor.shape), tensor.element_size())
     return {"stored": stored, "dense_fp32": dense, "share": round(stored / dense, 4) if dense else None}
 
 
@@ -464,6 +568,10 @@ def summary_table(result: dict) -> str:
             for n, p in peers.items()
         ),
     ]
+    if result.get("plan"):
+        from .plan import describe
+
+        lines.extend(describe(result["plan"]))
     if result.get("fed_as"):
         lines.append(f"perplexity of {result['fed_as']}")
     header = f"{'text':<16}{'served':<12}{'dense':>10}{'factorized':>12}{'ratio':>11}"

@@ -89,6 +89,17 @@ def stored_shapes(rows: int, cols: int, bits: int, group: int | None) -> tuple[t
     return (rows, width), (rows, math.ceil(cols / _group(cols, group)))
 
 
+def stored_bytes(config, name: str, shape: tuple[int, ...], element_size: int) -> int:
+    """Bytes a factorized layer's tensor ``name`` takes in a checkpoint written with ``config`` (a
+    :class:`~hf_factor_embed.config.FactorEmbedConfig`): integer codes and fp16 scales for the quantized factors
+    when ``config.bits`` is set, else ``element_size`` per value. What ``compress`` reports and the plan budgets."""
+    if config.bits and name in QUANTIZED_TENSORS:
+        bits, group = config.precision(name)
+        (q_rows, q_cols), (s_rows, s_cols) = stored_shapes(*shape, bits, group)
+        return q_rows * q_cols + 2 * s_rows * s_cols
+    return math.prod(shape) * element_size
+
+
 def stored_dtype(bits: int) -> torch.dtype:
     return torch.int8 if bits == 8 else torch.uint8
 

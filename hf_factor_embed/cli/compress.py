@@ -15,8 +15,10 @@ Files = Annotated[list[Path] | None, typer.Option(help="Plain-text files (repeat
 @app.command(
     epilog=(
         "Examples:\n\n"
+        "  hf-factor-embed compress bundled:gemma3 --calibration pydoc --calibration lang:de --max-bytes 0.08 "
+        "--out out/gemma3-en-de\n\n"
         "  hf-factor-embed compress bundled:gemma3 --rank 160 --band-share 0.9 --bits 4 --calibration pydoc "
-        "--calibration lang:de --peers --out out/gemma3-en-de\n\n"
+        "--calibration lang:de --peers --out out/gemma3-en-de-r160\n\n"
         "  hf-factor-embed compress HuggingFaceTB/SmolLM2-135M-Instruct --rank 256 --calibration notes.txt "
         "--out out/smollm2-r256\n\n"
         "  hf-factor-embed compress ./my-model --budget 0.3 --eval-text held_back.txt --out out/my-model-30"
@@ -29,6 +31,14 @@ def compress(
     budget: Annotated[float | None, typer.Option(help="Instead of --rank: share of parameters kept (0-1).")] = None,
     target: Annotated[
         float | None, typer.Option(help="Instead of --rank: largest perplexity ratio to dense, e.g. 1.1.")
+    ] = None,
+    max_bytes: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of --rank: a byte budget for the embedding as stored, a share of its fp32 bytes (0.08) or "
+            "a size (40MB). Candidates (band size, tail format) are measured on the served sources' held-back parts "
+            "and the best kept. The default with --calibration sources: 0.08."
+        ),
     ] = None,
     method: Annotated[
         str | None, typer.Option(help="Factorization method (default: banded with text, else svd).")
@@ -100,6 +110,7 @@ def compress(
         rank=rank,
         budget=budget,
         target=target,
+        max_bytes=max_bytes,
         method=method,
         bits=bits,
         group_size=group_size,

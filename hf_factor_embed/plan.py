@@ -1,0 +1,323 @@
+"""The plan: spend a byte budget where the served text says it buys most, and guard what is not served.
+
+A budget (``--max-bytes 0.08``: 8% of the fp32 embedding's bytes; ``--max-bytes 40MB``: a size) can be spent on
+many exact rows and a small low-rank tail, or on fewer rows and a tail in which every token keeps a row of its own
+(product codes, one byte per 16, 8 or 4 values: :mod:`hf_factor_embed.factorize.product`). Which is better depends
+on the model and on what is served, so the plan measures instead of guessing:
+
+1. For each tail format, the largest band that fits the budget, from the shapes the layers will hold and the bytes
+   the checkpoint stores for them (:func:`planned_bytes`, the count ``compress`` reports).
+2. Each candidate is factorized from the same calibration statistics and measured: perplexity on the held-back
+   part of every served source, and on every measured source not served.
+3. Hard vocabulary trimming at the same bytes (vocabtrimmer: as many int8 rows as fit, ranked by the same scores)
+   is measured on the sources not served: the guard.
+4. The choice (:func:`choose`): the candidates within ``SERVED_TOLERANCE`` of the best on the served sources (the
+   worst served source decides); among them the one worse than trimming on the fewest sources not served, then
+   the best geometric mean over them. What you serve comes first; among equals, the one that degrades most
+   gracefully elsewhere.
+
+``compression.json`` lists every candidate measured, the trimming it was guarded against, and why one was chosen.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .errors import FactorEmbedError
+
+logger = logging.getLogger(__name__)
+
+#: Candidates within this much of the best worst served ratio count as equal on served text (0.01: 1%).
+SERVED_TOLERANCE = 0.01
+#: A source not served counts as worse than trimming past this ratio of trimming's perplexity.
+GUARD_TOLERANCE = 1.02
+#: The tail formats the plan measures: name -> (tail, values per code byte).
+TAIL_FORMATS = {"lowrank": ("lowrank", None), "pq16": ("pq", 16), "pq8": ("pq", 8), "pq4": ("pq", 4)}
+#: The share of the size ``band_plan`` spends on exact rows in every candidate (the low-rank tail's rank is the
+#: rest); the product-coded tails keep a rank-16 basis whatever the share.
+BAND_SHARE = 0.9
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_max_bytes(value: str | float | int) -> tuple[str, float]:
+    """``("share", 0.08)`` for a share of the fp32 embedding (a number in (0, 1)), ``("bytes", 4e7)`` for a size
+    (``40MB``, ``38MiB``, ``40000000``)."""
+    if isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, (int, float)):
+        value = repr(value)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+    unit = match and match.group(2).lower()
+    if not match or unit not in _UNITS:
+        raise FactorEmbedError(
+            f"--max-bytes {value!r} is neither a share of the fp32 embedding's bytes (e.g. 0.08) nor a size "
+            f"(e.g. 40MB, 38MiB)"
+        )
+    number = float(match.group(1))
+    if not unit and 0 < number < 1:
+        return "share", number
+    if number * _UNITS[unit] < 1 or (not unit and number == 1):
+        raise FactorEmbedError(f"--max-bytes {value!r}: give a share strictly between 0 and 1, or a size like 40MB")
+    return "bytes", number * _UNITS[unit]
+
+
+def budget_bytes(spec: tuple[str, float], fp32_bytes: int) -> int:
+    kind, number = spec
+    return int(number * fp32_bytes) if kind == "share" else int(number)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to spend the budget: a tail format and the size knob (``rank``) that fills the budget with it."""
+
+    name: str
+    tail: str
+    tail_sub_dim: int | None
+    rank: int
+    band_rows: int
+    planned_bytes: int
+
+    def method(self):
+        from .factorize.banded import BandedMethod
+
+        return BandedMethod(BAND_SHARE, tail=self.tail, tail_sub_dim=self.tail_sub_dim or 8)
+
+
+def _config(bits: int | None, band_bits: int | None):
+    from .config import FactorEmbedConfig
+    from .quantize import default_group
+
+    config = FactorEmbedConfig()
+    if bits is not None:  # as patch_model writes it
+        config.bits, config.group_size = bits, default_group(bits, None)
+        config.band_bits = 8 if band_bits is None else band_bits
+        config.band_group_size = 64 if config.band_bits == 8 else None
+    return config
+
+
+def planned_bytes(
+    v: int,
+    d: int,
+    rank: int,
+    tail_format: str,
+    *,
+    bits: int | None,
+    band_bits: int | None = None,
+    special_rows: int = 0,
+    element_size: int = 4,
+) -> tuple[int, int]:
+    """(stored bytes, band rows) of one factorized matrix (a tied pair once) at ``rank`` with ``tail_format``:
+    the shapes the layer will hold (:class:`hf_factor_embed.layers.FactorizedLayer`), counted as the checkpoint
+    stores them (:func:`hf_factor_embed.quantize.stored_bytes`)."""
+    from .factorize.banded import band_plan
+    from .factorize.product import CENTROIDS
+    from .quantize import stored_bytes
+
+    tail, sub_dim = TAIL_FORMATS[tail_format]
+    k, inner = band_plan(v, d, rank, BAND_SHARE)
+    k = max(k, special_rows) if k else k
+    shapes = {"weight": (v, inner), "basis": (inner, d), "dense_rows": (k, d), "dense_index": (k,)}
+    if tail == "pq":
+        from .factorize.banded import BandedMethod
+
+        defaults = BandedMethod(tail="pq")
+        inner, m, c = min(defaults.tail_rank, d), d // sub_dim, min(defaults.tail_exact_columns, d)
+        shapes |= {"weight": (v, inner), "basis": (inner, d), "tail_codes": (v, m)}
+        shapes |= {"codebooks": (m, CENTROIDS, sub_dim), "tail_rotation": (d, d)}
+        shapes |= {"tail_columns": (c,), "tail_column_values": (v, c)}
+    sizes = {"dense_index": 8, "tail_codes": 1, "tail_columns": 8, "tail_column_values": 2}
+    config = _config(bits, band_bits)
+    total = sum(
+        stored_bytes(config, name, shape, sizes.get(name, element_size))
+        for name, shape in shapes.items()
+        if k or name not in ("dense_rows", "dense_index")
+    )
+    return total, k
+
+
+def candidates(
+    v: int,
+    d: int,
+    budget: int,
+    *,
+    bits: int | None,
+    band_bits: int | None = None,
+    special_rows: int = 0,
+    element_size: int = 4,
+    formats: tuple[str, ...] = tuple(TAIL_FORMATS),
+) -> list[Candidate]:
+    """For each tail format, the largest size that fits ``budget`` bytes (formats that cannot fit are left out)."""
+    out = []
+    sizes = dict(bits=bits, band_bits=band_bits, special_rows=special_rows, element_size=element_size)
+    for name in formats:
+        low, high = 0, min(v, d)  # bytes grow with the rank; band_plan caps the band at V rows
+        while low < high:
+            mid = (low + high + 1) // 2
+            fits = planned_bytes(v, d, mid, name, **sizes)[0] <= budget
+            low, high = (mid, high) if fits else (low, mid - 1)
+        total, rows = planned_bytes(v, d, max(low, 1), name, **sizes)
+        if low >= 1 and rows:  # a candidate without a band would lose the special tokens' exact rows
+            out.append(Candidate(name, *TAIL_FORMATS[name], rank=low, band_rows=rows, planned_bytes=total))
+    return out
+
+
+def smallest_plan_bytes(
+    v: int, d: int, *, bits: int | None, band_bits: int | None = None, special_rows: int = 0, element_size: int = 4
+) -> int:
+    """The fewest bytes any candidate needs (the special tokens' rows and the smallest tail)."""
+    return min(
+        planned_bytes(
+            v, d, 1, name, bits=bits, band_bits=band_bits, special_rows=special_rows, element_size=element_size
+        )[0]
+        for name in TAIL_FORMATS
+    )
+
+
+def check_budget(budget: int, v: int, d: int, fp32_bytes: int, **sizes) -> None:
+    """A budget that no candidate fits is one line naming the smallest that does."""
+    smallest = smallest_plan_bytes(v, d, **sizes)
+    if budget < smallest:
+        raise FactorEmbedError(
+            f"--max-bytes allows {budget:,} bytes ({budget / fp32_bytes:.2%} of the fp32 embedding), below the "
+            f"{smallest:,} ({smallest / fp32_bytes:.2%}) that the smallest plan needs (the special tokens' rows "
+            f"and a rank-1 tail); give at least {math.ceil(1000 * smallest / fp32_bytes) / 1000:g}"
+        )
+    if budget >= fp32_bytes:
+        raise FactorEmbedError(
+            f"--max-bytes allows {budget:,} bytes, no fewer than the fp32 embedding's {fp32_bytes:,}: nothing to "
+            f"compress; give a share below 1 (e.g. 0.08)"
+        )
+
+
+def check_plan_arguments(max_bytes, serve, method, band_share, tail, tail_sub_dim) -> tuple[str, float] | None:
+    """The parsed budget, or None without one; what the plan cannot go with is refused before anything loads."""
+    if max_bytes is None:
+        return None
+    spec = parse_max_bytes(max_bytes)
+    if serve is None:
+        raise FactorEmbedError(
+            "--max-bytes measures candidates on the held-back part of each served source: name them with "
+            "--calibration (e.g. --calibration pydoc --calibration lang:de), or give --rank"
+        )
+    if method not in (None, "banded"):
+        raise FactorEmbedError(f"--max-bytes plans the banded method; --method {method} needs --rank")
+    chosen = [n for n, v in (("--band-share", band_share), ("--tail", tail), ("--tail-sub-dim", tail_sub_dim)) if v]
+    if chosen:
+        raise FactorEmbedError(
+            f"{', '.join(chosen)}: the plan (--max-bytes) picks the band and the tail by measurement; give --rank to "
+            f"set them yourself"
+        )
+    return spec
+
+
+def check_budget_fits(model_name, spec, gguf_file, bits, band_bits) -> None:
+    """A budget no candidate fits is refused from the config alone (a second), before the model loads."""
+    if spec is None or gguf_file is not None:
+        return
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from .bundled import resolve
+
+    name = resolve(model_name)
+    if Path(name).exists() and not Path(name, "config.json").is_file():
+        return  # not a model folder: loading says so
+    config = AutoConfig.from_pretrained(name).get_text_config()
+    v, d = getattr(config, "vocab_size", None), getattr(config, "hidden_size", None)
+    if isinstance(v, int) and isinstance(d, int):
+        matrices = 1 if getattr(config, "tie_word_embeddings", True) else 2
+        fp32 = matrices * v * d * 4
+        check_budget(budget_bytes(spec, fp32) // matrices, v, d, fp32 // matrices, bits=bits, band_bits=band_bits)
+
+
+def choose(measured: list[dict], served: list[str]) -> tuple[dict, str]:
+    """The chosen candidate's record and the reason, from records with ``ratio`` (source -> ratio to dense) and
+    ``worse_than_trim`` (sources not served past :data:`GUARD_TOLERANCE` of trimming)."""
+
+    def worst_served(c):
+        return max((c["ratio"][s] for s in served), default=1.0)
+
+    def unserved_mean(c):
+        logs = [math.log(max(r, 1e-9)) for s, r in c["ratio"].items() if s not in served]
+        return math.exp(sum(logs) / len(logs)) if logs else 1.0
+
+    best = min(worst_served(c) for c in measured)
+    equal = [c for c in measured if worst_served(c) <= best + SERVED_TOLERANCE]
+    chosen = min(equal, key=lambda c: (len(c["worse_than_trim"]), unserved_mean(c)))
+    reason = (
+        f"{chosen['name']}: worst served source {worst_served(chosen):.3f}x dense (best of all: {best:.3f}x); "
+        f"{len(equal)} of {len(measured)} candidates within {SERVED_TOLERANCE:.0%} of it on served text; among "
+        f"them worse than trimming on {len(chosen['worse_than_trim'])} sources not served, geometric mean "
+        f"{unserved_mean(chosen):.3f}x over them"
+    )
+    return chosen, reason
+
+
+def run_plan(
+    model,
+    *,
+    budget: int,
+    fp32_bytes: int,
+    patch: Callable[[torch.nn.Module, Candidate], torch.nn.Module],
+    measure: Callable[[torch.nn.Module], dict[str, float]],
+    measure_trim: Callable[[int], dict[str, float]],
+    stored_bytes_of: Callable[[torch.nn.Module], int],
+    served: list[str],
+    bits: int | None,
+    band_bits: int | None = None,
+    special_rows: int = 0,
+    formats: tuple[str, ...] = tuple(TAIL_FORMATS),
+) -> tuple[torch.nn.Module, dict]:
+    """Factorize a copy of ``model`` for each candidate, measure, choose; returns (the chosen model, the plan's
+    record for ``compression.json``). ``patch(copy, candidate)`` factorizes a copy in place, ``measure(model)``
+    gives source -> perplexity ratio to dense, ``measure_trim(rows)`` the same for trimming to ``rows`` int8 rows.
+    """
+    v, d = model.get_input_embeddings().weight.shape
+    element_size = model.get_input_embeddings().weight.element_size()
+    sizes = dict(bits=bits, band_bits=band_bits, special_rows=special_rows, element_size=element_size)
+    check_budget(budget, v, d, fp32_bytes, **sizes)
+    trim_rows = min(v, budget // (d + 2 * math.ceil(d / 64)))  # int8 rows in groups of 64, as the band stores them
+    trim = measure_trim(trim_rows)
+    record = {"budget_bytes": budget, "budget_share": round(budget / fp32_bytes, 4), "candidates": []}
+    record["trim"] = {"rows": int(trim_rows), "ratio": trim}
+    best_model, chosen_name = None, None
+    for candidate in candidates(v, d, budget, formats=formats, **sizes):
+        patched = patch(copy.deepcopy(model), candidate)
+        stored = stored_bytes_of(patched)
+        if stored > budget:  # the count and the layers disagree: a bug, never a silent overrun
+            raise RuntimeError(f"plan {candidate.name}: planned {candidate.planned_bytes:,} bytes, stored {stored:,}")
+        ratio = measure(patched)
+        worse = sorted(s for s, r in ratio.items() if s not in served and s in trim and r > GUARD_TOLERANCE * trim[s])
+        entry = {**asdict(candidate), "stored_bytes": stored, "share": round(stored / fp32_bytes, 4)}
+        entry |= {"ratio": ratio, "worse_than_trim": worse}
+        record["candidates"].append(entry)
+        logger.info("plan %s: %s", candidate.name, {k: round(r, 3) for k, r in ratio.items()})
+        chosen, _ = choose(record["candidates"], served)
+        if chosen["name"] != chosen_name:  # keep only the best model so far: one extra copy in memory
+            best_model, chosen_name = patched, chosen["name"]
+        del patched
+    chosen, reason = choose(record["candidates"], served)
+    record |= {"chosen": chosen["name"], "reason": reason}
+    return best_model, record
+
+
+def describe(record: Mapping) -> list[str]:
+    """The plan as lines for the summary: one per candidate, the chosen one marked."""
+    lines = [f"plan: {record['budget_bytes']:,} bytes ({record['budget_share']:.1%} of fp32); chose {record['reason']}"]
+    for c in record["candidates"]:
+        mark = "*" if c["name"] == record["chosen"] else " "
+        ratios = ", ".join(f"{s} {r:.3g}x" for s, r in c["ratio"].items())
+        lines.append(f" {mark} {c['name']:<8} {c['share']:.1%} band {c['band_rows']:,} rows: {ratios}")
+    trim = record["trim"]
+    lines.append(
+        f"   trim     {trim['rows']:,} int8 rows: " + ", ".join(f"{s} {r:.3g}x" for s, r in trim["ratio"].items())
+    )
+    return lines
