@@ -101,7 +101,8 @@ def compress(
     what the rows outside the band are stored as, ``"lowrank"`` (default) or ``"pq"`` (a rank-16 basis plus product
     codes, one byte per ``tail_sub_dim`` values, default 8: :mod:`hf_factor_embed.factorize.product`).
     """
-    if serve is not None and max_bytes is None and rank is None and budget is None and target is None:
+    sized = any(x is not None for x in (rank, budget, target, max_bytes))
+    if not sized and serve is not None and method in (None, "banded"):
         max_bytes = DEFAULT_MAX_BYTES
     plan_spec = check_plan_arguments(max_bytes, serve, method, band_share, tail, tail_sub_dim)
     if plan_spec is not None and bits is None:

@@ -154,10 +154,12 @@ def candidates(
     formats: tuple[str, ...] = tuple(TAIL_FORMATS),
 ) -> list[Candidate]:
     """For each tail format, the largest size that fits ``budget`` bytes (formats that cannot fit are left out)."""
+    from .patch import largest_saving_rank
+
     out = []
     sizes = dict(bits=bits, band_bits=band_bits, special_rows=special_rows, element_size=element_size)
     for name in formats:
-        low, high = 0, min(v, d)  # bytes grow with the rank; band_plan caps the band at V rows
+        low, high = 0, largest_saving_rank(v, d)  # bytes grow with the rank
         while low < high:
             mid = (low + high + 1) // 2
             fits = planned_bytes(v, d, mid, name, **sizes)[0] <= budget

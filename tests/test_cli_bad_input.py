@@ -54,7 +54,22 @@ CASES = {
     "compress budget negative": (_without(_compress("--budget", "-0.1"), "--rank"), "must be a share"),
     "compress target below 1": (_without(_compress("--target", "0.5"), "--rank"), "--target 0.5"),
     "compress two sizes": (_compress("--budget", "0.3"), "exactly one of"),
-    "compress no size": (_without(_compress(), "--rank"), "exactly one of"),
+    "compress no size": (_without(_without(_compress(), "--rank"), "--calibration"), "exactly one of"),
+    # compress: the plan
+    "compress max-bytes junk": (_without(_compress("--max-bytes", "lots"), "--rank"), "is neither a share"),
+    "compress max-bytes 0": (_without(_compress("--max-bytes", "0"), "--rank"), "strictly between 0 and 1"),
+    "compress max-bytes 1": (_without(_compress("--max-bytes", "1"), "--rank"), "strictly between 0 and 1"),
+    "compress max-bytes too small": (_without(_compress("--max-bytes", "0.001"), "--rank"), "smallest plan needs"),
+    "compress max-bytes too large": (_without(_compress("--max-bytes", "2GB"), "--rank"), "nothing to compress"),
+    "compress max-bytes and rank": (_compress("--max-bytes", "0.08"), "exactly one of"),
+    "compress max-bytes no sources": (
+        ["compress", "{dense}", "--max-bytes", "0.08", "--out", "{out}"],
+        "name them with --calibration",
+    ),
+    "compress max-bytes band share": (
+        _without(_compress("--max-bytes", "0.08", "--band-share", "0.5"), "--rank"),
+        "picks the band and the tail",
+    ),
     # compress: storage
     "compress bits 3": (_compress("--bits", "3"), "bits=3 is not supported"),
     "compress bits 0": (_compress("--bits", "0"), "bits=0 is not supported"),

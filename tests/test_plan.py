@@ -1,0 +1,116 @@
+"""The plan (``compress --max-bytes``): budgets parsed, bytes counted as stored, candidates within the budget, the
+choice rule, and the whole path on a tiny model and on SmolLM2."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_llama, tiny_tokenizer, tiny_words
+
+import hf_factor_embed as hfe
+from hf_factor_embed import FactorEmbedError
+from hf_factor_embed.compress import _embedding_bytes, compress
+from hf_factor_embed.patch import largest_saving_rank
+from hf_factor_embed.plan import budget_bytes, candidates, check_budget, choose, parse_max_bytes
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0.08", ("share", 0.08)), ("40MB", ("bytes", 4e7)), ("38MiB", ("bytes", 38 * 2**20)), ("1e6", ("bytes", 1e6))],
+)
+def test_budget_is_a_share_or_a_size(text, expected):
+    assert parse_max_bytes(text) == expected
+    assert budget_bytes(parse_max_bytes("0.25"), 1000) == 250
+
+
+@pytest.mark.parametrize("text", ["lots", "0", "1", "-0.1", "8%", "40 parsecs"])
+def test_bad_budget_is_refused(text):
+    with pytest.raises(FactorEmbedError, match="--max-bytes"):
+        parse_max_bytes(text)
+
+
+def test_planned_bytes_are_the_stored_bytes_and_within_budget():
+    model = tiny_llama(vocab=3000)
+    ids = torch.randint(0, 3000, (3000,), generator=torch.Generator().manual_seed(0))
+    v, d = model.get_input_embeddings().weight.shape
+    budget = int(0.4 * v * d * 4)
+    found = candidates(v, d, budget, bits=4, special_rows=1)
+    assert {c.tail for c in found} == {"lowrank", "pq"}
+    for candidate in found:
+        patched = hfe.patch_model(
+            copy.deepcopy(model), rank=candidate.rank, method=candidate.method(), calibration=ids, bits=4
+        )
+        stored = _embedding_bytes(patched)["stored"]
+        assert stored == candidate.planned_bytes <= budget
+        assert patched.get_input_embeddings().dense_index.numel() == candidate.band_rows
+        bigger = candidates(v, d, stored + 4000, bits=4, special_rows=1, formats=(candidate.name,))
+        assert bigger[0].planned_bytes > stored or candidate.rank == largest_saving_rank(v, d)  # the largest fit
+
+
+def test_a_budget_below_the_smallest_plan_is_one_line():
+    with pytest.raises(FactorEmbedError, match="smallest plan needs"):
+        check_budget(100, VOCAB, 64, VOCAB * 64 * 4, bits=4)
+    with pytest.raises(FactorEmbedError, match="nothing to compress"):
+        check_budget(VOCAB * 64 * 4, VOCAB, 64, VOCAB * 64 * 4, bits=4)
+
+
+def test_choice_puts_served_text_first_then_the_guard():
+    def record(name, served, unserved, worse):
+        return {"name": name, "ratio": {"a": served, "x": unserved}, "worse_than_trim": worse}
+
+    measured = [record("many rows", 1.000, 40.0, ["x"]), record("codes", 1.005, 2.0, []), record("bad", 1.2, 1.1, [])]
+    chosen, reason = choose(measured, ["a"])
+    assert chosen["name"] == "codes" and "2 of 3" in reason  # within 1% on served text, and not worse than trimming
+    chosen, _ = choose([measured[0], record("codes", 1.05, 2.0, [])], ["a"])
+    assert chosen["name"] == "many rows"  # 5% worse on what is served is not bought back elsewhere
+
+
+@pytest.fixture
+def served(tmp_path):
+    tiny_llama().save_pretrained(tmp_path / "dense")
+    tiny_tokenizer().save_pretrained(tmp_path / "dense")
+    (tmp_path / "served.txt").write_text(tiny_words(3000, seed=3))
+    (tmp_path / "other.txt").write_text(tiny_words(1000, seed=9))
+    return tmp_path
+
+
+def test_compress_plans_by_default_with_sources_and_records_every_candidate(served):
+    info = compress(
+        served / "dense",
+        served / "out",
+        serve=[served / "served.txt"],
+        measure=[served / "other.txt"],
+        plots=False,
+        eval_tokens=256,
+    )
+    plan = info["plan"]
+    assert plan["budget_share"] == 0.08 and info["requested"] == {"max_bytes": "0.08"}
+    assert plan["candidates"] and all(c["stored_bytes"] <= plan["budget_bytes"] for c in plan["candidates"])
+    assert plan["chosen"] in {c["name"] for c in plan["candidates"]} and plan["reason"]
+    assert set(plan["trim"]["ratio"]) == {"served", "other"}
+    assert info["embedding_bytes"]["stored"] <= plan["budget_bytes"]
+    assert info["reload"] == {"identical": True, "tied": True, "factorized_layers": 2}
+    assert json.loads((served / "out" / "compression.json").read_text())["plan"]["chosen"] == plan["chosen"]
+
+
+def test_plan_on_smollm2_stays_within_budget_and_reloads(smollm2_dir, tmp_path):
+    info = compress(
+        smollm2_dir,
+        tmp_path / "out",
+        max_bytes="12MB",
+        serve=["pydoc"],
+        measure=["lang:de"],
+        plots=False,
+        calibration_tokens=512,
+        eval_tokens=128,
+    )
+    plan = info["plan"]
+    assert plan["budget_bytes"] == 12_000_000 and len(plan["candidates"]) == 4
+    assert info["embedding_bytes"]["stored"] <= 12_000_000
+    chosen = next(c for c in plan["candidates"] if c["name"] == plan["chosen"])
+    assert info["evaluation"]["pydoc"]["ratio"] == pytest.approx(chosen["ratio"]["pydoc"], rel=1e-3)
+    assert info["reload"]["identical"] and info["reload"]["tied"]
+    assert info["tail"] == chosen["tail"]
