@@ -504,8 +504,8 @@ def _warnings(evaluation: dict, served: dict) -> list[str]:
     for name, e in evaluation.items():
         if name not in served and e.get("ratio", 1.0) > FAR_OUTSIDE:
             out.append(
-                f"{name} (not served) is at {e['ratio']:.2f}x the dense perplexity: serve it "
-                f"(add it to the calibration sources) or give a larger rank if the model will see such text"
+                f"{name} (not served) is at {e['ratio']:.2f}x the dense perplexity: serve it (add it to the "
+                f"calibration sources) or give a larger size (--max-bytes, --rank) if the model will see such text"
             )
             logger.warning("%s", out[-1])
     return out

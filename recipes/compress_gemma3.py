@@ -5,7 +5,10 @@
     python recipes/compress_gemma3.py --out out/gemma3-en --export onnx         # and out/gemma3-en/onnx/model.onnx
 
 Gemma-3-270M holds 63% of its parameters in a tied 262,144 x 640 embedding, most of whose rows a given user never
-reads. The served sources get exact rows (int8) and the rest a small low-rank tail (int4 codes): English is two
+reads. The job runs on the plan (:mod:`hf_factor_embed.plan`): for a byte budget (8% of the fp32 embedding's bytes
+by default), a candidate per tail format (a low-rank tail, product codes) is factorized and measured, and the one
+that keeps the served text best while no source measured falls behind trimming at equal bytes is kept. The
+served sources get exact rows (int8) and every other token a row of its own in the chosen tail: English is two
 kinds of local text (Python's reference, pydoc_data; Debian changelogs), each language the machine's gettext
 messages in it. Each served source is measured on a held-back part; beside them, kinds of English never calibrated
 on (license texts, the gettext messages' English originals) and languages not served. int8 and int4 g32 of the
@@ -38,8 +41,9 @@ LANGUAGES_MEASURED = ["de", "ru", "zh_CN"]
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--languages", nargs="*", default=[], help="gettext language codes served beside English")
-    parser.add_argument("--rank", type=int, default=160, help="size: that of a rank-r factorization")
-    parser.add_argument("--band-share", type=float, default=0.9, help="share of the size in exact rows")
+    parser.add_argument("--max-bytes", default="0.08", help="the plan's budget: share of fp32 bytes, or e.g. 50MB")
+    parser.add_argument("--rank", type=int, help="instead of the plan: the size of a rank-r factorization")
+    parser.add_argument("--band-share", type=float, help="with --rank: share of the size in exact rows (0.9)")
     parser.add_argument("--bits", type=int, default=4, help="bits of the codes A (the band and B: 8)")
     parser.add_argument("--calibration-tokens", type=int, default=2048, help="tokens of each source the model reads")
     parser.add_argument("--eval-tokens", type=int, default=512, help="evaluation tokens of each text")
@@ -50,13 +54,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.export:
         check_format(args.export, "--export")
 
+    if args.band_share is not None and args.rank is None:
+        raise FactorEmbedError("--band-share goes with --rank; the plan (--max-bytes) picks the band itself")
+    size = {"max_bytes": args.max_bytes}
+    if args.rank is not None:
+        size = {"rank": args.rank, "band_share": 0.9 if args.band_share is None else args.band_share}
     served = [*ENGLISH, *(f"lang:{code}" for code in args.languages)]
     measured = [*ENGLISH_NOT_SERVED, *(f"lang:{c}" for c in LANGUAGES_MEASURED if c not in args.languages)]
     result = compress(
         "bundled:gemma3",
         args.out,
-        rank=args.rank,
-        band_share=args.band_share,
+        **size,
         bits=args.bits,
         serve=served,
         measure=measured,

@@ -66,3 +66,11 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, capsys, rea
     for folder in ("out/smollm2-r256-onnx", "out/smollm2-r256-pte"):
         report = json.loads(Path(folder, "export.json").read_text())
         assert report["identical"] and report["embedding_bytes"] == report["checkpoint_embedding_bytes"], report
+
+    # the plan's command ran on SmolLM2: within its budget, every candidate recorded, the chosen one saved
+    info = json.loads(Path("out/smollm2-plan/compression.json").read_text())
+    plan = info["plan"]
+    assert plan["budget_share"] == 0.15 and len(plan["candidates"]) == 4
+    assert all(c["stored_bytes"] <= plan["budget_bytes"] for c in plan["candidates"])
+    assert info["embedding_bytes"]["stored"] <= plan["budget_bytes"] and info["reload"]["identical"]
+    assert info["tail"] == next(c["tail"] for c in plan["candidates"] if c["name"] == plan["chosen"])

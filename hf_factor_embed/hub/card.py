@@ -36,7 +36,8 @@ def render_card(info: dict, repo_id: str | None = None):
     modules = report["modules"]
     auto_class = next((a for s, a in _AUTO_CLASSES.items() if info["architecture"].endswith(s)), "AutoModel")
     rank = (info.get("requested") or {}).get("rank") or max((m["rank"] for m in modules), default=0)
-    name = repo_id or f"{Path(str(hub_base or base)).name}-factorized-r{rank}"
+    size = f"{info['plan']['chosen']}-{100 * info['plan']['budget_share']:g}pct" if info.get("plan") else f"r{rank}"
+    name = repo_id or f"{Path(str(hub_base or base)).name}-factorized-{size}"
     return ModelCard.from_template(
         data,
         template_path=str(TEMPLATE),
@@ -63,6 +64,7 @@ def render_card(info: dict, repo_id: str | None = None):
         peers=info.get("peers") or {},
         served=info.get("served") or {},
         warnings=info.get("warnings") or [],
+        plan=info.get("plan"),
         embedding_bytes=info.get("embedding_bytes") or {},
         bits=info.get("bits"),
         group_size=info.get("group_size"),
