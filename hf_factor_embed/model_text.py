@@ -29,6 +29,10 @@ _ID_ATTRIBUTES = (
 #: Reserved placeholders some tokenizers register as special (Gemma-3 has thousands of ``<unused123>``): never in
 #: any text, so an exact row for each would spend the band on nothing.
 _PLACEHOLDER = re.compile(r"^<?\[?(unused|reserved|extra_id|placeholder)[_-]?\w*\]?>?$", re.IGNORECASE)
+#: Markers of other modalities that converted tokenizers register as added tokens without the special flag
+#: (Gemma-3's ``<start_of_image>``, ``<end_of_image>``, ``[multimodal]``): never in text, so never scored into a band,
+#: and a tail row for one won the argmax of an English prompt with diacritics (benchmarks/RESULTS.md, *generation*).
+_MODALITY_MARKER = re.compile(r"^[<\[]/?\w*(start_of|end_of|image|audio|video|multimodal)\w*[>\]]$", re.IGNORECASE)
 
 
 def bos_prefix(tokenizer) -> int | None:
@@ -43,7 +47,8 @@ def bos_prefix(tokenizer) -> int | None:
 
 def special_token_ids(model, tokenizer=None) -> torch.Tensor:
     """Sorted ids of the model's special tokens within its vocabulary: those its configs name, the tokenizer's
-    special tokens and its added special tokens, reserved placeholders left out."""
+    special tokens and its added special tokens, reserved placeholders left out, and added markers of other
+    modalities (``<start_of_image>``) even where the tokenizer does not flag them special."""
     vocab = model.get_input_embeddings().weight.shape[0]
     ids: set[int] = set()
     configs = (model.config, model.config.get_text_config(), getattr(model, "generation_config", None))
@@ -55,6 +60,7 @@ def special_token_ids(model, tokenizer=None) -> torch.Tensor:
         ids.update(getattr(tokenizer, "all_special_ids", ()))
         added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
         ids.update(i for i, token in added.items() if token.special and not _PLACEHOLDER.match(str(token)))
+        ids.update(i for i, token in added.items() if _MODALITY_MARKER.match(str(token)))
     return torch.tensor(sorted(i for i in ids if isinstance(i, int) and 0 <= i < vocab), dtype=torch.long)
 
 

@@ -101,6 +101,7 @@ def test_gemma3_keeps_its_special_tokens_exact_and_continues_like_dense(gemma3, 
     )
     specials = special_token_ids(gemma3, tokenizer)
     assert {0, 1, 2, 3, 106} <= set(specials.tolist())  # pad, eos, bos, unk, <end_of_turn>
+    assert {255999, 256000} <= set(specials.tolist())  # <start_of_image>, <end_of_image>: not flagged special
     assert torch.isin(specials, small.get_input_embeddings().dense_index).all()
 
     model = hfe.patch_model(
