@@ -140,6 +140,8 @@ def compress(
     peer_results = None
     if peers and is_causal_lm(model):
         peer_results = _measure_peers(model, eval_texts, dense_eval, peers, bos_id)
+    prompts = _prompts(eval_texts, tokenizer) if is_causal_lm(model) and tokenizer is not None else {}
+    dense_continuations = _greedy(model, tokenizer, prompts)
     spectrum = _spectrum(model) if plots else None
     bytes_dense = _param_bytes(model)
 
@@ -210,6 +212,7 @@ def compress(
         }
         for name, text in eval_texts.items()
     }
+    result["continuations"] = _continuations(model, tokenizer, prompts, dense_continuations)
     result["served"] = served
     result["warnings"] = _warnings(result["evaluation"], served) if serve is not None else []
     if peer_results is not None:
@@ -297,6 +300,34 @@ def _run_plan(
     picked = next(c for c in record["candidates"] if c["name"] == record["chosen"])
     record["chosen_tail"], record["chosen_tail_sub_dim"] = picked["tail"], picked["tail_sub_dim"]
     return chosen, record
+
+
+#: Greedy continuations shown beside dense's in the report and the card: one prompt per measured text (its first
+#: PROMPT_TOKENS tokens, held back or never calibrated on), NEW_TOKENS tokens each.
+PROMPT_TOKENS, NEW_TOKENS = 12, 16
+
+
+def _prompts(eval_texts: dict, tokenizer) -> dict[str, str]:
+    """Prompt -> the measured text it opens (the first words of each, as text)."""
+    out = {}
+    for name, ids in eval_texts.items():
+        prompt = tokenizer.decode(ids[:PROMPT_TOKENS], skip_special_tokens=True).strip()
+        if prompt and prompt not in out:
+            out[prompt] = name
+    return out
+
+
+def _greedy(model, tokenizer, prompts: dict[str, str]) -> list[list[int]]:
+    from .continuations import greedy
+
+    return greedy(model, tokenizer, list(prompts), NEW_TOKENS) if prompts else []
+
+
+def _continuations(model, tokenizer, prompts: dict[str, str], dense: list[list[int]]) -> list[dict]:
+    """What a user reads: each prompt's greedy continuation by the compressed model beside dense's."""
+    from .continuations import compare
+
+    return [row.as_dict() for row in compare(tokenizer, prompts, dense, _greedy(model, tokenizer, prompts))]
 
 
 def _check_arguments(
@@ -583,6 +614,13 @@ def summary_table(result: dict) -> str:
         row += f"{_ratio(e.get('ratio')):>11}"
         row += "".join(f"{_ratio(p['ratio'][name]):>12}" for p in peers.values() if name in p["ratio"])
         lines.append(row)
+    rows = result.get("continuations") or []
+    if rows:
+        same, bad = sum(r["identical"] for r in rows), [r["group"] for r in rows if r["degenerate"]]
+        lines.append(
+            f"greedy continuations ({NEW_TOKENS} tokens) of each text's first words: {same} of {len(rows)} identical "
+            f"to dense's; degenerate: {', '.join(bad) if bad else 'none'}"
+        )
     return "\n".join(lines)
 
 

@@ -96,6 +96,12 @@ def test_compress_plans_by_default_with_sources_and_records_every_candidate(serv
     assert info["embedding_bytes"]["stored"] <= plan["budget_bytes"]
     assert info["reload"] == {"identical": True, "tied": True, "factorized_layers": 2}
     assert json.loads((served / "out" / "compression.json").read_text())["plan"]["chosen"] == plan["chosen"]
+    # what a user reads: each measured text's first words continued greedily, beside dense's, in the report and card
+    assert {c["group"] for c in info["continuations"]} == {"served", "other"}
+    assert all(c["dense"] and c["ours"] for c in info["continuations"])
+    card = (served / "out" / "README.md").read_text()
+    assert "What a user reads" in card and info["continuations"][0]["prompt"] in card
+    assert "How the bytes were spent" in card and plan["chosen"] in card
 
 
 def test_the_guard_ignores_sources_kept_within_5_percent_of_dense():

@@ -65,6 +65,9 @@ def render_card(info: dict, repo_id: str | None = None):
         served=info.get("served") or {},
         warnings=info.get("warnings") or [],
         plan=info.get("plan"),
+        continuations=[
+            {**c, **{k: _cell(c[k]) for k in ("prompt", "dense", "ours")}} for c in info.get("continuations") or []
+        ],
         embedding_bytes=info.get("embedding_bytes") or {},
         bits=info.get("bits"),
         group_size=info.get("group_size"),
@@ -79,6 +82,11 @@ def write_card(folder: str | Path, info: dict, repo_id: str | None = None) -> Pa
     path = Path(folder) / CARD_FILE
     render_card(info, repo_id).save(path)
     return path
+
+
+def _cell(text: str) -> str:
+    """Text inside a Markdown table cell: newlines shown, pipes escaped."""
+    return "`" + text.replace("\n", "⏎").replace("|", "\\|").replace("`", "'") + "`"
 
 
 def _looks_like_hub_name(name: str) -> bool:
