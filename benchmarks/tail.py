@@ -1,7 +1,8 @@
 """The tail outside the band: low rank against product codes, beside trimming and int4 at equal bytes.
 
     python benchmarks/tail.py                       # Gemma-3-270M, English served (~15 min on 2 cores)
-    python benchmarks/tail.py --points main pq8-20k # a subset
+    python benchmarks/tail.py --points main pq8-8%  # a subset
+    python benchmarks/tail.py --max-bytes 0.08      # variants of the product-coded tail at one budget
 
 English is served (Python's reference and Debian changelogs, statistics of their calibration parts gathered once,
 the model reading 2,048 tokens of each, as the main job does); every point is measured on 512 tokens of each text
@@ -46,11 +47,21 @@ POINTS = {
     "pq8-10%": (135, 0.9, "pq", 8),  # ~50k band rows
     "pq4-10%": (49, 0.9, "pq", 4),  # ~18k band rows, one code byte per 4 values
 }
+#: At a byte budget (``--max-bytes``): name -> (values per code byte, tail rank, exact outlier columns); the band
+#: gets the rest, sized as the plan sizes it (:func:`hf_factor_embed.plan.planned_bytes`).
+VARIANTS = {
+    "pq8": (8, 16, 16),  # the plan's pq8 candidate
+    "pq8 c8": (8, 16, 8),  # half the exact columns
+    "pq8 r4": (8, 4, 16),  # a rank-4 basis under the codes
+    "pq8 c8 r4": (8, 4, 8),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", nargs="*", default=list(POINTS), choices=list(POINTS))
+    parser.add_argument("--max-bytes", type=float, help="instead of --points: VARIANTS at this share of fp32")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--eval-tokens", type=int, default=512)
     parser.add_argument("--model-tokens", type=int, default=2048)
     parser.add_argument("--out", type=Path, default=RESULTS / "tail.json")
@@ -92,10 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         "ratio": {k: int4.perplexity(dense, ids, len(ids) + 1, bos_id=bos) / dense_ppl[k] for k, ids in evals.items()},
     }
     print(render_row("int4 g32", result["int4 g32"]), flush=True)
-    for name in args.points:
-        rank, share, tail, sub_dim = POINTS[name]
+    for name, rank, method in points(args, v, d, special_token_ids(dense, tokenizer).numel()):
         started = time.perf_counter()
-        method = BandedMethod(share, tail=tail, tail_sub_dim=sub_dim or 8)
+        share, tail, sub_dim = method.band_share, method.tail, method.tail_sub_dim
         model = hfe.patch_model(
             copy.deepcopy(dense), rank=rank, method=method, calibration=stats, tokenizer=tokenizer, bits=4
         )
@@ -103,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         stored = _embedding_bytes(model)["stored"]
         band = model.get_input_embeddings().dense_index.numel()
         point = {"rank": rank, "band_share": share, "tail": tail, "tail_sub_dim": sub_dim, "band_rows": band}
+        point |= {"tail_rank": method.tail_rank, "tail_exact_columns": method.tail_exact_columns}
         point |= {"bytes": stored, "share": stored / fp32, "patch_seconds": round(seconds, 1)}
         point["ratio"] = {k: p / dense_ppl[k] for k, p in score(model).items()}
         del model
@@ -121,6 +132,31 @@ def main(argv: list[str] | None = None) -> None:
         print(render_row(f"  trim {rows} rows", {"share": point["share"], **point["trim_equal_bytes"]}), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
+
+
+def points(args, v: int, d: int, special_rows: int):
+    """(name, rank, method) of each point: ``--points``, or ``--variants`` sized to ``--max-bytes``."""
+    if args.max_bytes is None:
+        for name in args.points:
+            rank, share, tail, sub_dim = POINTS[name]
+            yield name, rank, BandedMethod(share, tail=tail, tail_sub_dim=sub_dim or 8)
+        return
+    from hf_factor_embed.patch import largest_saving_rank
+    from hf_factor_embed.plan import BAND_SHARE, planned_bytes
+
+    budget = int(args.max_bytes * v * d * 4)
+    for name in args.variants:
+        sub_dim, tail_rank, columns = VARIANTS[name]
+        sizes = dict(bits=4, special_rows=special_rows, tail_rank=tail_rank, exact_columns=columns)
+        rank = max(
+            r
+            for r in range(1, largest_saving_rank(v, d) + 1)
+            if planned_bytes(v, d, r, f"pq{sub_dim}", **sizes)[0] <= budget
+        )
+        method = BandedMethod(
+            BAND_SHARE, tail="pq", tail_sub_dim=sub_dim, tail_rank=tail_rank, tail_exact_columns=columns
+        )
+        yield name, rank, method
 
 
 def render_row(name: str, point: dict) -> str:

@@ -118,6 +118,8 @@ def planned_bytes(
     band_bits: int | None = None,
     special_rows: int = 0,
     element_size: int = 4,
+    tail_rank: int | None = None,
+    exact_columns: int | None = None,
 ) -> tuple[int, int]:
     """(stored bytes, band rows) of one factorized matrix (a tied pair once) at ``rank`` with ``tail_format``:
     the shapes the layer will hold (:class:`hf_factor_embed.layers.FactorizedLayer`), counted as the checkpoint
@@ -134,7 +136,9 @@ def planned_bytes(
         from .factorize.banded import BandedMethod
 
         defaults = BandedMethod(tail="pq")
-        inner, m, c = min(defaults.tail_rank, d), d // sub_dim, min(defaults.tail_exact_columns, d)
+        tail_rank = defaults.tail_rank if tail_rank is None else tail_rank
+        exact_columns = defaults.tail_exact_columns if exact_columns is None else exact_columns
+        inner, m, c = min(tail_rank, d), d // sub_dim, min(exact_columns, d)
         shapes |= {"weight": (v, inner), "basis": (inner, d), "tail_codes": (v, m)}
         shapes |= {"codebooks": (m, CENTROIDS, sub_dim), "tail_rotation": (d, d)}
         shapes |= {"tail_columns": (c,), "tail_column_values": (v, c)}
