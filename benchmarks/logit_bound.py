@@ -1,6 +1,8 @@
 """A bound on the tail's logits, measured: does pessimism about the rows outside the band help?
 
     python benchmarks/logit_bound.py --checkpoint out/gemma3-plan08 --kappa 0 1 2 4 8   (~6 min on 2 cores)
+    python benchmarks/logit_bound.py --checkpoint out/gemma3-en --kappa 0 1 2 --generation --out \
+        benchmarks/results/logit_bound_pq8.json
 
 The rows outside the band are approximations; where a tail token's logit is wrong upward it can win the argmax
 (the low-rank tail's "meshgridmeshgrid..."). A lower confidence bound on each tail logit subtracts
@@ -25,9 +27,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_factor_embed  # noqa: F401  (registers the integration: factorized checkpoints load)
 from hf_factor_embed.bundled import bundled_model
+from hf_factor_embed.continuations import compare, greedy, summarize
 from hf_factor_embed.evaluation import perplexity
 from hf_factor_embed.model_text import bos_prefix
 from hf_factor_embed.sources import load_source
+
+sys.path.insert(0, str(Path(__file__).parent))
+from generation import PROMPTS  # noqa: E402  (the generation benchmark's prompts)
 
 RESULTS = Path(__file__).parent / "results"
 SERVED = ("pydoc", "changelogs")
@@ -40,6 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--kappa", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--out", type=Path, default=RESULTS / "logit_bound.json")
+    parser.add_argument(
+        "--generation", action="store_true", help="also greedy continuations of generation.py's prompts"
+    )
+    parser.add_argument("--new-tokens", type=int, default=32)
     args = parser.parse_args(argv)
     folder = bundled_model("gemma3")
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -59,14 +69,25 @@ def main(argv: list[str] | None = None) -> None:
     head.register_forward_hook(lambda m, i, o: o - kappa[0] * error * i[0].norm(dim=-1, keepdim=True))
     result = {"command": "python benchmarks/logit_bound.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
     result["row_error_quantiles"] = error.quantile(torch.tensor([0.5, 0.9, 0.99])).tolist()
-    result["ratio"] = {}
+    result["ratio"], result["generation"] = {}, {}
+    groups = {p: group for group, prompts in PROMPTS.items() for p in prompts}
+    dense_tokens = greedy(dense, tokenizer, list(groups), args.new_tokens) if args.generation else None
     for k in args.kappa:
         kappa[0] = k
         ratio = {n: perplexity(ours, i, window=513, bos_id=bos) / dense_ppl[n] for n, i in ids.items()}
         result["ratio"][str(k)] = ratio
         print(f"kappa={k:g}: " + " ".join(f"{n}={r:.3g}" for n, r in ratio.items()), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+        if dense_tokens is not None:
+            rows = compare(tokenizer, groups, dense_tokens, greedy(ours, tokenizer, list(groups), args.new_tokens))
+            result["generation"][str(k)] = summarize(rows)
+            for group, g in summarize(rows).items():
+                print(
+                    f"  {group}: identical {g['identical']:.0%}, prefix {g['common_prefix']:.1f}, "
+                    f"degenerate {g['degenerate']}",
+                    flush=True,
+                )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
 
 
 def row_errors(dense, tokenizer, head, bos: int | None) -> torch.Tensor:
