@@ -169,3 +169,63 @@ def test_the_torch_k_means_matches_faiss_where_both_run(monkeypatch):
         codes = product.fit_product_codes(rows, sub_dim=4, centroids=32)
         errors[path] = float((codes.rows() - rows).pow(2).sum() / rows.pow(2).sum())
     assert abs(errors["torch"] - errors["faiss"]) < 0.1 * errors["faiss"], errors
+
+
+def _assert_codes_kept_and_tied(model, codes: torch.Tensor) -> None:
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    assert head.weight is embedding.weight and head.codebooks is embedding.codebooks
+    assert torch.equal(embedding.tail_codes, codes)  # integers never train
+
+
+def test_cheap_refit_lowers_its_objective_and_keeps_the_codes():
+    from hf_factor_embed.recovery import CheapRefitConfig, cheap_refit, collect_teacher_signals
+
+    teacher, student = wide_vocab_llama(), pq_model()
+    codes = student.get_input_embeddings().tail_codes.clone()
+    books = student.get_input_embeddings().codebooks.detach().clone()
+    ids = torch.randint(1, VOCAB, (256,), generator=torch.Generator().manual_seed(3))
+    signals = collect_teacher_signals(teacher, ids, window=32, progress=False)
+    config = CheapRefitConfig(steps=40, batch_positions=64, lr=1e-3)
+    result = cheap_refit(student, signals, config)
+    before, after = result["before"], result["after"]
+    objective = {
+        k: r["head_kl"] + config.input_weight * r["input_rel_err"]
+        for k, r in result.items()
+        if k in ("before", "after")
+    }
+    assert objective["after"] < objective["before"] and after["input_rel_err"] < before["input_rel_err"]
+    assert not torch.equal(student.get_input_embeddings().codebooks, books)  # the codebooks are refit
+    _assert_codes_kept_and_tied(student, codes)
+
+
+def test_distill_saves_and_reloads_a_product_coded_student(tmp_path, ids):
+    from datasets import Dataset
+
+    from hf_factor_embed.recovery import DistillConfig, distill, split_blocks
+
+    teacher, student = wide_vocab_llama(), pq_model()
+    codes = student.get_input_embeddings().tail_codes.clone()
+    blocks = torch.randint(1, VOCAB, (8, 16), generator=torch.Generator().manual_seed(4))
+    train, held_back = split_blocks(Dataset.from_dict({"input_ids": blocks.tolist()}).with_format("torch"), 2)
+    config = DistillConfig(output_dir=str(tmp_path), max_steps=2, batch_size=2, lr=1e-2, eval_every=2)
+    assert distill(student, train, held_back, config, teacher=teacher)["steps"] == 2
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    _assert_codes_kept_and_tied(reloaded, codes)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, student.eval()(ids).logits)
+
+
+def test_lora_merge_keeps_a_product_coded_model_factorized_and_tied(tmp_path, ids):
+    from peft import LoraConfig, get_peft_model
+
+    student = pq_model()
+    codes = student.get_input_embeddings().tail_codes.clone()
+    peft_model = get_peft_model(student, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    merged = peft_model.merge_and_unload()
+    with torch.no_grad():
+        expected = merged(ids).logits
+    merged.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    _assert_codes_kept_and_tied(reloaded, codes)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, expected)
