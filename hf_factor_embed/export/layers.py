@@ -111,12 +111,16 @@ class ExportedFactors(nn.Module):
         )
 
     def tail_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Per position and subspace the state's dot products with the centroids, then a gather-sum per token."""
+        """Per position and subspace the state's dot products with the centroids, then a gather-sum per token, one
+        subspace at a time: a (V, m) gather would cast all V * m codes to int64 and write a V * m float tensor every
+        step (measured in ONNX Runtime on Gemma-3's 262,144 x 80 codes, this CPU, beside another job: 446 ms a step
+        against 206 ms one subspace at a time)."""
         m, k, s = self.codebooks.shape
         rotated = F.linear(hidden_states, self.tail_rotation.float())
         tables = torch.einsum("...ms,mks->...mk", rotated.unflatten(-1, (m, s)), self.codebooks.float())
-        offsets = self.tail_codes.long() + torch.arange(m) * k  # (V, m) into the m * K entries
-        logits = tables.flatten(-2)[..., offsets].sum(-1)
+        logits = tables[..., 0, :].index_select(-1, self.tail_codes[:, 0].long())
+        for j in range(1, m):
+            logits = logits + tables[..., j, :].index_select(-1, self.tail_codes[:, j].long())
         exact = hidden_states.index_select(-1, self.tail_columns)
         return logits + F.linear(exact, self.tail_column_values.float())
 
