@@ -308,13 +308,22 @@ PROMPT_TOKENS, NEW_TOKENS = 12, 16
 
 
 def _prompts(eval_texts: dict, tokenizer) -> dict[str, str]:
-    """Prompt -> the measured text it opens (the first words of each, as text)."""
+    """Prompt -> the measured text it comes from: the first words of its first line of prose (30 characters or
+    more, mostly letters; catalogs open with date formats), else of the text."""
     out = {}
     for name, ids in eval_texts.items():
-        prompt = tokenizer.decode(ids[:PROMPT_TOKENS], skip_special_tokens=True).strip()
+        lines = tokenizer.decode(ids[:400], skip_special_tokens=True).splitlines()
+        prose = next((line.strip() for line in lines if _is_prose(line)), None)
+        opening = tokenizer(prose, add_special_tokens=False).input_ids if prose else ids
+        prompt = tokenizer.decode(opening[:PROMPT_TOKENS], skip_special_tokens=True).strip()
         if prompt and prompt not in out:
             out[prompt] = name
     return out
+
+
+def _is_prose(line: str) -> bool:
+    text = line.strip()
+    return len(text) >= 30 and sum(c.isalpha() or c.isspace() for c in text) >= 0.8 * len(text)
 
 
 def _greedy(model, tokenizer, prompts: dict[str, str]) -> list[list[int]]:
