@@ -125,7 +125,7 @@ def compress(
             raise FactorEmbedError(f"an evaluation text and a source share the name {clash[0]!r}; rename the file")
         eval_texts = {**served_evals, **(eval_texts or {})}
     _check_rank_fits(model_name, rank, gguf_file, method)
-    check_budget_fits(model_name, plan_spec, gguf_file, bits, band_bits)
+    check_budget_fits(model_name, plan_spec, gguf_file, bits, group_size, band_bits)
     out = check_output_dir(out, overwrite=overwrite)
     model, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype)
     if factorized_layers(model):
@@ -294,6 +294,7 @@ def _run_plan(
         stored_bytes_of=lambda m: _embedding_bytes(m)["stored"],
         served=list(served),
         bits=bits,
+        group_size=group_size,
         band_bits=band_bits,
         special_rows=int(special.numel()),
     )

@@ -140,12 +140,7 @@ def patch_model(
     _check_memory(plan)
     factors = _factorize_all(plan, factorizer, stats, plan.ranks)
     config = _config(plan, factors, rank if isinstance(rank, int) and target is None else None, budget)
-    if bits is not None:
-        config.bits, config.group_size = bits, default_group(bits, group_size)
-        config.band_bits = 8 if band_bits is None else band_bits
-        # groups of 64 on the band: one scale per row costs Gemma-3's embedding 3% perplexity on English text, groups
-        # of 64 nothing (benchmarks/vocab.py, peers "int8" and "int8 g64"), for 3% more bytes on the band
-        config.band_group_size = 64 if config.band_bits == 8 else None
+    set_integer_storage(config, bits, group_size, band_bits)
     report = _report(model, plan, factors, search_note)
     _install(model, plan, config, factors)
     if bits is not None:
@@ -157,6 +152,18 @@ def patch_model(
     if verbose:
         print(report)
     return model
+
+
+def set_integer_storage(config: FactorEmbedConfig, bits, group_size=None, band_bits=None) -> FactorEmbedConfig:
+    """The precisions ``patch_model`` stores the factors with (nothing for float factors); the plan counts bytes
+    with the same settings."""
+    if bits is not None:
+        config.bits, config.group_size = bits, default_group(bits, group_size)
+        config.band_bits = 8 if band_bits is None else band_bits
+        # groups of 64 on the band: one scale per row costs Gemma-3's embedding 3% perplexity on English text, groups
+        # of 64 nothing (benchmarks/vocab.py, peers "int8" and "int8 g64"), for 3% more bytes on the band
+        config.band_group_size = 64 if config.band_bits == 8 else None
+    return config
 
 
 def _plan(model, rank, budget, target, roles, method) -> _Plan:

@@ -96,18 +96,6 @@ class Candidate:
         return BandedMethod(BAND_SHARE, tail=self.tail, tail_sub_dim=self.tail_sub_dim or 8)
 
 
-def _config(bits: int | None, band_bits: int | None):
-    from .config import FactorEmbedConfig
-    from .quantize import default_group
-
-    config = FactorEmbedConfig()
-    if bits is not None:  # as patch_model writes it
-        config.bits, config.group_size = bits, default_group(bits, None)
-        config.band_bits = 8 if band_bits is None else band_bits
-        config.band_group_size = 64 if config.band_bits == 8 else None
-    return config
-
-
 def planned_bytes(
     v: int,
     d: int,
@@ -115,6 +103,7 @@ def planned_bytes(
     tail_format: str,
     *,
     bits: int | None,
+    group_size: int | None = None,
     band_bits: int | None = None,
     special_rows: int = 0,
     element_size: int = 4,
@@ -124,8 +113,10 @@ def planned_bytes(
     """(stored bytes, band rows) of one factorized matrix (a tied pair once) at ``rank`` with ``tail_format``:
     the shapes the layer will hold (:class:`hf_factor_embed.layers.FactorizedLayer`), counted as the checkpoint
     stores them (:func:`hf_factor_embed.quantize.stored_bytes`)."""
+    from .config import FactorEmbedConfig
     from .factorize.banded import band_plan
     from .factorize.product import CENTROIDS
+    from .patch import set_integer_storage
     from .quantize import stored_bytes
 
     tail, sub_dim = TAIL_FORMATS[tail_format]
@@ -143,7 +134,7 @@ def planned_bytes(
         shapes |= {"codebooks": (m, CENTROIDS, sub_dim), "tail_rotation": (d, d)}
         shapes |= {"tail_columns": (c,), "tail_column_values": (v, c)}
     sizes = {"dense_index": 8, "tail_codes": 1, "tail_columns": 8, "tail_column_values": 2}
-    config = _config(bits, band_bits)
+    config = set_integer_storage(FactorEmbedConfig(), bits, group_size, band_bits)
     total = sum(
         stored_bytes(config, name, shape, sizes.get(name, element_size))
         for name, shape in shapes.items()
@@ -158,6 +149,7 @@ def candidates(
     budget: int,
     *,
     bits: int | None,
+    group_size: int | None = None,
     band_bits: int | None = None,
     special_rows: int = 0,
     element_size: int = 4,
@@ -167,7 +159,8 @@ def candidates(
     from .patch import largest_saving_rank
 
     out = []
-    sizes = dict(bits=bits, band_bits=band_bits, special_rows=special_rows, element_size=element_size)
+    sizes = dict(bits=bits, group_size=group_size, band_bits=band_bits, special_rows=special_rows)
+    sizes["element_size"] = element_size
     for name in formats:
         low, high = 0, largest_saving_rank(v, d)  # bytes grow with the rank
         while low < high:
@@ -180,16 +173,10 @@ def candidates(
     return out
 
 
-def smallest_plan_bytes(
-    v: int, d: int, *, bits: int | None, band_bits: int | None = None, special_rows: int = 0, element_size: int = 4
-) -> int:
-    """The fewest bytes any candidate needs (the special tokens' rows and the smallest tail)."""
-    return min(
-        planned_bytes(
-            v, d, 1, name, bits=bits, band_bits=band_bits, special_rows=special_rows, element_size=element_size
-        )[0]
-        for name in TAIL_FORMATS
-    )
+def smallest_plan_bytes(v: int, d: int, **sizes) -> int:
+    """The fewest bytes any candidate needs (the special tokens' rows and the smallest tail); ``sizes``: the
+    storage keywords of :func:`planned_bytes`."""
+    return min(planned_bytes(v, d, 1, name, **sizes)[0] for name in TAIL_FORMATS)
 
 
 def check_budget(budget: int, v: int, d: int, fp32_bytes: int, **sizes) -> None:
@@ -229,7 +216,7 @@ def check_plan_arguments(max_bytes, serve, method, band_share, tail, tail_sub_di
     return spec
 
 
-def check_budget_fits(model_name, spec, gguf_file, bits, band_bits) -> None:
+def check_budget_fits(model_name, spec, gguf_file, bits, group_size, band_bits) -> None:
     """A budget no candidate fits is refused from the config alone (a second), before the model loads."""
     if spec is None or gguf_file is not None:
         return
@@ -247,7 +234,8 @@ def check_budget_fits(model_name, spec, gguf_file, bits, band_bits) -> None:
     if isinstance(v, int) and isinstance(d, int):
         matrices = 1 if getattr(config, "tie_word_embeddings", True) else 2
         fp32 = matrices * v * d * 4
-        check_budget(budget_bytes(spec, fp32) // matrices, v, d, fp32 // matrices, bits=bits, band_bits=band_bits)
+        sizes = dict(bits=bits, group_size=group_size, band_bits=band_bits)
+        check_budget(budget_bytes(spec, fp32) // matrices, v, d, fp32 // matrices, **sizes)
 
 
 def choose(measured: list[dict], served: list[str]) -> tuple[dict, str]:
@@ -285,6 +273,7 @@ def run_plan(
     stored_bytes_of: Callable[[torch.nn.Module], int],
     served: list[str],
     bits: int | None,
+    group_size: int | None = None,
     band_bits: int | None = None,
     special_rows: int = 0,
     formats: tuple[str, ...] = tuple(TAIL_FORMATS),
@@ -295,7 +284,8 @@ def run_plan(
     """
     v, d = model.get_input_embeddings().weight.shape
     element_size = model.get_input_embeddings().weight.element_size()
-    sizes = dict(bits=bits, band_bits=band_bits, special_rows=special_rows, element_size=element_size)
+    sizes = dict(bits=bits, group_size=group_size, band_bits=band_bits, special_rows=special_rows)
+    sizes["element_size"] = element_size
     check_budget(budget, v, d, fp32_bytes, **sizes)
     trim_rows = min(v, budget // (d + 2 * math.ceil(d / 64)))  # int8 rows in groups of 64, as the band stores them
     trim = measure_trim(trim_rows)

@@ -109,3 +109,13 @@ def test_the_guard_ignores_sources_kept_within_5_percent_of_dense():
 
     assert not _behind(1.03, 0.999)  # a little behind trimming, but kept
     assert _behind(40.0, 2.0) and not _behind(2.0, 40.0)
+
+
+def test_planned_bytes_follow_the_group_size():
+    model = tiny_llama(vocab=3000)
+    ids = torch.randint(0, 3000, (3000,), generator=torch.Generator().manual_seed(0))
+    (candidate,) = candidates(3000, 64, 60000, bits=4, group_size=16, special_rows=1, formats=("lowrank",))
+    patched = hfe.patch_model(
+        model, rank=candidate.rank, method=candidate.method(), calibration=ids, bits=4, group_size=16
+    )
+    assert _embedding_bytes(patched)["stored"] == candidate.planned_bytes
