@@ -141,18 +141,14 @@ def points(args, v: int, d: int, special_rows: int):
             rank, share, tail, sub_dim = POINTS[name]
             yield name, rank, BandedMethod(share, tail=tail, tail_sub_dim=sub_dim or 8)
         return
-    from hf_factor_embed.patch import largest_saving_rank
-    from hf_factor_embed.plan import BAND_SHARE, planned_bytes
+    from hf_factor_embed.plan import BAND_SHARE, candidates
 
     budget = int(args.max_bytes * v * d * 4)
     for name in args.variants:
         sub_dim, tail_rank, columns = VARIANTS[name]
         sizes = dict(bits=4, special_rows=special_rows, tail_rank=tail_rank, exact_columns=columns)
-        rank = max(
-            r
-            for r in range(1, largest_saving_rank(v, d) + 1)
-            if planned_bytes(v, d, r, f"pq{sub_dim}", **sizes)[0] <= budget
-        )
+        (candidate,) = candidates(v, d, budget, formats=(f"pq{sub_dim}",), **sizes)
+        rank = candidate.rank
         method = BandedMethod(
             BAND_SHARE, tail="pq", tail_sub_dim=sub_dim, tail_rank=tail_rank, tail_exact_columns=columns
         )

@@ -57,6 +57,26 @@ def check_model_name(name: str | Path, what: str = "model") -> None:
         )
 
 
+def embedding_shape(model_name: str | Path, gguf_file: str | None = None) -> tuple[int, int, bool] | None:
+    """(vocabulary size, width, tied head) from the model's config alone, in a second, for the checks that can run
+    before the weights load; None where the config cannot be read that cheaply (a GGUF's config is as slow to read
+    as its weights; a path that is not a model folder: loading says so) or does not say."""
+    if gguf_file is not None:
+        return None
+    from transformers import AutoConfig
+
+    from .bundled import resolve
+
+    name = resolve(model_name)
+    if Path(name).exists() and not Path(name, "config.json").is_file():
+        return None
+    config = AutoConfig.from_pretrained(name).get_text_config()
+    v, d = getattr(config, "vocab_size", None), getattr(config, "hidden_size", None)
+    if not (isinstance(v, int) and isinstance(d, int)):
+        return None
+    return v, d, bool(getattr(config, "tie_word_embeddings", True))
+
+
 def _offline() -> bool:
     from huggingface_hub import constants
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -115,6 +115,17 @@ def collect_stats(
         expected_probs=None if prob_sum is None else prob_sum / max(sampled, 1),
         num_tokens=ids.numel(),
     )
+
+
+def collect_source_stats(
+    model: PreTrainedModel, sources: Mapping[str, torch.Tensor], **options
+) -> tuple[CalibrationStats, dict[str, int]]:
+    """Statistics of named sources (name -> token ids), gathered one source at a time and combined with equal
+    weights, so each source's tokens rank for the band whatever its length; and the tokens gathered from each.
+    ``options``: :func:`collect_stats`'s keywords."""
+    parts = {name: collect_stats(model, ids, **options) for name, ids in sources.items()}
+    stats = CalibrationStats.combine(*parts.values(), equal=True) if len(parts) > 1 else next(iter(parts.values()))
+    return stats, {name: part.num_tokens for name, part in parts.items()}
 
 
 def _float_or_none(bias: torch.Tensor | None) -> torch.Tensor | None:

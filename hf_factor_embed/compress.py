@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from .arguments import check_model_name, check_writable_folder, positive_int, read_text_file
+from .arguments import check_model_name, check_writable_folder, embedding_shape, positive_int, read_text_file
 from .errors import AlreadyPatchedError, FactorEmbedError
 from .folders import check_output_dir, folder_bytes
 from .loading import is_causal_lm, load_model
 from .model_text import bos_prefix, describe_feed, special_token_ids
 from .patch import patch_model
-from .plan import BAND_SHARE, check_budget_fits, check_plan_arguments
+from .plan import BAND_SHARE, check_budget_fits, check_plan_arguments, chosen_candidate
 from .sources import load_sources, unserved_defaults
 from .structure import factorized_layers
 
@@ -125,7 +125,8 @@ def compress(
             raise FactorEmbedError(f"an evaluation text and a source share the name {clash[0]!r}; rename the file")
         eval_texts = {**served_evals, **(eval_texts or {})}
     _check_rank_fits(model_name, rank, gguf_file, method)
-    check_budget_fits(model_name, plan_spec, gguf_file, bits, group_size, band_bits)
+    if plan_spec is not None:
+        check_budget_fits(plan_spec, embedding_shape(model_name, gguf_file), bits, group_size, band_bits)
     out = check_output_dir(out, overwrite=overwrite)
     model, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype)
     if factorized_layers(model):
@@ -156,14 +157,15 @@ def compress(
             calibration_tokens,
             eval_texts,
             dense_eval,
+            eval_tokens,
             served,
             bits,
             group_size,
             band_bits,
         )
         size = {"max_bytes": max_bytes}
-        band_share, tail = None, plan_record["chosen_tail"]
-        tail_sub_dim = plan_record["chosen_tail_sub_dim"]
+        kept = chosen_candidate(plan_record)
+        band_share, tail, tail_sub_dim = BAND_SHARE, kept["tail"], kept["tail_sub_dim"]
     else:
         size = {"rank": rank} if rank is not None else {"budget": budget} if budget is not None else {"target": target}
         patch_model(
@@ -196,7 +198,7 @@ def compress(
         "calibration_tokens": _count_tokens(calibration),
         "fed_as": describe_feed(bos_id, tokenizer),
         "special_tokens_exact": (tokenizer.convert_ids_to_tokens(special.tolist()) if tokenizer else special.tolist()),
-        "band_share": band_share if plan_record is None else BAND_SHARE,
+        "band_share": band_share,
         "tail": tail or "lowrank",
         "tail_sub_dim": tail_sub_dim if tail == "pq" else None,
         "param_bytes_dense": bytes_dense,
@@ -205,9 +207,15 @@ def compress(
         "patch_seconds": round(seconds, 2),
         "command": command,
     }
+    measured = chosen_candidate(plan_record)["perplexity"] if plan_record is not None else {}  # the plan measured it
     result["evaluation"] = {
         name: {
-            **compare_to_dense(dense_eval[name], evaluate_text(model, tokenizer, text, eval_tokens)),
+            **compare_to_dense(
+                dense_eval[name],
+                {"perplexity": measured[name]}
+                if name in measured
+                else evaluate_text(model, tokenizer, text, eval_tokens),
+            ),
             **({"served": name in served, "origin": origins.get(name)} if serve is not None else {}),
         }
         for name, text in eval_texts.items()
@@ -234,13 +242,23 @@ def compress(
 
 
 def _run_plan(
-    model, tokenizer, spec, calibration, calibration_tokens, eval_texts, dense_eval, served, bits, group_size, band_bits
+    model,
+    tokenizer,
+    spec,
+    calibration,
+    calibration_tokens,
+    eval_texts,
+    dense_eval,
+    eval_tokens,
+    served,
+    bits,
+    group_size,
+    band_bits,
 ):
     """The plan (:mod:`.plan`) on ``model``: statistics gathered once, a factorized copy per candidate measured on
     every evaluation text beside trimming at the same bytes; returns (the chosen model, the plan's record)."""
     from .analysis import embedding_weights
-    from .calibration import collect_stats
-    from .calibration_stats import CalibrationStats
+    from .calibration import collect_source_stats
     from .factorize.banded import BandedMethod, band_scores
     from .peers import TrimmedPeer
     from .plan import budget_bytes, run_plan
@@ -253,11 +271,9 @@ def _run_plan(
     fp32 = sum(w.numel() * 4 for w in embedding_weights(model).values())
     bos_id = bos_prefix(tokenizer)
     wanted = set(BandedMethod.uses) | {"token_counts"}
-    parts = {
-        n: collect_stats(model, ids, statistics=wanted, model_tokens=calibration_tokens, bos_id=bos_id)
-        for n, ids in calibration.items()
-    }
-    stats = CalibrationStats.combine(*parts.values(), equal=True) if len(parts) > 1 else next(iter(parts.values()))
+    stats, sources = collect_source_stats(
+        model, calibration, statistics=wanted, model_tokens=calibration_tokens, bos_id=bos_id
+    )
     special = special_token_ids(model, tokenizer)
 
     def patch(copy, candidate):
@@ -271,26 +287,26 @@ def _run_plan(
             group_size=group_size,
             band_bits=band_bits,
         )
-        copy.factor_embed_report.sources = {n: part.num_tokens for n, part in parts.items()}
+        copy.factor_embed_report.sources = dict(sources)  # ready statistics carry no source names
         return copy
-
-    def ratios(perplexity_of) -> dict[str, float]:
-        return {n: round(perplexity_of(n, ids) / dense_eval[n]["perplexity"], 4) for n, ids in eval_texts.items()}
 
     def measure_trim(rows: int) -> dict[str, float]:
         scores = band_scores(stats)
         scores[special] = float("inf")
         kept = torch.argsort(scores, descending=True, stable=True)[:rows]
         trim = TrimmedPeer("trim", kept, tokenizer.unk_token_id)
-        return ratios(lambda n, ids: trim.perplexity(model, ids, dense_eval[n]["window"], bos_id=bos_id))
+        return {n: trim.perplexity(model, ids, dense_eval[n]["window"], bos_id=bos_id) for n, ids in eval_texts.items()}
 
-    chosen, record = run_plan(
+    return run_plan(
         model,
         budget=budget_bytes(spec, fp32),
         fp32_bytes=fp32,
         patch=patch,
-        measure=lambda m: ratios(lambda n, ids: evaluate_text(m, tokenizer, ids, len(ids))["perplexity"]),
+        measure=lambda m: {
+            n: evaluate_text(m, tokenizer, ids, eval_tokens)["perplexity"] for n, ids in eval_texts.items()
+        },
         measure_trim=measure_trim,
+        dense_perplexity={n: e["perplexity"] for n, e in dense_eval.items()},
         stored_bytes_of=lambda m: _embedding_bytes(m)["stored"],
         served=list(served),
         bits=bits,
@@ -298,9 +314,6 @@ def _run_plan(
         band_bits=band_bits,
         special_rows=int(special.numel()),
     )
-    picked = next(c for c in record["candidates"] if c["name"] == record["chosen"])
-    record["chosen_tail"], record["chosen_tail_sub_dim"] = picked["tail"], picked["tail_sub_dim"]
-    return chosen, record
 
 
 #: Greedy continuations shown beside dense's in the report and the card: one prompt per measured text (its first
@@ -403,25 +416,18 @@ def _check_arguments(
 
 def _check_rank_fits(model_name, rank: int | None, gguf_file: str | None, method=None) -> None:
     """A rank whose factors would be no smaller than the embedding is refused from the config alone (a second),
-    not after the model loads; a GGUF's config is as slow to read as its weights, so it waits for them."""
-    if rank is None or gguf_file is not None:
+    not after the model loads."""
+    shape = embedding_shape(model_name, gguf_file) if rank is not None else None
+    if shape is None:
         return
-    from transformers import AutoConfig
-
-    from .bundled import resolve
     from .patch import check_rank
 
-    name = resolve(model_name)
-    if Path(name).exists() and not Path(name, "config.json").is_file():
-        return  # not a model folder: loading says so
-    config = AutoConfig.from_pretrained(name).get_text_config()
-    v, d = getattr(config, "vocab_size", None), getattr(config, "hidden_size", None)
-    if isinstance(v, int) and isinstance(d, int):
-        check_rank(rank, v, d)
-        if getattr(method, "tail", None) == "pq":
-            from .factorize.product import check_sub_dim
+    v, d, _ = shape
+    check_rank(rank, v, d)
+    if getattr(method, "tail", None) == "pq":
+        from .factorize.product import check_sub_dim
 
-            check_sub_dim(method.tail_sub_dim, d)
+        check_sub_dim(method.tail_sub_dim, d)
 
 
 def _token_ids(text: str | torch.Tensor, tokenizer, what: str) -> torch.Tensor:

@@ -205,7 +205,7 @@ def _calibrate(model, plan: _Plan, calibration, tokenizer, target, holdout_token
         raise FactorEmbedError("target=... needs calibration text or token ids (a slice is held out to evaluate)")
     if calibration is None or isinstance(calibration, CalibrationStats):
         return calibration, None
-    from .calibration import collect_stats, tokenize_calibration
+    from .calibration import collect_source_stats, tokenize_calibration
 
     named = calibration if isinstance(calibration, Mapping) else {"calibration": calibration}
     if not named:
@@ -220,13 +220,10 @@ def _calibrate(model, plan: _Plan, calibration, tokenizer, target, holdout_token
         uses.discard("hidden_cov")  # the metric of the head's inputs serves the head only
     wanted = uses | {"token_counts"}
     bos_id = bos_prefix(tokenizer)
-    parts = {
-        n: collect_stats(model, ids, statistics=wanted, model_tokens=model_tokens, bos_id=bos_id)
-        for n, ids in token_ids.items()
-    }
+    stats, plan.sources = collect_source_stats(
+        model, token_ids, statistics=wanted, model_tokens=model_tokens, bos_id=bos_id
+    )
     plan.bos_id = bos_id
-    plan.sources = {name: part.num_tokens for name, part in parts.items()}
-    stats = CalibrationStats.combine(*parts.values(), equal=True) if len(parts) > 1 else next(iter(parts.values()))
     return stats, holdouts
 
 

@@ -154,13 +154,16 @@ def candidates(
     special_rows: int = 0,
     element_size: int = 4,
     formats: tuple[str, ...] = tuple(TAIL_FORMATS),
+    tail_rank: int | None = None,
+    exact_columns: int | None = None,
 ) -> list[Candidate]:
-    """For each tail format, the largest size that fits ``budget`` bytes (formats that cannot fit are left out)."""
+    """For each tail format, the largest size that fits ``budget`` bytes (formats that cannot fit are left out);
+    ``tail_rank`` and ``exact_columns``: the product-coded tail's, where not :class:`BandedMethod`'s defaults."""
     from .patch import largest_saving_rank
 
     out = []
     sizes = dict(bits=bits, group_size=group_size, band_bits=band_bits, special_rows=special_rows)
-    sizes["element_size"] = element_size
+    sizes |= dict(element_size=element_size, tail_rank=tail_rank, exact_columns=exact_columns)
     for name in formats:
         low, high = 0, largest_saving_rank(v, d)  # bytes grow with the rank
         while low < high:
@@ -216,26 +219,16 @@ def check_plan_arguments(max_bytes, serve, method, band_share, tail, tail_sub_di
     return spec
 
 
-def check_budget_fits(model_name, spec, gguf_file, bits, group_size, band_bits) -> None:
-    """A budget no candidate fits is refused from the config alone (a second), before the model loads."""
-    if spec is None or gguf_file is not None:
+def check_budget_fits(spec, shape: tuple[int, int, bool] | None, bits, group_size, band_bits) -> None:
+    """A budget no candidate fits is refused from the model's shape (``(V, d, tied)`` from its config, read by
+    :func:`hf_factor_embed.arguments.embedding_shape`; None: checked once the model loads), before it loads."""
+    if shape is None:
         return
-    from pathlib import Path
-
-    from transformers import AutoConfig
-
-    from .bundled import resolve
-
-    name = resolve(model_name)
-    if Path(name).exists() and not Path(name, "config.json").is_file():
-        return  # not a model folder: loading says so
-    config = AutoConfig.from_pretrained(name).get_text_config()
-    v, d = getattr(config, "vocab_size", None), getattr(config, "hidden_size", None)
-    if isinstance(v, int) and isinstance(d, int):
-        matrices = 1 if getattr(config, "tie_word_embeddings", True) else 2
-        fp32 = matrices * v * d * 4
-        sizes = dict(bits=bits, group_size=group_size, band_bits=band_bits)
-        check_budget(budget_bytes(spec, fp32) // matrices, v, d, fp32 // matrices, **sizes)
+    v, d, tied = shape
+    matrices = 1 if tied else 2
+    fp32 = matrices * v * d * 4
+    sizes = dict(bits=bits, group_size=group_size, band_bits=band_bits)
+    check_budget(budget_bytes(spec, fp32) // matrices, v, d, fp32 // matrices, **sizes)
 
 
 def choose(measured: list[dict], served: list[str]) -> tuple[dict, str]:
@@ -270,6 +263,7 @@ def run_plan(
     patch: Callable[[torch.nn.Module, Candidate], torch.nn.Module],
     measure: Callable[[torch.nn.Module], dict[str, float]],
     measure_trim: Callable[[int], dict[str, float]],
+    dense_perplexity: Mapping[str, float],
     stored_bytes_of: Callable[[torch.nn.Module], int],
     served: list[str],
     bits: int | None,
@@ -279,16 +273,21 @@ def run_plan(
     formats: tuple[str, ...] = tuple(TAIL_FORMATS),
 ) -> tuple[torch.nn.Module, dict]:
     """Factorize a copy of ``model`` for each candidate, measure, choose; returns (the chosen model, the plan's
-    record for ``compression.json``). ``patch(copy, candidate)`` factorizes a copy in place, ``measure(model)``
-    gives source -> perplexity ratio to dense, ``measure_trim(rows)`` the same for trimming to ``rows`` int8 rows.
+    record for ``compression.json``, each candidate with its perplexities and their ratios to
+    ``dense_perplexity``). ``patch(copy, candidate)`` factorizes a copy in place, ``measure(model)`` gives source ->
+    perplexity, ``measure_trim(rows)`` the same for the dense model trimmed to ``rows`` int8 rows.
     """
+
+    def ratios(perplexity: Mapping[str, float]) -> dict[str, float]:
+        return {name: round(p / dense_perplexity[name], 4) for name, p in perplexity.items()}
+
     v, d = model.get_input_embeddings().weight.shape
     element_size = model.get_input_embeddings().weight.element_size()
     sizes = dict(bits=bits, group_size=group_size, band_bits=band_bits, special_rows=special_rows)
     sizes["element_size"] = element_size
     check_budget(budget, v, d, fp32_bytes, **sizes)
     trim_rows = min(v, budget // (d + 2 * math.ceil(d / 64)))  # int8 rows in groups of 64, as the band stores them
-    trim = measure_trim(trim_rows)
+    trim = ratios(measure_trim(trim_rows))
     record = {"budget_bytes": budget, "budget_share": round(budget / fp32_bytes, 4), "candidates": []}
     record["trim"] = {"rows": int(trim_rows), "ratio": trim}
     best_model, chosen_name = None, None
@@ -297,10 +296,11 @@ def run_plan(
         stored = stored_bytes_of(patched)
         if stored > budget:  # the count and the layers disagree: a bug, never a silent overrun
             raise RuntimeError(f"plan {candidate.name}: planned {candidate.planned_bytes:,} bytes, stored {stored:,}")
-        ratio = measure(patched)
+        perplexity = measure(patched)
+        ratio = ratios(perplexity)
         worse = sorted(s for s, r in ratio.items() if s not in served and s in trim and _behind(r, trim[s]))
         entry = {**asdict(candidate), "stored_bytes": stored, "share": round(stored / fp32_bytes, 4)}
-        entry |= {"ratio": ratio, "worse_than_trim": worse}
+        entry |= {"perplexity": perplexity, "ratio": ratio, "worse_than_trim": worse}
         record["candidates"].append(entry)
         logger.info("plan %s: %s", candidate.name, {k: round(r, 3) for k, r in ratio.items()})
         chosen, _ = choose(record["candidates"], served)
@@ -310,6 +310,11 @@ def run_plan(
     chosen, reason = choose(record["candidates"], served)
     record |= {"chosen": chosen["name"], "reason": reason}
     return best_model, record
+
+
+def chosen_candidate(record: Mapping) -> dict:
+    """The record of the candidate the plan kept."""
+    return next(c for c in record["candidates"] if c["name"] == record["chosen"])
 
 
 def _behind(ratio: float, trimmed: float) -> bool:
