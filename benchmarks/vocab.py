@@ -5,14 +5,16 @@
 
 For each model and each served set (English kinds; English + 3 languages; English + 8 languages) the statistics
 of every served source are gathered once (its calibration part: all of it counted, the model run over its first
-``--model-tokens``), combined with equal weights, and a few points of the banded method are built at growing
-size (band share 0.9; the band and B int8, the tail's codes A int4). Each point is measured (perplexity ratio to
-dense, ``--eval-tokens`` tokens of each text) on the held-back part of every served source, on English kinds never
-calibrated on (license texts, the gettext messages' English originals) and on languages not served. Beside them,
-on the same windows: int8 / int6 g16 / int4 g32 / asymmetric 4-bit quantization of the dense embedding, and hard
-vocabulary trimming as vocabtrimmer does it (only kept tokens' rows; other ids read as the unknown token and
-never predicted) at the bytes of each point. Then greedy generation tokens/s and load time, dense vs the English
-point (Gemma). Writes ``benchmarks/results/vocab.json``, ``vocab.png`` and prints the tables.
+``--model-tokens``), combined with equal weights, and the plan (:mod:`hf_factor_embed.plan`, what ``compress
+--max-bytes`` runs) is run at a few byte budgets: every tail format that fits (low rank; product codes of 16, 8 or
+4 values a byte), each with the largest band that fits, the band int8 and the tail's low-rank codes int4. Each
+candidate is measured (perplexity ratio to dense, ``--eval-tokens`` tokens of each text, ``<bos>`` first) on the
+held-back part of every served source, on English kinds never calibrated on (license texts, the gettext
+messages' English originals) and on languages not served; the plan's choice is marked. Beside them, on the same
+windows: int8 / int6 g16 / int4 g32 / asymmetric 4-bit quantization of the dense embedding, and hard vocabulary
+trimming as vocabtrimmer does it (only kept tokens' rows; other ids read as the unknown token and never predicted)
+at each budget's bytes. Then greedy generation tokens/s and load time, dense vs the plan's choice at 8% with
+English served (Gemma). Writes ``benchmarks/results/vocab.json``, ``vocab.png`` and prints the tables.
 
 Text comes from the machine only: pydoc_data, /usr/share/common-licenses, Debian changelogs, gettext catalogs
 (:mod:`hf_factor_embed.sources`).
@@ -21,7 +23,6 @@ Text comes from the machine only: pydoc_data, /usr/share/common-licenses, Debian
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shlex
 import statistics
@@ -39,9 +40,10 @@ from hf_factor_embed.calibration import collect_stats
 from hf_factor_embed.calibration_stats import CalibrationStats
 from hf_factor_embed.compress import _embedding_bytes
 from hf_factor_embed.evaluation import perplexity
-from hf_factor_embed.factorize.banded import BandedMethod, band_scores
+from hf_factor_embed.factorize.banded import band_scores
 from hf_factor_embed.model_text import bos_prefix, special_token_ids
 from hf_factor_embed.peers import TrimmedPeer, quantization_peers
+from hf_factor_embed.plan import describe, run_plan
 from hf_factor_embed.sources import load_source
 
 RESULTS = Path(__file__).parent / "results"
@@ -53,11 +55,14 @@ SETS = {
 }
 ENGLISH_UNSEEN = ["licenses", "messages"]
 LANGUAGES = ["de", "ru", "zh_CN", "fr", "ja", "ko"]  # measured in every set (served or not)
-RANKS = {
-    "gemma3": {"en": [96, 160, 256], "en+3": [256], "en+8": [384]},
-    "smollm2": {"en": [128, 256, 384], "en+3": [384], "en+8": [512]},
+#: Byte budgets (shares of the fp32 embedding) the plan is run at, per model and served set.
+BUDGETS = {
+    "gemma3": {"en": [0.04, 0.06, 0.08, 0.10], "en+3": [0.10], "en+8": [0.14]},
+    "smollm2": {"en": [0.10, 0.15, 0.20], "en+3": [0.20], "en+8": [0.25]},
 }
-BAND_SHARE, BITS = 0.9, 4
+#: The English budget whose chosen model's generation speed and load time are measured (the main job's).
+SPEED_SHARE = 0.08
+BITS = 4
 
 
 def token_ids(tokenizer, text: str, limit: int | None = None) -> torch.Tensor:
@@ -105,56 +110,74 @@ def run_model(name: str, sets: list[str], args, save) -> dict:
         out["peers"][p.name]["ratio"] = ratios(evals, dense_ppl, score)
     out.setdefault("sets", {})
     save(out)
+    kept_model = None
     for set_name in (s for s in sets if s not in out["sets"]):
         started = time.perf_counter()
-        calibration = calibration_ids(tokenizer, SETS[set_name])
-        parts = [
-            collect_stats(dense, ids, model_tokens=args.model_tokens, progress=False, bos_id=bos)
-            for ids in calibration.values()
-        ]
-        stats = CalibrationStats.combine(*parts, equal=True)
+        stats = served_stats(dense, tokenizer, SETS[set_name], args.model_tokens, bos)
+        special = special_token_ids(dense, tokenizer)
+        shares = BUDGETS[name][set_name]
+        shares = shares[len(shares) // 2 : len(shares) // 2 + 1] if args.quick else shares
         points = []
-        ranks = RANKS[name][set_name][1:2] if args.quick else RANKS[name][set_name]
-        for rank in ranks:
-            model = hfe.patch_model(
-                copy.deepcopy(dense),
-                rank=rank,
-                method=BandedMethod(BAND_SHARE),
-                calibration=stats,
-                tokenizer=tokenizer,
-                bits=BITS,
-            )
-            stored = _embedding_bytes(model)["stored"]
-            band = model.get_input_embeddings().dense_index.numel()
-            point = {"rank": rank, "band_rows": band, "bytes": stored, "share": stored / fp32}
-            point["ratio"] = ratios(evals, dense_ppl, ppl(model, bos))
-            del model
-            if rank != ranks[len(ranks) // 2]:  # trimming at one size per set: its middle point
-                points.append(point)
-                print(f"{name} {set_name} r={rank}: {point['share']:.1%} of fp32, {point['ratio']}", flush=True)
-                continue
-            trim_rows = min(v, stored // (d + 2))  # int8 rows with an fp16 scale, as the band is stored
-            scores = band_scores(stats)
-            scores[special_token_ids(dense, tokenizer)] = float("inf")  # trimming keeps the special tokens too
-            kept = torch.argsort(scores, descending=True, stable=True)[:trim_rows]
-            trim = TrimmedPeer("trim", kept, _unk_id(tokenizer))
-            trimmed = ratios(
-                evals, dense_ppl, lambda ids, trim=trim: trim.perplexity(dense, ids, min(512, ids.numel()), bos_id=bos)
-            )
-            point["trim_equal_bytes"] = {"rows": int(trim_rows), "ratio": trimmed}
-            points.append(point)
-            print(f"{name} {set_name} r={rank}: {point['share']:.1%} of fp32, {point['ratio']}", flush=True)
+        for share in shares:
+            budget = int(share * fp32)
+            chosen, record = plan_point(dense, tokenizer, stats, special, budget, fp32, evals, dense_ppl, bos, set_name)
+            points.append(record)
+            for line in describe(record):
+                print(f"{name} {set_name} {line}", flush=True)
+            if set_name == "en" and share == SPEED_SHARE:
+                kept_model = chosen
+            del chosen
         out["sets"][set_name] = {
             "served": SETS[set_name],
             "points": points,
             "seconds": round(time.perf_counter() - started, 1),
         }
         save(out)
-    if name == "gemma3" and not args.quick and "en" in sets:
-        en_rank = RANKS[name]["en"][1]
-        out["speed"] = speed(dense, folder, tokenizer, calibration_ids(tokenizer, SETS["en"]), en_rank, args)
+    if name == "gemma3" and not args.quick and kept_model is not None:
+        out["speed"] = speed(dense, folder, tokenizer, kept_model)
         save(out)
     return out
+
+
+def served_stats(dense, tokenizer, served: list[str], model_tokens: int, bos) -> CalibrationStats:
+    """Every served source's calibration part, all of it counted and the model run over its first
+    ``model_tokens``, combined with equal weights (as ``compress`` combines named sources)."""
+    parts = [
+        collect_stats(dense, ids, model_tokens=model_tokens, progress=False, bos_id=bos)
+        for ids in calibration_ids(tokenizer, served).values()
+    ]
+    return CalibrationStats.combine(*parts, equal=True)
+
+
+def plan_point(dense, tokenizer, stats, special, budget: int, fp32: int, evals, dense_ppl, bos, set_name: str):
+    """The plan at ``budget`` bytes (:func:`hf_factor_embed.plan.run_plan`: every tail format that fits, each at
+    its largest band, measured on every text beside trimming at the same bytes): (the chosen model, the record)."""
+
+    def patch(copy_, candidate):
+        method = candidate.method()
+        return hfe.patch_model(
+            copy_, rank=candidate.rank, method=method, calibration=stats, tokenizer=tokenizer, bits=BITS
+        )
+
+    def measure_trim(rows: int) -> dict[str, float]:
+        scores = band_scores(stats)
+        scores[special] = float("inf")  # trimming keeps the special tokens too
+        trim = TrimmedPeer("trim", torch.argsort(scores, descending=True, stable=True)[:rows], _unk_id(tokenizer))
+        return {n: trim.perplexity(dense, ids, min(512, ids.numel()), bos_id=bos) for n, ids in evals.items()}
+
+    return run_plan(
+        dense,
+        budget=budget,
+        fp32_bytes=fp32,
+        patch=patch,
+        measure=lambda m: {n: ppl(m, bos)(ids) for n, ids in evals.items()},
+        measure_trim=measure_trim,
+        dense_perplexity=dense_ppl,
+        stored_bytes_of=lambda m: _embedding_bytes(m)["stored"],
+        served=SETS[set_name],
+        bits=BITS,
+        special_rows=int(special.numel()),
+    )
 
 
 def _earlier(args, name: str) -> dict | None:
@@ -168,16 +191,9 @@ def _unk_id(tokenizer) -> int:
     return tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
 
 
-def speed(dense, folder: Path, tokenizer, calibration: dict, rank: int, args) -> dict:
-    """Greedy generation tokens/s and load seconds, dense vs the English point, in interleaved rounds."""
-    model = hfe.patch_model(
-        copy.deepcopy(dense),
-        rank=rank,
-        method=BandedMethod(BAND_SHARE),
-        calibration=calibration,
-        model_tokens=args.model_tokens,
-        bits=BITS,
-    )
+def speed(dense, folder: Path, tokenizer, model) -> dict:
+    """Greedy generation tokens/s and load seconds, dense vs the plan's choice at ``SPEED_SHARE`` (English served),
+    in interleaved rounds."""
     prompt = tokenizer("The quick brown fox", return_tensors="pt").input_ids
     times = {"dense": [], "factorized": []}
     for round_ in range(4):
@@ -196,7 +212,8 @@ def speed(dense, folder: Path, tokenizer, calibration: dict, rank: int, args) ->
                 loads[label].append(time.perf_counter() - started)
     tps = {k: 32 / statistics.median(t) for k, t in times.items()}
     load = {k: statistics.median(t) for k, t in loads.items()}
-    return {"rank": rank, "tokens_per_s": tps, "speedup": tps["factorized"] / tps["dense"], "load_seconds": load}
+    share = round(_embedding_bytes(model)["share"], 4)
+    return {"share": share, "tokens_per_s": tps, "speedup": tps["factorized"] / tps["dense"], "load_seconds": load}
 
 
 def render(results: list[dict], command: str) -> str:
@@ -204,44 +221,41 @@ def render(results: list[dict], command: str) -> str:
     for r in results:
         for set_name, s in r["sets"].items():
             served = s["served"]
-            texts = list(s["points"][0]["ratio"]) if s["points"] else []
+            texts = list(r["dense_perplexity"])
             lines.append(f"**{r['model']}** ({r['vocab']:,} x {r['dim']}), served {set_name}: {', '.join(served)}")
             lines.append("")
-            lines.append("| point | bytes (of fp32) | " + " | ".join(texts) + " |")
-            lines.append("|---|---|" + "---|" * len(texts))
+            lines.append("| budget | point | bytes (of fp32) | " + " | ".join(texts) + " |")
+            lines.append("|---|---|---|" + "---|" * len(texts))
             for p in s["points"]:
-                head = f"banded r={p['rank']} ({p['band_rows']:,} exact rows)"
-                lines.append(
-                    f"| {head} | {p['share']:.1%} | " + " | ".join(f"{p['ratio'][t]:.3f}" for t in texts) + " |"
-                )
-                t = p.get("trim_equal_bytes")
-                if t is None:
-                    continue
-                lines.append(
-                    f"| trim to {t['rows']:,} rows (same bytes) | {p['share']:.1%} | "
-                    + " | ".join(f"{t['ratio'][x]:.3f}" for x in texts)
-                    + " |"
-                )
+                budget = f"{p['budget_share']:.0%}"
+                for c in p["candidates"]:
+                    mark = " (chosen)" if c["name"] == p["chosen"] else ""
+                    head = f"{c['name']}{mark}, {c['band_rows']:,} exact rows"
+                    cells = " | ".join(f"{c['ratio'][t]:.3g}" for t in texts)
+                    lines.append(f"| {budget} | {head} | {c['share']:.1%} | {cells} |")
+                cells = " | ".join(f"{p['trim']['ratio'][t]:.3g}" for t in texts)
+                lines.append(f"| {budget} | trim to {p['trim']['rows']:,} rows | {p['budget_share']:.1%} | {cells} |")
             for name, p in r["peers"].items():
-                lines.append(
-                    f"| {name} | {p['share']:.1%} | " + " | ".join(f"{p['ratio'][t]:.3f}" for t in texts) + " |"
-                )
+                cells = " | ".join(f"{p['ratio'][t]:.3g}" for t in texts)
+                lines.append(f"| | {name} | {p['share']:.1%} | {cells} |")
             lines.append("")
             lines.append("Served (held back): " + ", ".join(served) + "; every other column never calibrated on.")
             lines.append("")
         if "speed" in r:
             sp = r["speed"]
             lines.append(
-                f"{r['model']} greedy generation (32 tokens, median of 3 interleaved rounds), r={sp['rank']}: "
-                f"dense {sp['tokens_per_s']['dense']:.1f} tok/s, factorized {sp['tokens_per_s']['factorized']:.1f} "
-                f"({sp['speedup']:.2f}x); load {sp['load_seconds']['dense']:.2f} s vs "
-                f"{sp['load_seconds']['factorized']:.2f} s"
+                f"{r['model']} greedy generation (32 tokens, median of 3 interleaved rounds), the plan's choice at "
+                f"{sp['share']:.1%}: dense {sp['tokens_per_s']['dense']:.1f} tok/s, factorized "
+                f"{sp['tokens_per_s']['factorized']:.1f} ({sp['speedup']:.2f}x); load "
+                f"{sp['load_seconds']['dense']:.2f} s vs {sp['load_seconds']['factorized']:.2f} s"
             )
             lines.append("")
     return "\n".join(lines)
 
 
 def plot(results: list[dict], path: Path) -> None:
+    """Per model: the worst served ratio and the worst ratio not served, against bytes, for the plan's choice, each
+    candidate format and trimming at the same bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,30 +265,24 @@ def plot(results: list[dict], path: Path) -> None:
     for row, r in zip(axes, results, strict=True):
         for set_name, s in r["sets"].items():
             served = s["served"]
-            xs = [100 * p["share"] for p in s["points"]]
-            worst = [max(p["ratio"][t] for t in served) for p in s["points"]]
-            unseen = [max(v for t, v in p["ratio"].items() if t not in served) for p in s["points"]]
-            trimmed = [p for p in s["points"] if "trim_equal_bytes" in p]
-            trim_x = [100 * p["share"] for p in trimmed]
-            trim = [max(v for t, v in p["trim_equal_bytes"]["ratio"].items() if t not in served) for p in trimmed]
-            row[0].plot(xs, worst, "o-", label=f"factorized, served {set_name}")
-            row[1].plot(xs, unseen, "o-", label=f"factorized, served {set_name}")
-            row[1].plot(trim_x, trim, "x", markersize=9, label=f"trimmed, same bytes, {set_name}")
+
+            def worst(ratio, inside, served=served):
+                return max(v for t, v in ratio.items() if (t in served) == inside)
+
+            formats = sorted({c["name"] for p in s["points"] for c in p["candidates"]})
+            for fmt in formats:
+                pts = [c for p in s["points"] for c in p["candidates"] if c["name"] == fmt]
+                xs = [100 * c["share"] for c in pts]
+                row[0].plot(xs, [worst(c["ratio"], True) for c in pts], "o-", label=f"{fmt}, served {set_name}")
+                row[1].plot(xs, [worst(c["ratio"], False) for c in pts], "o-", label=f"{fmt}, served {set_name}")
+            xs = [100 * p["budget_share"] for p in s["points"]]
+            trim = [worst(p["trim"]["ratio"], False) for p in s["points"]]
+            row[1].plot(xs, trim, "x--", markersize=9, label=f"trimmed, same bytes, {set_name}")
             for name, p in r["peers"].items():
-                row[0].plot(100 * p["share"], max(p["ratio"][t] for t in served), "s", label=f"{name} ({set_name})")
-        row[0].set(
-            xlabel="embedding bytes, % of fp32",
-            ylabel="worst served ratio to dense",
-            yscale="log",
-            title=f"{r['model']}: served text (held back)",
-        )
-        row[1].set(
-            xlabel="embedding bytes, % of fp32",
-            ylabel="worst not-served ratio to dense",
-            yscale="log",
-            title=f"{r['model']}: text never calibrated on",
-        )
-        for ax in row:
+                row[0].plot(100 * p["share"], worst(p["ratio"], True), "s", label=f"{name} ({set_name})")
+                row[1].plot(100 * p["share"], worst(p["ratio"], False), "s", label=f"{name} ({set_name})")
+        for ax, what in zip(row, ("worst served ratio to dense", "worst not-served ratio to dense"), strict=True):
+            ax.set(xlabel="embedding bytes, % of fp32", ylabel=what, yscale="log", title=f"{r['model']}: {what}")
             ax.legend(fontsize=6)
             ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -283,12 +291,12 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["gemma3", "smollm2"], choices=sorted(RANKS))
+    parser.add_argument("--models", nargs="+", default=["gemma3", "smollm2"], choices=sorted(BUDGETS))
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS), help="served sets for Gemma-3")
     parser.add_argument("--smollm2-sets", nargs="+", default=["en"], choices=list(SETS))
     parser.add_argument("--eval-tokens", type=int, default=512)
     parser.add_argument("--model-tokens", type=int, default=2048, help="tokens of each source the model reads")
-    parser.add_argument("--quick", action="store_true", help="one point per set, no speed")
+    parser.add_argument("--quick", action="store_true", help="one budget per set (its middle one), no speed")
     parser.add_argument("--resume", action="store_true", help="keep what --out already holds (dense, peers, sets)")
     parser.add_argument("--out", type=Path, default=RESULTS / "vocab.json")
     args = parser.parse_args(argv)

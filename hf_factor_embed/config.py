@@ -38,6 +38,8 @@ class FactorEmbedConfig(QuantizationConfigMixin):
             ``bits`` (checkpoints written before this field). ``patch_model`` writes 8 (see its docstring).
         band_group_size: the columns sharing one scale of B and of the band's rows; None: one per row for 8 bits,
             32 for 4 (checkpoints written before this field). ``patch_model`` writes 64 for 8-bit bands.
+        tail_column_bits: 8 when a product-coded tail's exact outlier columns are stored as int8 with one fp16
+            scale per row; None: fp16 (checkpoints written before this field). ``patch_model`` writes 8.
     """
 
     rank: int | None = None
@@ -49,6 +51,7 @@ class FactorEmbedConfig(QuantizationConfigMixin):
     group_size: int | None = None
     band_bits: int | None = None
     band_group_size: int | None = None
+    tail_column_bits: int | None = None
     format_version: int = FORMAT_VERSION
     quant_method: str = QUANT_METHOD
 
@@ -64,6 +67,8 @@ class FactorEmbedConfig(QuantizationConfigMixin):
             check_bits(self.bits, self.group_size)
             if self.band_bits is not None:
                 check_bits(self.band_bits, self.band_group_size)
+            if self.tail_column_bits not in (None, 8):
+                raise FactorEmbedError(f"tail_column_bits={self.tail_column_bits} is not supported (8 or None)")
         except FactorEmbedError as error:
             raise CheckpointError(f"quantization_config in config.json: {error} (an edited config.json?)") from None
         for role, spec in self.modules.items():
@@ -72,7 +77,10 @@ class FactorEmbedConfig(QuantizationConfigMixin):
                 raise ValueError(f"quantization_config.modules[{role!r}] lacks {sorted(missing)}: edited config.json?")
 
     def precision(self, tensor: str) -> tuple[int, int | None]:
-        """(bits, group size) that ``tensor`` (``weight``, ``basis`` or ``dense_rows``) is stored with."""
+        """(bits, group size) that ``tensor`` (``weight``, ``basis``, ``dense_rows`` or ``tail_column_values``) is
+        stored with."""
+        if tensor == "tail_column_values":
+            return self.tail_column_bits, None
         if tensor == "weight" or (self.band_bits in (None, self.bits) and self.band_group_size is None):
             return self.bits, self.group_size
         bits = self.band_bits or self.bits

@@ -24,7 +24,7 @@ from .config import QUANT_METHOD, FactorEmbedConfig
 from .errors import CheckpointError
 from .lazy import pretrained_model_class as _pretrained_model_class
 from .model_methods import GIVEN_STATE_DICT, OVERRIDDEN, install_methods
-from .quantize import QUANTIZED_TENSORS
+from .quantize import stored_tensors
 from .storage import add_placeholders, quantized_state_dict, restore_from_placeholders
 from .structure import factorized_layers, install_layers
 
@@ -46,7 +46,7 @@ class FactorEmbedHfQuantizer(HfQuantizer):
             self._tie_warning_filter = _ExpectedAbsentTies(factorized_layers(model))
             _modeling_logger().addFilter(self._tie_warning_filter)
         if checkpoint_files:
-            _check_checkpoint(model, layers, checkpoint_files, skip=QUANTIZED_TENSORS if config.bits else ())
+            _check_checkpoint(model, layers, checkpoint_files, skip=stored_tensors(config))
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):

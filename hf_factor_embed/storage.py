@@ -19,24 +19,26 @@ from .config import FactorEmbedConfig
 from .errors import CheckpointError
 from .layers import HEAD_LAYOUT_TENSORS, FactorizedLayer
 from .quantize import (
-    QUANTIZED_TENSORS,
     dequantize,
     dequantize_column_major,
+    held_dtype,
     quantize,
     round_in_place,
     stored_dtype,
     stored_shapes,
+    stored_tensors,
 )
 from .structure import factorized_layers, retie
 
 Q, SCALE = "_q", "_scale"
 
 
-def _owned(model: nn.Module) -> dict[str, tuple[FactorizedLayer, str]]:
-    """``module.name`` -> (layer, tensor name) for every float factor, each shared tensor once (tied heads skip)."""
+def _owned(model: nn.Module, config: FactorEmbedConfig) -> dict[str, tuple[FactorizedLayer, str]]:
+    """``module.name`` -> (layer, tensor name) for every tensor ``config`` stores as integers, each shared tensor
+    once (tied heads skip)."""
     seen, owned = set(), {}
     for module_name, layer in factorized_layers(model).items():
-        for name in QUANTIZED_TENSORS:
+        for name in stored_tensors(config):
             tensor = getattr(layer, name, None)
             if tensor is not None and id(tensor) not in seen:
                 seen.add(id(tensor))
@@ -60,8 +62,9 @@ def round_factors(model: nn.Module, config: FactorEmbedConfig) -> None:
     """Round every float factor to its stored value (in place; shared tensors once), balancing A and B first."""
     for layer in {id(layer.weight): layer for layer in factorized_layers(model).values()}.values():
         balance_factors(layer)
-    for layer, name in _owned(model).values():
-        round_in_place(getattr(layer, name).data, *config.precision(name))
+    for layer, name in _owned(model, config).values():
+        tensor = getattr(layer, name)
+        round_in_place(tensor, *config.precision(name), dtype=held_dtype(name, tensor.dtype))
 
 
 def quantized_state_dict(
@@ -69,10 +72,10 @@ def quantized_state_dict(
 ) -> dict[str, torch.Tensor]:
     """``state`` (default: the model's state dict) with every float factor replaced by its integers and scales."""
     state = dict(model.state_dict() if state is None else state)
-    owned = _owned(model)
+    owned = _owned(model, config)
     floats = {key: state.get(key, getattr(layer, name)) for key, (layer, name) in owned.items()}
     for module_name in factorized_layers(model):
-        for name in QUANTIZED_TENSORS:
+        for name in stored_tensors(config):
             state.pop(f"{module_name}.{name}", None)
     for key, (_, name) in owned.items():
         q, scale = quantize(floats[key], *config.precision(name))
@@ -84,7 +87,7 @@ def add_placeholders(model: nn.Module, config: FactorEmbedConfig) -> list[str]:
     """Register ``<name>_q`` / ``<name>_scale`` Parameters for transformers to load into; returns the regexes of
     the float factors' keys, which the checkpoint does not hold."""
     missing = []
-    for key, (layer, name) in _owned(model).items():
+    for key, (layer, name) in _owned(model, config).items():
         rows, cols = getattr(layer, name).shape
         bits, group = config.precision(name)
         q_shape, scale_shape = stored_shapes(rows, cols, bits, group)
@@ -96,7 +99,7 @@ def add_placeholders(model: nn.Module, config: FactorEmbedConfig) -> list[str]:
         missing.append(rf"(^|\.){re.escape(key)}$")
     # a tied head's float factors are tied targets, restored by tying; declared too, for models loaded headless
     for module_name, layer in factorized_layers(model).items():
-        present = [n for n in QUANTIZED_TENSORS if getattr(layer, n, None) is not None]
+        present = [n for n in stored_tensors(config) if getattr(layer, n, None) is not None]
         missing += [rf"(^|\.){re.escape(module_name)}\.{n}$" for n in present]
     return missing
 
@@ -115,7 +118,7 @@ def _check_scales(scale: torch.Tensor, name: str) -> None:
 def restore_from_placeholders(model: nn.Module, config: FactorEmbedConfig) -> None:
     """Turn the loaded integers back into the float factors, drop the placeholders, tie again."""
     for module_name, layer in factorized_layers(model).items():
-        for name in QUANTIZED_TENSORS:
+        for name in stored_tensors(config):
             if name + Q not in layer._parameters:
                 continue
             target = getattr(layer, name)
@@ -123,7 +126,7 @@ def restore_from_placeholders(model: nn.Module, config: FactorEmbedConfig) -> No
             _check_scales(scale.data, f"{module_name}.{name}{SCALE}")
             bits, group = config.precision(name)
             read = dequantize_column_major if name in HEAD_LAYOUT_TENSORS else dequantize
-            values = read(q.data, scale.data, bits, target.shape[1], group).to(target.dtype)
+            values = read(q.data, scale.data, bits, target.shape[1], group).to(held_dtype(name, target.dtype))
             if target.device.type == "meta":
                 setattr(layer, name, nn.Parameter(values.to(q.device), requires_grad=target.requires_grad))
             else:

@@ -99,6 +99,35 @@ def test_outlier_columns_are_exact_in_every_row():
     torch.testing.assert_close(tail, dense[outside][:, columns].half().float(), rtol=0, atol=0)
 
 
+def test_integer_factors_store_the_outlier_columns_as_int8(tmp_path, ids):
+    """With ``bits``, the exact columns are int8 with one scale a row: the file holds them so, the bytes shrink, and
+    the reloaded model is the model in memory, tied."""
+    from safetensors import safe_open
+
+    calibration = torch.randint(1, 300, (4000,), generator=torch.Generator().manual_seed(1))
+    method = BandedMethod(0.5, tail="pq", tail_sub_dim=8, tail_rank=4, tail_exact_columns=4)
+    model = hfe.patch_model(wide_vocab_llama(), rank=16, method=method, calibration=calibration, bits=4)
+    dense = wide_vocab_llama().get_input_embeddings().weight.detach()
+    layer = model.get_input_embeddings()
+    outside = torch.ones(VOCAB, dtype=torch.bool)
+    outside[layer.dense_index] = False
+    exact = dense[outside][:, layer.tail_columns]
+    kept = layer.dense_weight()[outside][:, layer.tail_columns]
+    assert 0 < (kept - exact).abs().max() <= exact.abs().amax(1).max() / 127  # int8 of a row's largest value
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as file:
+        assert file.get_tensor("model.embed_tokens.tail_column_values_q").dtype == torch.int8
+        assert "model.embed_tokens.tail_column_values" not in file.keys()
+    with torch.no_grad():
+        expected = model(ids).logits
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.lm_head.tail_column_values is reloaded.get_input_embeddings().tail_column_values
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, expected)
+    assert _embedding_bytes(model)["stored"] == _embedding_bytes(reloaded)["stored"]
+    assert reloaded.config.quantization_config.tail_column_bits == 8
+
+
 def test_densify_keeps_the_outputs(ids):
     model = pq_model()
     with torch.no_grad():

@@ -25,9 +25,9 @@ from ..layers import (
     FactorizedLayer,
     FactorizedLMHead,
     band_slots,
-    product_code_rows,
+    product_code_parts,
 )
-from ..quantize import _group, dequantize, quantize
+from ..quantize import TAIL_COLUMN_TENSOR, _group, dequantize, quantize
 
 
 class StoredMatrix(nn.Module):
@@ -35,11 +35,11 @@ class StoredMatrix(nn.Module):
 
     def __init__(self, values: torch.Tensor, bits: int | None, group: int | None, name: str) -> None:
         super().__init__()
-        values = values.detach().float().contiguous()
         self.bits, self.cols = bits, values.shape[1]
-        if bits is None:
-            self.register_buffer("values", values)
+        if bits is None:  # float values as the checkpoint holds them (fp32, or the tail's fp16 columns)
+            self.register_buffer("values", values.detach().contiguous())
             return
+        values = values.detach().float().contiguous()
         self.group = _group(self.cols, group)
         q, scale = quantize(values, bits, group)
         if not torch.equal(dequantize(q, scale, bits, self.cols, group), values):
@@ -53,19 +53,19 @@ class StoredMatrix(nn.Module):
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The float rows of ``ids`` (any shape): ``(*ids.shape, cols)``; only those rows are dequantized."""
         if self.bits is None:
-            return F.embedding(ids, self.values)
+            return F.embedding(ids, self.values).float()
         return self._dequantize(self.q[ids], self.scale[ids])
 
     def matrix(self) -> torch.Tensor:
         """The whole float matrix."""
-        return self.values if self.bits is None else self._dequantize(self.q, self.scale)
+        return self.values.float() if self.bits is None else self._dequantize(self.q, self.scale)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ matrix().T`` (``(..., cols) -> (..., rows)``); with one scale a row, the scales multiply the
         products instead of the matrix. (Scaling products group by group, in either layout, was no faster in ONNX
         Runtime on Gemma-3's band: 4.3-5.4 ms a decode step against 4.9 ms, one run each.)"""
         if self.bits is None:
-            return F.linear(x, self.values)
+            return F.linear(x, self.values.to(x.dtype))
         if self.group >= self.cols:
             return F.linear(x, self._integers(self.q).float()) * self.scale[:, 0].float()
         return F.linear(x, self.matrix())
@@ -99,16 +99,18 @@ class ExportedFactors(nn.Module):
         self.has_tail_codes = layer.has_tail_codes
         if self.has_tail_codes:
             for tensor in TAIL_CODE_TENSORS:
-                self.register_buffer(tensor, getattr(layer, tensor).detach().clone())
+                if tensor != TAIL_COLUMN_TENSOR:
+                    self.register_buffer(tensor, getattr(layer, tensor).detach().clone())
+            bits, group = config.precision(TAIL_COLUMN_TENSOR) if config.bits else (None, None)
+            self.tail_column_values = StoredMatrix(layer.tail_column_values, bits, group, f"{name}.tail_column_values")
 
     def band_slots(self) -> torch.Tensor:
         """Token id -> its row in the band, or -1 (computed in the graph: V integers, no stored table)."""
         return band_slots(self.dense_index, self.num_embeddings)
 
     def tail_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        return product_code_rows(
-            ids, self.tail_codes, self.codebooks, self.tail_rotation, self.tail_columns, self.tail_column_values
-        )
+        rows = product_code_parts(ids, self.tail_codes, self.codebooks) @ self.tail_rotation.float()
+        return rows.index_copy(rows.dim() - 1, self.tail_columns, self.tail_column_values.rows(ids))
 
     def tail_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Per position and subspace the state's dot products with the centroids, then a gather-sum per token, one
@@ -122,7 +124,7 @@ class ExportedFactors(nn.Module):
         for j in range(1, m):
             logits = logits + tables[..., j, :].index_select(-1, self.tail_codes[:, j].long())
         exact = hidden_states.index_select(-1, self.tail_columns)
-        return logits + F.linear(exact, self.tail_column_values.float())
+        return logits + self.tail_column_values.linear(exact)
 
 
 class ExportedEmbedding(nn.Module):
