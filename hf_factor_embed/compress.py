@@ -598,7 +598,8 @@ def _embedding_bytes(model) -> dict:
             tensor = getattr(layer, name, None)
             if tensor is None:
                 continue
-            stored += stored_bytes(config, name, tuple(tensor.shape), tensor.element_size())
+            shape, band = tuple(tensor.shape), layer.num_dense_rows
+            stored += stored_bytes(config, name, shape, tensor.element_size(), band_rows=band)
     return {"stored": stored, "dense_fp32": dense, "share": round(stored / dense, 4) if dense else None}
 
 

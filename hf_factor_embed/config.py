@@ -40,6 +40,9 @@ class FactorEmbedConfig(QuantizationConfigMixin):
             32 for 4 (checkpoints written before this field). ``patch_model`` writes 64 for 8-bit bands.
         tail_column_bits: 8 when a product-coded tail's exact outlier columns are stored as int8 with one fp16
             scale per row; None: fp16 (checkpoints written before this field). ``patch_model`` writes 8.
+        tail_skips_band: whether a product-coded tail's codes and columns are stored for the rows outside the band
+            only (the band's rows never read them); False: for every row (checkpoints written before this field).
+            ``patch_model`` writes True with ``bits``.
     """
 
     rank: int | None = None
@@ -52,6 +55,7 @@ class FactorEmbedConfig(QuantizationConfigMixin):
     band_bits: int | None = None
     band_group_size: int | None = None
     tail_column_bits: int | None = None
+    tail_skips_band: bool = False
     format_version: int = FORMAT_VERSION
     quant_method: str = QUANT_METHOD
 

@@ -159,7 +159,8 @@ class FactorizedLayer(nn.Module):
         self.tail_codes = nn.Parameter(torch.zeros(v, m, dtype=torch.uint8, device=device), requires_grad=False)
         self.codebooks = nn.Parameter(torch.empty(m, k, d // m, device=device, dtype=dtype))
         self.tail_rotation = nn.Parameter(torch.empty(d, d, device=device, dtype=dtype))
-        # The outlier coordinates, exact in every row (fp16; copies of W's columns, nothing to train).
+        # The outlier coordinates, apart in every row (W's columns, nothing to train; fp16, or float32 once read
+        # back from the int8 a checkpoint with integer factors stores: quantize.TAIL_COLUMN_TENSOR).
         self.tail_columns = nn.Parameter(torch.zeros(c, dtype=torch.long, device=device), requires_grad=False)
         self.tail_column_values = nn.Parameter(
             torch.zeros(v, c, dtype=torch.float16, device=device), requires_grad=False

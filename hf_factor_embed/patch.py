@@ -163,7 +163,8 @@ def set_integer_storage(config: FactorEmbedConfig, bits, group_size=None, band_b
         # groups of 64 on the band: one scale per row costs Gemma-3's embedding 3% perplexity on English text, groups
         # of 64 nothing (benchmarks/vocab.py, peers "int8" and "int8 g64"), for 3% more bytes on the band
         config.band_group_size = 64 if config.band_bits == 8 else None
-        config.tail_column_bits = 8  # read only where the tail is product-coded (quantize.TAIL_COLUMN_TENSOR)
+        # read only where the tail is product-coded (quantize.TAIL_COLUMN_TENSOR, quantize.BAND_SKIPPING_TENSORS)
+        config.tail_column_bits, config.tail_skips_band = 8, True
     return config
 
 

@@ -2,7 +2,7 @@
 
 A budget (``--max-bytes 0.08``: 8% of the fp32 embedding's bytes; ``--max-bytes 40MB``: a size) can be spent on
 many exact rows and a small low-rank tail, or on fewer rows and a tail in which every token keeps a row of its own
-(product codes, one byte per 16, 8 or 4 values: :mod:`hf_factor_embed.factorize.product`). Which is better depends
+(product codes, one byte per 16, 8, 6, 5 or 4 values: :mod:`hf_factor_embed.factorize.product`). Which is better depends
 on the model and on what is served, so the plan measures instead of guessing:
 
 1. For each tail format, the largest band that fits the budget, from the shapes the layers will hold and the bytes
@@ -11,13 +11,13 @@ on the model and on what is served, so the plan measures instead of guessing:
    part of every served source, and on every measured source not served.
 3. Hard vocabulary trimming at the same bytes (vocabtrimmer: as many int8 rows as fit, ranked by the same scores)
    is measured on the sources not served: the guard.
-4. The choice (:func:`choose`): the candidates within ``SERVED_TOLERANCE`` of the best on the served sources (the
-   worst served source decides) are eligible; among them the one worse than trimming on the fewest sources not
-   served (past 2% of trimming's perplexity and past 5% of dense's), then the best on served text, then the best
-   geometric mean over the sources not served. Measured on
-   Gemma-3-270M at 8% with English served, that trades 1-2% on served text (0.999x -> 1.02x) for every language
-   not served going from 17x-6e10x (low-rank tail) to 2.2x-10x (product codes); trimming at the same bytes:
-   30x-4.8e3x (benchmarks/RESULTS.md, *plan*).
+4. The choice (:func:`choose`): the candidates within ``SERVED_TOLERANCE`` (2%) of the best on the served
+   sources (the worst served source decides) are eligible: what the user serves comes first. Among them, the one
+   worse than trimming on the fewest sources not served (past 2% of trimming's perplexity and past 5% of dense's),
+   then the best geometric mean over the sources not served, then the best on served text. Measured on
+   Gemma-3-270M at 8% with English served, that keeps served text within 1% of dense's perplexity and every
+   language not served at 2x-5x (product codes, one byte per 8 values), where the low-rank tail at the same bytes
+   is 17x-5.6e3x and trimming 47x-2.5e3x (benchmarks/RESULTS.md, *plan*).
 
 ``compression.json`` lists every candidate measured, the trimming it was guarded against, and why one was chosen.
 """
@@ -37,15 +37,18 @@ from .errors import FactorEmbedError
 
 logger = logging.getLogger(__name__)
 
-#: Candidates within this much of the best worst served ratio are eligible (0.05: 5% more perplexity on the worst
-#: served source); among them the guard decides, then served text.
-SERVED_TOLERANCE = 0.05
+#: Candidates within this much of the best worst served ratio are eligible (0.02: 2% more perplexity on the worst
+#: served source); among them the guard decides, then the sources not served.
+SERVED_TOLERANCE = 0.02
 #: A source not served counts as worse than trimming past this ratio of trimming's perplexity, where it is also
 #: past ``GUARD_FLOOR`` times dense: within 5% of dense a source is kept, whatever trimming does there.
 GUARD_TOLERANCE = 1.02
 GUARD_FLOOR = 1.05
 #: The tail formats the plan measures: name -> (tail, values per code byte).
-TAIL_FORMATS = {"lowrank": ("lowrank", None), "pq16": ("pq", 16), "pq8": ("pq", 8), "pq4": ("pq", 4)}
+TAIL_FORMATS = {
+    "lowrank": ("lowrank", None),
+    **{f"pq{n}": ("pq", n) for n in (16, 8, 6, 5, 4)},  # a model measures those whose values divide its width
+}
 #: The share of the size ``band_plan`` spends on exact rows in every candidate (the low-rank tail's rank is the
 #: rest); the product-coded tails keep a rank-16 basis whatever the share.
 BAND_SHARE = 0.9
@@ -136,7 +139,7 @@ def planned_bytes(
     sizes = {"dense_index": 8, "tail_codes": 1, "tail_columns": 8, "tail_column_values": 2}
     config = set_integer_storage(FactorEmbedConfig(), bits, group_size, band_bits)
     total = sum(
-        stored_bytes(config, name, shape, sizes.get(name, element_size))
+        stored_bytes(config, name, shape, sizes.get(name, element_size), band_rows=k)
         for name, shape in shapes.items()
         if k or name not in ("dense_rows", "dense_index")
     )
@@ -164,7 +167,7 @@ def candidates(
     out = []
     sizes = dict(bits=bits, group_size=group_size, band_bits=band_bits, special_rows=special_rows)
     sizes |= dict(element_size=element_size, tail_rank=tail_rank, exact_columns=exact_columns)
-    for name in formats:
+    for name in formats_for(d, formats):
         low, high = 0, largest_saving_rank(v, d)  # bytes grow with the rank
         while low < high:
             mid = (low + high + 1) // 2
@@ -176,10 +179,15 @@ def candidates(
     return out
 
 
+def formats_for(d: int, formats=tuple(TAIL_FORMATS)) -> list[str]:
+    """The tail formats a width-``d`` embedding can take (product codes whose values a byte divide ``d``)."""
+    return [name for name in formats if not TAIL_FORMATS[name][1] or d % TAIL_FORMATS[name][1] == 0]
+
+
 def smallest_plan_bytes(v: int, d: int, **sizes) -> int:
     """The fewest bytes any candidate needs (the special tokens' rows and the smallest tail); ``sizes``: the
     storage keywords of :func:`planned_bytes`."""
-    return min(planned_bytes(v, d, 1, name, **sizes)[0] for name in TAIL_FORMATS)
+    return min(planned_bytes(v, d, 1, name, **sizes)[0] for name in formats_for(d))
 
 
 def check_budget(budget: int, v: int, d: int, fp32_bytes: int, **sizes) -> None:
@@ -244,7 +252,7 @@ def choose(measured: list[dict], served: list[str]) -> tuple[dict, str]:
 
     best = min(worst_served(c) for c in measured)
     near = [c for c in measured if worst_served(c) <= best + SERVED_TOLERANCE]
-    chosen = min(near, key=lambda c: (len(c["worse_than_trim"]), worst_served(c), unserved_mean(c)))
+    chosen = min(near, key=lambda c: (len(c["worse_than_trim"]), unserved_mean(c), worst_served(c)))
     reason = (
         f"{chosen['name']}: worst served source {worst_served(chosen):.3f}x dense (best of all: {best:.3f}x; "
         f"{len(near)} of {len(measured)} candidates within {SERVED_TOLERANCE:.0%} of it); worse than trimming at "

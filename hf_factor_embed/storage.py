@@ -19,6 +19,8 @@ from .config import FactorEmbedConfig
 from .errors import CheckpointError
 from .layers import HEAD_LAYOUT_TENSORS, FactorizedLayer
 from .quantize import (
+    BAND_SKIPPING_TENSORS,
+    TAIL_COLUMN_TENSOR,
     dequantize,
     dequantize_column_major,
     held_dtype,
@@ -65,6 +67,48 @@ def round_factors(model: nn.Module, config: FactorEmbedConfig) -> None:
     for layer, name in _owned(model, config).values():
         tensor = getattr(layer, name)
         round_in_place(tensor, *config.precision(name), dtype=held_dtype(name, tensor.dtype))
+    for layer in _band_skipping_layers(model, config).values():  # what the checkpoint does not hold reads as zero
+        for name in BAND_SKIPPING_TENSORS:
+            getattr(layer, name).data[layer.dense_index] = 0
+
+
+def _band_skipping_layers(model: nn.Module, config: FactorEmbedConfig) -> dict[str, FactorizedLayer]:
+    """``module`` -> layer for each product-coded tail whose checkpoint holds only the rows outside its band (a tied
+    head's are its embedding's: skipped)."""
+    if not getattr(config, "tail_skips_band", False):
+        return {}
+    seen, out = set(), {}
+    for module_name, layer in factorized_layers(model).items():
+        if layer.has_tail_codes and layer.num_dense_rows and id(layer.tail_codes) not in seen:
+            seen.add(id(layer.tail_codes))
+            out[module_name] = layer
+    return out
+
+
+def outside_band(layer: FactorizedLayer) -> torch.Tensor:
+    """The token ids outside ``layer``'s band, in order: the rows a band-skipping tail stores."""
+    keep = torch.ones(layer.weight.shape[0], dtype=torch.bool, device=layer.dense_index.device)
+    keep[layer.dense_index] = False
+    return keep.nonzero().squeeze(1)
+
+
+def _skip_band_rows(model, config, state: dict[str, torch.Tensor]) -> None:
+    """Keep only the rows outside the band of each band-skipping tensor in ``state`` (one new tensor per shared
+    storage, so a tied head's key still shares the embedding's and transformers writes it once)."""
+    if not _band_skipping_layers(model, config):
+        return
+    packed: dict[tuple, torch.Tensor] = {}
+    for module_name, layer in factorized_layers(model).items():  # a tied head too: its keys may be in ``state``
+        if not (layer.has_tail_codes and layer.num_dense_rows):
+            continue
+        rows = outside_band(layer)
+        suffixes = ("tail_codes", *(TAIL_COLUMN_TENSOR + x for x in (("", Q, SCALE))))
+        for key in (f"{module_name}.{suffix}" for suffix in suffixes):
+            tensor = state.get(key)
+            if tensor is not None:
+                same = (tensor.data_ptr(), tuple(tensor.shape))  # a state dict's tied entries: one storage
+                packed.setdefault(same, tensor[rows.to(tensor.device)])
+                state[key] = packed[same]
 
 
 def quantized_state_dict(
@@ -80,6 +124,7 @@ def quantized_state_dict(
     for key, (_, name) in owned.items():
         q, scale = quantize(floats[key], *config.precision(name))
         state[key + Q], state[key + SCALE] = q, scale
+    _skip_band_rows(model, config, state)
     return state
 
 
@@ -87,8 +132,11 @@ def add_placeholders(model: nn.Module, config: FactorEmbedConfig) -> list[str]:
     """Register ``<name>_q`` / ``<name>_scale`` Parameters for transformers to load into; returns the regexes of
     the float factors' keys, which the checkpoint does not hold."""
     missing = []
+    skipping = {id(layer) for layer in _band_skipping_layers(model, config).values()}
     for key, (layer, name) in _owned(model, config).items():
         rows, cols = getattr(layer, name).shape
+        if id(layer) in skipping and name in BAND_SKIPPING_TENSORS:
+            rows -= layer.num_dense_rows
         bits, group = config.precision(name)
         q_shape, scale_shape = stored_shapes(rows, cols, bits, group)
         device = getattr(layer, name).device
@@ -97,6 +145,10 @@ def add_placeholders(model: nn.Module, config: FactorEmbedConfig) -> list[str]:
         scale = torch.ones(scale_shape, dtype=torch.float16, device=device)
         layer.register_parameter(name + SCALE, nn.Parameter(scale, requires_grad=False))
         missing.append(rf"(^|\.){re.escape(key)}$")
+    for layer in _band_skipping_layers(model, config).values():  # the codes load into a tensor of their rows
+        codes = layer.tail_codes
+        rows = codes.shape[0] - layer.num_dense_rows
+        layer.tail_codes = nn.Parameter(codes.new_zeros(rows, codes.shape[1]), requires_grad=False)
     # a tied head's float factors are tied targets, restored by tying; declared too, for models loaded headless
     for module_name, layer in factorized_layers(model).items():
         present = [n for n in stored_tensors(config) if getattr(layer, n, None) is not None]
@@ -127,8 +179,26 @@ def restore_from_placeholders(model: nn.Module, config: FactorEmbedConfig) -> No
             bits, group = config.precision(name)
             read = dequantize_column_major if name in HEAD_LAYOUT_TENSORS else dequantize
             values = read(q.data, scale.data, bits, target.shape[1], group).to(held_dtype(name, target.dtype))
+            if values.shape[0] != target.shape[0]:  # a band-skipping tail's rows
+                values = _with_band_rows(layer, values)
             if target.device.type == "meta":
                 setattr(layer, name, nn.Parameter(values.to(q.device), requires_grad=target.requires_grad))
             else:
                 target.data = values.to(target.device)
+    for name, layer in _band_skipping_layers(model, config).items():
+        if layer.tail_codes.shape[0] != layer.weight.shape[0]:
+            layer.tail_codes.data = _with_band_rows(layer, layer.tail_codes.data, f"{name}.tail_codes")
     retie(model)
+
+
+def _with_band_rows(layer: FactorizedLayer, rows: torch.Tensor, name: str = "") -> torch.Tensor:
+    """A band-skipping tail's stored ``rows`` (one per token outside the band) as a tensor of every token's, the
+    band's rows zero."""
+    outside = outside_band(layer)
+    if rows.shape[0] != outside.numel():
+        raise CheckpointError(
+            f"{name or 'the tail'} holds {rows.shape[0]} rows but the band leaves {outside.numel()} tokens outside it: "
+            "an edited or damaged checkpoint; save the model again"
+        )
+    full = rows.new_zeros(layer.weight.shape[0], *rows.shape[1:])
+    return full.index_copy(0, outside.to(rows.device), rows)

@@ -100,8 +100,8 @@ def test_outlier_columns_are_exact_in_every_row():
 
 
 def test_integer_factors_store_the_outlier_columns_as_int8(tmp_path, ids):
-    """With ``bits``, the exact columns are int8 with one scale a row: the file holds them so, the bytes shrink, and
-    the reloaded model is the model in memory, tied."""
+    """With ``bits``, the exact columns are int8 with one scale a row and the file holds the tail's rows outside the
+    band only: the bytes shrink, and the reloaded model is the model in memory, tied."""
     from safetensors import safe_open
 
     calibration = torch.randint(1, 300, (4000,), generator=torch.Generator().manual_seed(1))
@@ -115,9 +115,13 @@ def test_integer_factors_store_the_outlier_columns_as_int8(tmp_path, ids):
     kept = layer.dense_weight()[outside][:, layer.tail_columns]
     assert 0 < (kept - exact).abs().max() <= exact.abs().amax(1).max() / 127  # int8 of a row's largest value
     model.save_pretrained(tmp_path)
+    outside_rows = VOCAB - layer.num_dense_rows  # the band's rows never read the codes: not stored
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as file:
-        assert file.get_tensor("model.embed_tokens.tail_column_values_q").dtype == torch.int8
+        columns = file.get_tensor("model.embed_tokens.tail_column_values_q")
+        assert columns.dtype == torch.int8 and columns.shape == (outside_rows, 4)
+        assert file.get_tensor("model.embed_tokens.tail_codes").shape == (outside_rows, WIDTH // 8)
         assert "model.embed_tokens.tail_column_values" not in file.keys()
+        assert not any(key.startswith("lm_head.") for key in file.keys())  # tied: written once
     with torch.no_grad():
         expected = model(ids).logits
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
@@ -126,6 +130,15 @@ def test_integer_factors_store_the_outlier_columns_as_int8(tmp_path, ids):
         assert torch.equal(reloaded(ids).logits, expected)
     assert _embedding_bytes(model)["stored"] == _embedding_bytes(reloaded)["stored"]
     assert reloaded.config.quantization_config.tail_column_bits == 8
+    stored = _embedding_bytes(reloaded)["stored"]
+    assert stored == sum(t.numel() * t.element_size() for t in _embedding_tensors(tmp_path / "model.safetensors"))
+
+
+def _embedding_tensors(path) -> list[torch.Tensor]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as file:
+        return [file.get_tensor(k) for k in file.keys() if k.startswith("model.embed_tokens.")]
 
 
 def test_densify_keeps_the_outputs(ids):

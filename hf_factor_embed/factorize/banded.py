@@ -117,11 +117,13 @@ class BandedMethod(FactorizationMethod):
         weight = task.weight.float().index_fill(1, columns, 0.0)
         a, b = weighted_lowrank(weight, inner, row_weights=weights, col_cov=metric)
         b = b.index_fill(1, columns, 0.0)
+        # The band's rows never read the codes: they would pull the centroids towards rows that are exact anyway.
+        code_weights = (1 + v * self.band_scores(task)).index_fill(0, top, 0.0)
         codes = fit_product_codes(
             weight - a @ b,
             sub_dim=self.tail_sub_dim,
             metric=metric,
-            row_weights=1 + v * self.band_scores(task),
+            row_weights=code_weights,
             centroids=self.tail_centroids,
             columns=columns,
             column_values=task.weight.float()[:, columns],
