@@ -11,10 +11,11 @@ on the model and on what is served, so the plan measures instead of guessing:
    part of every served source, and on every measured source not served.
 3. Hard vocabulary trimming at the same bytes (vocabtrimmer: as many int8 rows as fit, ranked by the same scores)
    is measured on the sources not served: the guard.
-4. The choice (:func:`choose`): the candidates within ``SERVED_TOLERANCE`` (2%) of the best on the served
-   sources (the worst served source decides) are eligible: what the user serves comes first. Among them, the one
-   worse than trimming on the fewest sources not served (past 2% of trimming's perplexity and past 5% of dense's),
-   then the best geometric mean over the sources not served, then the best on served text. Measured on
+4. The choice (:func:`choose`): the candidates within ``SERVED_TOLERANCE`` (5%) of the best on the served
+   sources (the worst served source decides) are eligible. Among them, the one worse than trimming on the fewest
+   sources not served (past 2% of trimming's perplexity and past 5% of dense's: the guard); then those within
+   ``SERVED_PREFERENCE`` (2%) of the best on served text before the others; then the best geometric mean over the
+   sources not served; then the best on served text. Measured on
    Gemma-3-270M at 8% with English served, that keeps served text within 1% of dense's perplexity and every
    language not served at 2x-5x (product codes, one byte per 8 values), where the low-rank tail at the same bytes
    is 17x-5.6e3x and trimming 47x-2.5e3x (benchmarks/RESULTS.md, *plan*).
@@ -37,9 +38,11 @@ from .errors import FactorEmbedError
 
 logger = logging.getLogger(__name__)
 
-#: Candidates within this much of the best worst served ratio are eligible (0.02: 2% more perplexity on the worst
-#: served source); among them the guard decides, then the sources not served.
-SERVED_TOLERANCE = 0.02
+#: Candidates within this much of the best worst served ratio are eligible (0.05: 5% more perplexity on the worst
+#: served source); among them the guard decides first, then those within ``SERVED_PREFERENCE`` (2%) come before the
+#: rest, then the sources not served, then served text.
+SERVED_TOLERANCE = 0.05
+SERVED_PREFERENCE = 0.02
 #: A source not served counts as worse than trimming past this ratio of trimming's perplexity, where it is also
 #: past ``GUARD_FLOOR`` times dense: within 5% of dense a source is kept, whatever trimming does there.
 GUARD_TOLERANCE = 1.02
@@ -252,7 +255,15 @@ def choose(measured: list[dict], served: list[str]) -> tuple[dict, str]:
 
     best = min(worst_served(c) for c in measured)
     near = [c for c in measured if worst_served(c) <= best + SERVED_TOLERANCE]
-    chosen = min(near, key=lambda c: (len(c["worse_than_trim"]), unserved_mean(c), worst_served(c)))
+    chosen = min(
+        near,
+        key=lambda c: (
+            len(c["worse_than_trim"]),
+            worst_served(c) > best + SERVED_PREFERENCE,
+            unserved_mean(c),
+            worst_served(c),
+        ),
+    )
     reason = (
         f"{chosen['name']}: worst served source {worst_served(chosen):.3f}x dense (best of all: {best:.3f}x; "
         f"{len(near)} of {len(measured)} candidates within {SERVED_TOLERANCE:.0%} of it); worse than trimming at "
