@@ -43,7 +43,7 @@ from hf_factor_embed.evaluation import perplexity
 from hf_factor_embed.factorize.banded import band_scores
 from hf_factor_embed.model_text import bos_prefix, special_token_ids
 from hf_factor_embed.peers import TrimmedPeer, quantization_peers
-from hf_factor_embed.plan import describe, run_plan
+from hf_factor_embed.plan import choose, describe, run_plan
 from hf_factor_embed.sources import load_source
 
 RESULTS = Path(__file__).parent / "results"
@@ -216,6 +216,16 @@ def speed(dense, folder: Path, tokenizer, model) -> dict:
     return {"share": share, "tokens_per_s": tps, "speedup": tps["factorized"] / tps["dense"], "load_seconds": load}
 
 
+def rechoose(results: list[dict]) -> None:
+    """Each budget's choice and reason again from its measured candidates, by the plan's current rule
+    (:func:`hf_factor_embed.plan.choose` reads only the records): a file measured before the rule changed follows it."""
+    for r in results:
+        for s in r["sets"].values():
+            for point in s["points"]:
+                chosen, reason = choose(point["candidates"], s["served"])
+                point |= {"chosen": chosen["name"], "reason": reason}
+
+
 def render(results: list[dict], command: str) -> str:
     lines = [f"`{command}`", ""]
     for r in results:
@@ -299,7 +309,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="one budget per set (its middle one), no speed")
     parser.add_argument("--resume", action="store_true", help="keep what --out already holds (dense, peers, sets)")
     parser.add_argument("--out", type=Path, default=RESULTS / "vocab.json")
+    parser.add_argument(
+        "--render", action="store_true", help="measure nothing: re-choose, print and plot what --out holds"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads(args.out.read_text())
+        rechoose(saved["results"])
+        args.out.write_text(json.dumps(saved, indent=1))
+        print(render(saved["results"], saved["command"]))
+        plot(saved["results"], args.out.with_suffix(".png"))
+        return
     torch.manual_seed(0)
     command = "python benchmarks/vocab.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     results: list[dict] = []
