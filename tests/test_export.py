@@ -16,6 +16,7 @@ from hf_factor_embed.cli import main
 from hf_factor_embed.export import export
 from hf_factor_embed.export.decoder import use_stored_factors
 from hf_factor_embed.export.runtime import OnnxDecoder
+from hf_factor_embed.factorize.banded import BandedMethod
 
 #: Long enough to pass tiny Gemma-3's sliding window below, and to make the greedy check more than one token.
 PROMPTS = [tiny_words(12, seed=3), tiny_words(5, seed=4)]
@@ -160,6 +161,25 @@ def test_product_coded_tail_exports_with_its_codes(format, tmp_path):
     if format == "onnx":
         codes = [i for n, i in _initializers(report.file).items() if n.endswith("tail_codes")]
         assert len(codes) == 1 and codes[0].data_type == onnx.TensorProto.UINT8
+
+
+def test_integer_product_coded_tail_exports_with_int8_columns(tmp_path):
+    """With integer factors the tail's outlier columns stay int8 in the file; greedy tokens are transformers'. (The
+    file holds every row's codes, the checkpoint those outside the band only.)"""
+    from test_product_tail import wide_vocab_llama
+
+    calibration = torch.randint(1, 300, (4000,), generator=torch.Generator().manual_seed(1))
+    method = BandedMethod(0.5, tail="pq", tail_sub_dim=8, tail_rank=4, tail_exact_columns=4)
+    model = hfe.patch_model(wide_vocab_llama(), rank=16, method=method, calibration=calibration, bits=4)
+    folder = tmp_path / "ckpt"
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+
+    report = export(folder, tmp_path / "onnx", format="onnx", prompts=PROMPTS)
+
+    assert report.identical and report.embedding_bytes >= report.checkpoint_embedding_bytes
+    columns = [i for n, i in _initializers(report.file).items() if "tail_column_values" in n and n.endswith("q")]
+    assert len(columns) == 1 and columns[0].data_type == onnx.TensorProto.INT8
 
 
 @pytest.mark.parametrize(("bits", "group"), [(8, 64), (8, None), (4, 32), (4, None), (None, None)])
