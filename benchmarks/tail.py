@@ -31,7 +31,7 @@ from hf_factor_embed.calibration import collect_stats
 from hf_factor_embed.calibration_stats import CalibrationStats
 from hf_factor_embed.compress import _embedding_bytes
 from hf_factor_embed.evaluation import perplexity
-from hf_factor_embed.factorize.banded import BandedMethod, band_scores
+from hf_factor_embed.factorize.banded import BandedMethod
 from hf_factor_embed.model_text import bos_prefix, special_token_ids
 from hf_factor_embed.peers import QuantizedPeer, TrimmedPeer
 from hf_factor_embed.sources import load_source
@@ -118,9 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         point["ratio"] = {k: p / dense_ppl[k] for k, p in score(model).items()}
         del model
         rows = min(v, stored // (d + 2))  # int8 rows with an fp16 scale, as the band is stored
-        scores = band_scores(stats)
-        scores[special_token_ids(dense, tokenizer)] = float("inf")
-        trim = TrimmedPeer("trim", torch.argsort(scores, descending=True, stable=True)[:rows], tokenizer.unk_token_id)
+        trim = TrimmedPeer.ranked(stats, special_token_ids(dense, tokenizer), rows, tokenizer.unk_token_id)
         point["trim_equal_bytes"] = {
             "rows": int(rows),
             "ratio": {

@@ -40,7 +40,6 @@ from hf_factor_embed.calibration import collect_stats
 from hf_factor_embed.calibration_stats import CalibrationStats
 from hf_factor_embed.compress import _embedding_bytes
 from hf_factor_embed.evaluation import perplexity
-from hf_factor_embed.factorize.banded import band_scores
 from hf_factor_embed.model_text import bos_prefix, special_token_ids
 from hf_factor_embed.peers import TrimmedPeer, quantization_peers
 from hf_factor_embed.plan import choose, describe, run_plan
@@ -160,9 +159,7 @@ def plan_point(dense, tokenizer, stats, special, budget: int, fp32: int, evals, 
         )
 
     def measure_trim(rows: int) -> dict[str, float]:
-        scores = band_scores(stats)
-        scores[special] = float("inf")  # trimming keeps the special tokens too
-        trim = TrimmedPeer("trim", torch.argsort(scores, descending=True, stable=True)[:rows], _unk_id(tokenizer))
+        trim = TrimmedPeer.ranked(stats, special, rows, _unk_id(tokenizer))  # the special tokens kept too
         return {n: trim.perplexity(dense, ids, min(512, ids.numel()), bos_id=bos) for n, ids in evals.items()}
 
     return run_plan(

@@ -259,7 +259,7 @@ def _run_plan(
     every evaluation text beside trimming at the same bytes; returns (the chosen model, the plan's record)."""
     from .analysis import embedding_weights
     from .calibration import collect_source_stats
-    from .factorize.banded import BandedMethod, band_scores
+    from .factorize.banded import BandedMethod
     from .peers import TrimmedPeer
     from .plan import budget_bytes, run_plan
 
@@ -291,10 +291,7 @@ def _run_plan(
         return copy
 
     def measure_trim(rows: int) -> dict[str, float]:
-        scores = band_scores(stats)
-        scores[special] = float("inf")
-        kept = torch.argsort(scores, descending=True, stable=True)[:rows]
-        trim = TrimmedPeer("trim", kept, tokenizer.unk_token_id)
+        trim = TrimmedPeer.ranked(stats, special, rows, tokenizer.unk_token_id)
         return {n: trim.perplexity(model, ids, dense_eval[n]["window"], bos_id=bos_id) for n, ids in eval_texts.items()}
 
     return run_plan(

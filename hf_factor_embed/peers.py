@@ -49,6 +49,16 @@ class TrimmedPeer:
     kept: torch.Tensor  # token ids kept
     unk_id: int
 
+    @classmethod
+    def ranked(cls, stats, special_ids: torch.Tensor, rows: int, unk_id: int, name: str = "trim") -> TrimmedPeer:
+        """The vocabulary trimmed to ``rows`` tokens, ranked as the band is (:func:`.factorize.banded.band_scores`
+        of the calibration statistics ``stats``), the special tokens first: trimming at the band's own ranking."""
+        from .factorize.banded import band_scores
+
+        scores = band_scores(stats)
+        scores[special_ids] = float("inf")
+        return cls(name, torch.argsort(scores, descending=True, stable=True)[:rows], unk_id)
+
     def stored_bytes(self, rows: int, cols: int) -> int:
         return self.kept.numel() * cols * 4  # float32 rows, as the factorized model's own band
 
