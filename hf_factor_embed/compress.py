@@ -97,6 +97,9 @@ def compress(
     fits, measures each on the served sources' held-back parts and on the sources not served beside trimming at
     the same bytes, and keeps the best; ``compression.json`` lists them all. Needs ``serve``; ``bits`` defaults
     to 4 with it. With ``serve`` and none of ``rank``, ``budget``, ``target``, it is :data:`DEFAULT_MAX_BYTES`.
+    ``target`` with ``serve`` (and none of the banded method's settings): the plan searches the smallest budget at
+    which a candidate keeps every served source's held-back perplexity within ``target`` times dense's
+    (:func:`hf_factor_embed.plan.run_target`); otherwise ``target`` searches the rank.
     ``band_share``: with the banded method, the share of the size spent on exact rows (default 0.3). ``tail``:
     what the rows outside the band are stored as, ``"lowrank"`` (default) or ``"pq"`` (a rank-16 basis plus product
     codes, one byte per ``tail_sub_dim`` values, default 8: :mod:`hf_factor_embed.factorize.product`).
@@ -104,7 +107,9 @@ def compress(
     sized = any(x is not None for x in (rank, budget, target, max_bytes))
     if not sized and serve is not None and method in (None, "banded"):
         max_bytes = DEFAULT_MAX_BYTES
-    plan_spec = check_plan_arguments(max_bytes, serve, method, band_share, tail, tail_sub_dim)
+    plan_spec = check_plan_arguments(max_bytes, serve, method, band_share, tail, tail_sub_dim, target)
+    if plan_spec is not None and plan_spec[0] == "target":
+        target = None  # the plan searches the budget; the rank search is for --rank's settings
     if plan_spec is not None and bits is None:
         bits = 4  # a budget in bytes is spent on integer factors
     options = dict(rank=rank, budget=budget, target=target, bits=bits, group_size=group_size, band_bits=band_bits)
@@ -163,7 +168,7 @@ def compress(
             group_size,
             band_bits,
         )
-        size = {"max_bytes": max_bytes}
+        size = {"target": plan_spec[1]} if plan_spec[0] == "target" else {"max_bytes": max_bytes}
         kept = chosen_candidate(plan_record)
         band_share, tail, tail_sub_dim = BAND_SHARE, kept["tail"], kept["tail_sub_dim"]
     else:
@@ -223,6 +228,12 @@ def compress(
     result["continuations"] = _continuations(model, tokenizer, prompts, dense_continuations)
     result["served"] = served
     result["warnings"] = _warnings(result["evaluation"], served) if serve is not None else []
+    if plan_record is not None and plan_record.get("target_met") is False:
+        result["warnings"].append(
+            f"--target {plan_record['target']:g} was not met at any budget searched: kept the largest, "
+            f"{plan_record['budget_share']:.0%} of the fp32 embedding (worst served source "
+            f"{plan_record['search'][-1]['worst_served']:.3f}x dense)"
+        )
     if peer_results is not None:
         result["peers"] = peer_results
     if plan_record is not None:
@@ -261,7 +272,7 @@ def _run_plan(
     from .calibration import collect_source_stats
     from .factorize.banded import BandedMethod
     from .peers import TrimmedPeer
-    from .plan import budget_bytes, run_plan
+    from .plan import budget_bytes, run_plan, run_target
 
     if not is_causal_lm(model):
         raise FactorEmbedError(
@@ -294,9 +305,10 @@ def _run_plan(
         trim = TrimmedPeer.ranked(stats, special, rows, tokenizer.unk_token_id)
         return {n: trim.perplexity(model, ids, dense_eval[n]["window"], bos_id=bos_id) for n, ids in eval_texts.items()}
 
-    return run_plan(
+    size = {"target": spec[1]} if spec[0] == "target" else {"budget": budget_bytes(spec, fp32)}
+    return (run_target if spec[0] == "target" else run_plan)(
         model,
-        budget=budget_bytes(spec, fp32),
+        **size,
         fp32_bytes=fp32,
         patch=patch,
         measure=lambda m: {

@@ -20,6 +20,11 @@ on the model and on what is served, so the plan measures instead of guessing:
    language not served at 2x-5x (product codes, one byte per 8 values), where the low-rank tail at the same bytes
    is 17x-5.6e3x and trimming 47x-2.5e3x (benchmarks/RESULTS.md, *plan*).
 
+A quality target instead of a budget (``--target 1.02``: every served source within 2% of dense's perplexity on its
+held-back part) is a search over budgets (:func:`run_target`): the plan runs at budgets from :data:`TARGET_SHARES`,
+bisecting, and the smallest budget at which a candidate meets the target is kept, its candidates chosen among
+those that meet it.
+
 ``compression.json`` lists every candidate measured, the trimming it was guarded against, and why one was chosen.
 """
 
@@ -55,6 +60,9 @@ TAIL_FORMATS = {
 #: The share of the size ``band_plan`` spends on exact rows in every candidate (the low-rank tail's rank is the
 #: rest); the product-coded tails keep a rank-16 basis whatever the share.
 BAND_SHARE = 0.9
+#: The budgets a quality target searches, as shares of the fp32 embedding's bytes (those the model's smallest plan
+#: fits); quality grows with the budget, so the search bisects: about four plans for these thirteen.
+TARGET_SHARES = (0.03, 0.04, 0.05, 0.06, 0.08, 0.10, 0.12, 0.15, 0.20, 0.25, 0.30, 0.40, 0.50)
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
@@ -188,9 +196,18 @@ def formats_for(d: int, formats=tuple(TAIL_FORMATS)) -> list[str]:
 
 
 def smallest_plan_bytes(v: int, d: int, **sizes) -> int:
-    """The fewest bytes any candidate needs (the special tokens' rows and the smallest tail); ``sizes``: the
-    storage keywords of :func:`planned_bytes`."""
-    return min(planned_bytes(v, d, 1, name, **sizes)[0] for name in formats_for(d))
+    """The fewest bytes any candidate needs (the smallest size with a band, which holds at least the special tokens'
+    rows, and the smallest tail); ``sizes``: the storage keywords of :func:`planned_bytes`."""
+    from .patch import largest_saving_rank
+
+    def smallest(name: str) -> int:
+        low, high = 1, largest_saving_rank(v, d)  # a band appears once the rank leaves room for it
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (low, mid) if planned_bytes(v, d, mid, name, **sizes)[1] else (mid + 1, high)
+        return planned_bytes(v, d, low, name, **sizes)[0]
+
+    return min(smallest(name) for name in formats_for(d))
 
 
 def check_budget(budget: int, v: int, d: int, fp32_bytes: int, **sizes) -> None:
@@ -199,8 +216,8 @@ def check_budget(budget: int, v: int, d: int, fp32_bytes: int, **sizes) -> None:
     if budget < smallest:
         raise FactorEmbedError(
             f"--max-bytes allows {budget:,} bytes ({budget / fp32_bytes:.2%} of the fp32 embedding), below the "
-            f"{smallest:,} ({smallest / fp32_bytes:.2%}) that the smallest plan needs (the special tokens' rows "
-            f"and a rank-1 tail); give at least {math.ceil(1000 * smallest / fp32_bytes) / 1000:g}"
+            f"{smallest:,} ({smallest / fp32_bytes:.2%}) that the smallest plan needs (a band of the special tokens' "
+            f"rows and the smallest tail); give at least {math.ceil(1000 * smallest / fp32_bytes) / 1000:g}"
         )
     if budget >= fp32_bytes:
         raise FactorEmbedError(
@@ -209,10 +226,20 @@ def check_budget(budget: int, v: int, d: int, fp32_bytes: int, **sizes) -> None:
         )
 
 
-def check_plan_arguments(max_bytes, serve, method, band_share, tail, tail_sub_dim) -> tuple[str, float] | None:
-    """The parsed budget, or None without one; what the plan cannot go with is refused before anything loads."""
+def check_plan_arguments(
+    max_bytes, serve, method, band_share, tail, tail_sub_dim, target=None
+) -> tuple[str, float] | None:
+    """The parsed budget (``("share", 0.08)``, ``("bytes", 4e7)``) or quality target (``("target", 1.02)``: a
+    ``target`` with served sources, the banded method and none of its settings), or None for neither (a ``target``
+    then searches the rank: :mod:`hf_factor_embed.rank_search`); what the plan cannot go with is refused before
+    anything loads."""
     if max_bytes is None:
-        return None
+        planned_target = target is not None and serve is not None and method in (None, "banded")
+        if not planned_target or band_share or tail or tail_sub_dim:
+            return None
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or target < 1:
+            raise FactorEmbedError(f"--target {target!r} is a perplexity ratio to the dense model: a number >= 1")
+        return "target", float(target)
     spec = parse_max_bytes(max_bytes)
     if serve is None:
         raise FactorEmbedError(
@@ -233,7 +260,7 @@ def check_plan_arguments(max_bytes, serve, method, band_share, tail, tail_sub_di
 def check_budget_fits(spec, shape: tuple[int, int, bool] | None, bits, group_size, band_bits) -> None:
     """A budget no candidate fits is refused from the model's shape (``(V, d, tied)`` from its config, read by
     :func:`hf_factor_embed.arguments.embedding_shape`; None: checked once the model loads), before it loads."""
-    if shape is None:
+    if shape is None or spec[0] == "target":
         return
     v, d, tied = shape
     matrices = 1 if tied else 2
@@ -242,31 +269,40 @@ def check_budget_fits(spec, shape: tuple[int, int, bool] | None, bits, group_siz
     check_budget(budget_bytes(spec, fp32) // matrices, v, d, fp32 // matrices, **sizes)
 
 
-def choose(measured: list[dict], served: list[str]) -> tuple[dict, str]:
-    """The chosen candidate's record and the reason, from records with ``ratio`` (source -> ratio to dense) and
-    ``worse_than_trim`` (sources not served past :data:`GUARD_TOLERANCE` of trimming)."""
+def worst_served(candidate: Mapping, served: list[str]) -> float:
+    """A candidate's ratio to dense on its worst served source (1.0 without served sources)."""
+    return max((candidate["ratio"][s] for s in served), default=1.0)
 
-    def worst_served(c):
-        return max((c["ratio"][s] for s in served), default=1.0)
+
+def choose(measured: list[dict], served: list[str], target: float | None = None) -> tuple[dict, str]:
+    """The chosen candidate's record and the reason, from records with ``ratio`` (source -> ratio to dense) and
+    ``worse_than_trim`` (sources not served past :data:`GUARD_TOLERANCE` of trimming). With a ``target`` the
+    candidates that meet it on every served source are eligible (where one does), and the user's target replaces
+    the preference for the best on served text."""
+
+    def worst(c):
+        return worst_served(c, served)
 
     def unserved_mean(c):
         logs = [math.log(max(r, 1e-9)) for s, r in c["ratio"].items() if s not in served]
         return math.exp(sum(logs) / len(logs)) if logs else 1.0
 
-    best = min(worst_served(c) for c in measured)
-    near = [c for c in measured if worst_served(c) <= best + SERVED_TOLERANCE]
+    best = min(worst(c) for c in measured)
+    meeting = [c for c in measured if target is not None and worst(c) <= target]
+    near = meeting or [c for c in measured if worst(c) <= best + SERVED_TOLERANCE]
     chosen = min(
         near,
         key=lambda c: (
             len(c["worse_than_trim"]),
-            worst_served(c) > best + SERVED_PREFERENCE,
+            not meeting and worst(c) > best + SERVED_PREFERENCE,
             unserved_mean(c),
-            worst_served(c),
+            worst(c),
         ),
     )
+    eligible = f"within {target:g}x dense" if meeting else f"within {SERVED_TOLERANCE:.0%} of it"
     reason = (
-        f"{chosen['name']}: worst served source {worst_served(chosen):.3f}x dense (best of all: {best:.3f}x; "
-        f"{len(near)} of {len(measured)} candidates within {SERVED_TOLERANCE:.0%} of it); worse than trimming at "
+        f"{chosen['name']}: worst served source {worst(chosen):.3f}x dense (best of all: {best:.3f}x; "
+        f"{len(near)} of {len(measured)} candidates {eligible}); worse than trimming at "
         f"equal bytes on {len(chosen['worse_than_trim'])} sources not served "
         f"{'(' + ', '.join(chosen['worse_than_trim']) + ') ' if chosen['worse_than_trim'] else ''}"
         f"and {unserved_mean(chosen):.3f}x dense over them (geometric mean)"
@@ -290,11 +326,13 @@ def run_plan(
     band_bits: int | None = None,
     special_rows: int = 0,
     formats: tuple[str, ...] = tuple(TAIL_FORMATS),
+    target: float | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """Factorize a copy of ``model`` for each candidate, measure, choose; returns (the chosen model, the plan's
     record for ``compression.json``, each candidate with its perplexities and their ratios to
     ``dense_perplexity``). ``patch(copy, candidate)`` factorizes a copy in place, ``measure(model)`` gives source ->
-    perplexity, ``measure_trim(rows)`` the same for the dense model trimmed to ``rows`` int8 rows.
+    perplexity, ``measure_trim(rows)`` the same for the dense model trimmed to ``rows`` int8 rows. ``target``: the
+    candidates that meet it are chosen among (:func:`choose`).
     """
 
     def ratios(perplexity: Mapping[str, float]) -> dict[str, float]:
@@ -322,13 +360,55 @@ def run_plan(
         entry |= {"perplexity": perplexity, "ratio": ratio, "worse_than_trim": worse}
         record["candidates"].append(entry)
         logger.info("plan %s: %s", candidate.name, {k: round(r, 3) for k, r in ratio.items()})
-        chosen, _ = choose(record["candidates"], served)
+        chosen, _ = choose(record["candidates"], served, target)
         if chosen["name"] != chosen_name:  # keep only the best model so far: one extra copy in memory
             best_model, chosen_name = patched, chosen["name"]
         del patched
-    chosen, reason = choose(record["candidates"], served)
+    chosen, reason = choose(record["candidates"], served, target)
     record |= {"chosen": chosen["name"], "reason": reason}
     return best_model, record
+
+
+def run_target(
+    model, *, target: float, fp32_bytes: int, shares: tuple[float, ...] = TARGET_SHARES, **plan
+) -> tuple[torch.nn.Module, dict]:
+    """The plan for the smallest budget among ``shares`` (of ``fp32_bytes``) at which a candidate keeps every
+    served source within ``target`` times dense's perplexity: bisection over the budgets the model's smallest plan
+    fits, one :func:`run_plan` (``plan``: its keywords) each. Returns the chosen model and the kept budget's record,
+    with ``target``, ``target_met`` and ``search`` (each budget tried, the candidate chosen there and its worst
+    served ratio). Where no budget meets the target, the largest budget's plan is returned with ``target_met``
+    false."""
+    v, d = model.get_input_embeddings().weight.shape
+    sizes = {k: plan[k] for k in ("bits", "group_size", "band_bits", "special_rows") if k in plan}
+    sizes["element_size"] = model.get_input_embeddings().weight.element_size()
+    smallest = smallest_plan_bytes(v, d, **sizes)
+    budgets = [b for b in sorted({int(s * fp32_bytes) for s in shares}) if smallest <= b < fp32_bytes]
+    if not budgets:
+        raise FactorEmbedError(
+            f"--target: none of the budgets it searches ({', '.join(f'{s:g}' for s in shares)} of the fp32 "
+            f"embedding) fits this model's smallest plan ({smallest / fp32_bytes:.2%}); give --max-bytes"
+        )
+    low, high, kept, search = 0, len(budgets) - 1, None, []
+    while low <= high:
+        mid = (low + high) // 2
+        patched, record = run_plan(model, budget=budgets[mid], fp32_bytes=fp32_bytes, target=target, **plan)
+        worst = worst_served(chosen_candidate(record), plan["served"])
+        met = worst <= target
+        search.append({"budget_share": record["budget_share"], "chosen": record["chosen"], "worst_served": worst})
+        search[-1]["met"] = met
+        logger.info(
+            "plan for --target %g: %.1f%% -> %s, worst served %.4f",
+            target,
+            100 * budgets[mid] / fp32_bytes,
+            record["chosen"],
+            worst,
+        )
+        if met or kept is None or not kept[1]["target_met"]:  # the smallest that meets it, else the largest tried
+            kept = patched, record | {"target_met": met}
+        del patched
+        low, high = (low, mid - 1) if met else (mid + 1, high)
+    patched, record = kept
+    return patched, record | {"target": target, "search": sorted(search, key=lambda p: p["budget_share"])}
 
 
 def chosen_candidate(record: Mapping) -> dict:
@@ -344,6 +424,10 @@ def _behind(ratio: float, trimmed: float) -> bool:
 def describe(record: Mapping) -> list[str]:
     """The plan as lines for the summary: one per candidate, the chosen one marked."""
     lines = [f"plan: {record['budget_bytes']:,} bytes ({record['budget_share']:.1%} of fp32); chose {record['reason']}"]
+    if "target" in record:
+        tried = ", ".join(f"{p['budget_share']:.1%} {p['chosen']} {p['worst_served']:.3f}x" for p in record["search"])
+        met = "met" if record["target_met"] else "NOT met at any budget tried"
+        lines.insert(0, f"plan for --target {record['target']:g} (worst served source): {met}; tried {tried}")
     for c in record["candidates"]:
         mark = "*" if c["name"] == record["chosen"] else " "
         ratios = ", ".join(f"{s} {r:.3g}x" for s, r in c["ratio"].items())

@@ -3,6 +3,7 @@
     python recipes/compress_gemma3.py --out out/gemma3-en                       # English (the default)
     python recipes/compress_gemma3.py --languages de ru zh_CN --out out/gemma3-en-de-ru-zh
     python recipes/compress_gemma3.py --out out/gemma3-en --export onnx         # and out/gemma3-en/onnx/model.onnx
+    python recipes/compress_gemma3.py --target 1.01 --out out/gemma3-en-t101   # the smallest budget within 1%
 
 Gemma-3-270M holds 63% of its parameters in a tied 262,144 x 640 embedding, most of whose rows a given user never
 reads. The job runs on the plan (:mod:`hf_factor_embed.plan`): for a byte budget (8% of the fp32 embedding's bytes
@@ -41,7 +42,10 @@ LANGUAGES_MEASURED = ["de", "ru", "zh_CN"]
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--languages", nargs="*", default=[], help="gettext language codes served beside English")
-    parser.add_argument("--max-bytes", default="0.08", help="the plan's budget: share of fp32 bytes, or e.g. 50MB")
+    parser.add_argument("--max-bytes", help="the plan's budget: share of fp32 bytes, or e.g. 50MB (default 0.08)")
+    parser.add_argument(
+        "--target", type=float, help="instead of --max-bytes: the smallest budget keeping served text within this"
+    )
     parser.add_argument("--rank", type=int, help="instead of the plan: the size of a rank-r factorization")
     parser.add_argument("--band-share", type=float, help="with --rank: share of the size in exact rows (0.9)")
     parser.add_argument("--bits", type=int, default=4, help="bits of the codes A (the band and B: 8)")
@@ -56,7 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.band_share is not None and args.rank is None:
         raise FactorEmbedError("--band-share goes with --rank; the plan (--max-bytes) picks the band itself")
-    size = {"max_bytes": args.max_bytes}
+    if args.target is not None and (args.max_bytes or args.rank):
+        raise FactorEmbedError("--target searches the budget: give it without --max-bytes and --rank")
+    size = {"target": args.target} if args.target is not None else {"max_bytes": args.max_bytes or "0.08"}
     if args.rank is not None:
         size = {"rank": args.rank, "band_share": 0.9 if args.band_share is None else args.band_share}
     served = [*ENGLISH, *(f"lang:{code}" for code in args.languages)]

@@ -123,3 +123,57 @@ def test_planned_bytes_follow_the_group_size():
         model, rank=candidate.rank, method=candidate.method(), calibration=ids, bits=4, group_size=16
     )
     assert _embedding_bytes(patched)["stored"] == candidate.planned_bytes
+
+
+def _stub_plan(model, quality_at):
+    """run_target's keywords with measurements that depend only on the candidate's stored bytes."""
+    share = {}
+
+    def patch(copy, candidate):
+        share[id(copy)] = candidate.planned_bytes
+        return copy
+
+    fp32 = model.get_input_embeddings().weight.numel() * 4
+    return dict(
+        fp32_bytes=fp32,
+        patch=patch,
+        measure=lambda m: {"served": quality_at(share[id(m)] / fp32), "other": 2.0},
+        measure_trim=lambda rows: {"served": 1.0, "other": 50.0},
+        dense_perplexity={"served": 1.0, "other": 1.0},
+        stored_bytes_of=lambda m: share[id(m)],
+        served=["served"],
+        bits=4,
+        special_rows=1,
+    )
+
+
+def test_a_quality_target_keeps_the_smallest_budget_that_meets_it():
+    from hf_factor_embed.plan import TARGET_SHARES, describe, run_target
+
+    model = tiny_llama(vocab=3000)
+    _, record = run_target(model, target=1.02, **_stub_plan(model, lambda share: 1.0 + 0.0029 / share))
+    assert record["target_met"] and record["budget_share"] <= 0.15  # 0.0029/0.15 < 0.02: the first share that meets
+    tried = {p["budget_share"]: p["met"] for p in record["search"]}
+    assert len(tried) <= 5 < len(TARGET_SHARES)  # bisection, not a sweep
+    assert all(met == (share >= record["budget_share"]) for share, met in tried.items())
+    assert all(p["budget_share"] < record["budget_share"] for p in record["search"] if not p["met"])
+    assert "within 1.02x dense" in record["reason"] and "target 1.02" in describe(record)[0]
+    _, missed = run_target(model, target=1.0001, **_stub_plan(model, lambda share: 1.01))
+    assert not missed["target_met"] and missed["budget_share"] == max(p["budget_share"] for p in missed["search"])
+
+
+def test_compress_with_sources_and_a_target_plans_the_budget(served):
+    info = compress(
+        served / "dense",
+        served / "out",
+        serve=[served / "served.txt"],
+        measure=[],
+        target=1.5,
+        plots=False,
+        eval_tokens=256,
+    )
+    plan = info["plan"]
+    assert info["requested"] == {"target": 1.5} and plan["target"] == 1.5 and plan["search"]
+    kept = next(c for c in plan["candidates"] if c["name"] == plan["chosen"])
+    assert plan["target_met"] == (kept["ratio"]["served"] <= 1.5)
+    assert info["embedding_bytes"]["stored"] <= plan["budget_bytes"] and info["reload"]["identical"]

@@ -30,7 +30,12 @@ def compress(
     rank: Annotated[int | None, typer.Option(help="The rank r of the factors.")] = None,
     budget: Annotated[float | None, typer.Option(help="Instead of --rank: share of parameters kept (0-1).")] = None,
     target: Annotated[
-        float | None, typer.Option(help="Instead of --rank: largest perplexity ratio to dense, e.g. 1.1.")
+        float | None,
+        typer.Option(
+            help="Instead of --rank: largest perplexity ratio to dense, e.g. 1.02. With --calibration sources, the "
+            "plan searches the smallest budget at which every served source's held-back part stays within it; "
+            "otherwise the rank is searched."
+        ),
     ] = None,
     max_bytes: Annotated[
         str | None,
