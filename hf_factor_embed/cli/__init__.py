@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     _register_commands()
     _ARGV[:] = sys.argv[1:] if argv is None else list(argv)
+    show_progress()
     try:
         app(args=argv, standalone_mode=False)
     except USER_ERRORS as error:
@@ -73,6 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as done:
         return done.exit_code
     return 0
+
+
+def show_progress() -> None:
+    """The plan's progress on stderr (each candidate measured, each budget a quality target tried): a plan on
+    Gemma-3 runs for minutes, a target's search for about four plans."""
+    import logging
+
+    class ToStderr(logging.Handler):  # whichever sys.stderr is current (tests replace it)
+        def emit(self, record: logging.LogRecord) -> None:
+            print(self.format(record), file=sys.stderr)
+
+    plan_logger = logging.getLogger("hf_factor_embed.plan")
+    if not plan_logger.handlers:
+        handler = ToStderr()
+        handler.setFormatter(logging.Formatter("hf-factor-embed: %(message)s"))
+        plan_logger.addHandler(handler)
+        plan_logger.setLevel(logging.INFO)
 
 
 def _fail(message: str, code: int = 2) -> int:
