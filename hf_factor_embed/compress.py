@@ -232,7 +232,8 @@ def compress(
         result["warnings"].append(
             f"--target {plan_record['target']:g} was not met at any budget searched: kept the largest, "
             f"{plan_record['budget_share']:.0%} of the fp32 embedding (worst served source "
-            f"{plan_record['search'][-1]['worst_served']:.3f}x dense)"
+            f"{plan_record['search'][-1]['worst_served']:.3f}x dense; behind trimming at equal bytes: "
+            f"{', '.join(plan_record['search'][-1]['worse_than_trim']) or 'none'})"
         )
     if peer_results is not None:
         result["peers"] = peer_results

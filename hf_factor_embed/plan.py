@@ -22,8 +22,8 @@ on the model and on what is served, so the plan measures instead of guessing:
 
 A quality target instead of a budget (``--target 1.02``: every served source within 2% of dense's perplexity on its
 held-back part) is a search over budgets (:func:`run_target`): the plan runs at budgets from :data:`TARGET_SHARES`,
-bisecting, and the smallest budget at which a candidate meets the target is kept, its candidates chosen among
-those that meet it.
+bisecting, and the smallest budget whose choice meets the target with the guard kept is kept, its candidates chosen
+among those that meet it.
 
 ``compression.json`` lists every candidate measured, the trimming it was guarded against, and why one was chosen.
 """
@@ -370,14 +370,16 @@ def run_plan(
 
 
 def run_target(
-    model, *, target: float, fp32_bytes: int, shares: tuple[float, ...] = TARGET_SHARES, **plan
+    model, *, target: float, fp32_bytes: int, shares: tuple[float, ...] | None = None, **plan
 ) -> tuple[torch.nn.Module, dict]:
-    """The plan for the smallest budget among ``shares`` (of ``fp32_bytes``) at which a candidate keeps every
-    served source within ``target`` times dense's perplexity: bisection over the budgets the model's smallest plan
-    fits, one :func:`run_plan` (``plan``: its keywords) each. Returns the chosen model and the kept budget's record,
-    with ``target``, ``target_met`` and ``search`` (each budget tried, the candidate chosen there and its worst
-    served ratio). Where no budget meets the target, the largest budget's plan is returned with ``target_met``
-    false."""
+    """The plan for the smallest budget among ``shares`` (of ``fp32_bytes``; default :data:`TARGET_SHARES`) that
+    meets ``target``: its chosen candidate keeps every served source within ``target`` times dense's perplexity
+    and no source not served behind trimming at the same bytes (the guard holds under a target too). Bisection over
+    the budgets the model's smallest plan fits, one :func:`run_plan` (``plan``: its keywords) each. Returns the
+    chosen model and the kept budget's record, with ``target``, ``target_met`` and ``search`` (each budget tried,
+    the candidate chosen there, its worst served ratio and the sources it leaves behind trimming). Where no budget
+    meets the target, the largest budget's plan is returned with ``target_met`` false."""
+    shares = TARGET_SHARES if shares is None else shares
     v, d = model.get_input_embeddings().weight.shape
     sizes = {k: plan[k] for k in ("bits", "group_size", "band_bits", "special_rows") if k in plan}
     sizes["element_size"] = model.get_input_embeddings().weight.element_size()
@@ -392,10 +394,11 @@ def run_target(
     while low <= high:
         mid = (low + high) // 2
         patched, record = run_plan(model, budget=budgets[mid], fp32_bytes=fp32_bytes, target=target, **plan)
-        worst = worst_served(chosen_candidate(record), plan["served"])
-        met = worst <= target
+        chosen = chosen_candidate(record)
+        worst = worst_served(chosen, plan["served"])
+        met = worst <= target and not chosen["worse_than_trim"]  # the guard holds under a target too
         search.append({"budget_share": record["budget_share"], "chosen": record["chosen"], "worst_served": worst})
-        search[-1]["met"] = met
+        search[-1] |= {"worse_than_trim": chosen["worse_than_trim"], "met": met}
         logger.info(
             "plan for --target %g: %.1f%% -> %s, worst served %.4f",
             target,
@@ -425,7 +428,11 @@ def describe(record: Mapping) -> list[str]:
     """The plan as lines for the summary: one per candidate, the chosen one marked."""
     lines = [f"plan: {record['budget_bytes']:,} bytes ({record['budget_share']:.1%} of fp32); chose {record['reason']}"]
     if "target" in record:
-        tried = ", ".join(f"{p['budget_share']:.1%} {p['chosen']} {p['worst_served']:.3f}x" for p in record["search"])
+        tried = ", ".join(
+            f"{p['budget_share']:.1%} {p['chosen']} {p['worst_served']:.3f}x"
+            + (f" (behind trimming: {', '.join(p['worse_than_trim'])})" if p["worse_than_trim"] else "")
+            for p in record["search"]
+        )
         met = "met" if record["target_met"] else "NOT met at any budget tried"
         lines.insert(0, f"plan for --target {record['target']:g} (worst served source): {met}; tried {tried}")
     for c in record["candidates"]:

@@ -125,8 +125,9 @@ def test_planned_bytes_follow_the_group_size():
     assert _embedding_bytes(patched)["stored"] == candidate.planned_bytes
 
 
-def _stub_plan(model, quality_at):
-    """run_target's keywords with measurements that depend only on the candidate's stored bytes."""
+def _stub_plan(model, quality_at, other_at=lambda share: 2.0):
+    """run_target's keywords with measurements that depend only on the candidate's stored bytes (trimming: 50x
+    dense on the source not served)."""
     share = {}
 
     def patch(copy, candidate):
@@ -137,7 +138,7 @@ def _stub_plan(model, quality_at):
     return dict(
         fp32_bytes=fp32,
         patch=patch,
-        measure=lambda m: {"served": quality_at(share[id(m)] / fp32), "other": 2.0},
+        measure=lambda m: {"served": quality_at(share[id(m)] / fp32), "other": other_at(share[id(m)] / fp32)},
         measure_trim=lambda rows: {"served": 1.0, "other": 50.0},
         dense_perplexity={"served": 1.0, "other": 1.0},
         stored_bytes_of=lambda m: share[id(m)],
@@ -158,6 +159,12 @@ def test_a_quality_target_keeps_the_smallest_budget_that_meets_it():
     assert all(met == (share >= record["budget_share"]) for share, met in tried.items())
     assert all(p["budget_share"] < record["budget_share"] for p in record["search"] if not p["met"])
     assert "within 1.02x dense" in record["reason"] and "target 1.02" in describe(record)[0]
+    # met on served text from 4% on, but behind trimming on what is not served below 10%: the guard decides
+    _, guarded = run_target(
+        model, target=1.02, **_stub_plan(model, lambda share: 1.0, lambda share: 200.0 if share < 0.095 else 2.0)
+    )
+    assert guarded["target_met"] and 0.1 <= guarded["budget_share"] <= 0.12
+    assert any(p["worse_than_trim"] == ["other"] and not p["met"] for p in guarded["search"])
     _, missed = run_target(model, target=1.0001, **_stub_plan(model, lambda share: 1.01))
     assert not missed["target_met"] and missed["budget_share"] == max(p["budget_share"] for p in missed["search"])
 
@@ -177,3 +184,32 @@ def test_compress_with_sources_and_a_target_plans_the_budget(served):
     kept = next(c for c in plan["candidates"] if c["name"] == plan["chosen"])
     assert plan["target_met"] == (kept["ratio"]["served"] <= 1.5)
     assert info["embedding_bytes"]["stored"] <= plan["budget_bytes"] and info["reload"]["identical"]
+
+
+@pytest.mark.real_model
+def test_a_quality_target_on_smollm2_keeps_the_smallest_budget_that_meets_it(
+    smollm2_dir, real_text, tmp_path, monkeypatch
+):
+    import hf_factor_embed.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "TARGET_SHARES", (0.06, 0.15))  # two budgets: a plan or two on 2 cores
+    (tmp_path / "served.txt").write_text(real_text[20000:32000])
+    info = compress(
+        smollm2_dir,
+        tmp_path / "out",
+        serve=[tmp_path / "served.txt"],
+        measure=["licenses"],
+        target=1.03,
+        calibration_tokens=512,
+        eval_tokens=256,
+        plots=False,
+    )
+    plan = info["plan"]
+    tried = {p["budget_share"]: p for p in plan["search"]}
+    assert set(tried) <= {0.06, 0.15} and plan["budget_share"] in tried
+    kept = next(c for c in plan["candidates"] if c["name"] == plan["chosen"])
+    assert plan["target_met"] == (kept["ratio"]["served"] <= 1.03) == tried[plan["budget_share"]]["met"]
+    if plan["target_met"] and plan["budget_share"] == 0.15:
+        assert not tried[0.06]["met"]  # the smaller budget was tried and missed
+    assert info["embedding_bytes"]["stored"] <= plan["budget_bytes"]
+    assert info["reload"] == {"identical": True, "tied": True, "factorized_layers": 2}
