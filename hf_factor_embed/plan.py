@@ -398,7 +398,7 @@ def run_target(
         worst = worst_served(chosen, plan["served"])
         met = worst <= target and not chosen["worse_than_trim"]  # the guard holds under a target too
         search.append({"budget_share": record["budget_share"], "chosen": record["chosen"], "worst_served": worst})
-        search[-1] |= {"worse_than_trim": chosen["worse_than_trim"], "met": met}
+        search[-1] |= {"band_rows": chosen["band_rows"], "worse_than_trim": chosen["worse_than_trim"], "met": met}
         logger.info(
             "plan for --target %g: %.1f%% -> %s, worst served %.4f",
             target,
