@@ -57,9 +57,10 @@ def test_codes_recover_rows_better_than_their_mean():
 
 def test_head_by_table_lookup_equals_the_dense_product():
     head = pq_model().lm_head
-    h = torch.randn(3, 5, WIDTH)
-    with torch.no_grad():
-        torch.testing.assert_close(head(h), h @ head.dense_weight().T, rtol=1e-4, atol=1e-4)
+    for shape in ((3, 5, WIDTH), (2, 1, WIDTH)):  # positions past the lookup's (rows rebuilt), and a decode step
+        h = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(head(h), h @ head.dense_weight().T, rtol=1e-4, atol=1e-4)
 
 
 def test_round_trip_is_identical_tied_and_smaller(saved, ids):
