@@ -189,12 +189,9 @@ class FactorizedLayer(nn.Module):
         rotated = F.linear(hidden_states, self.tail_rotation)  # h @ R.T: (..., d)
         flat = rotated.reshape(-1, m * s)
         if flat.shape[0] <= _LOOKUP_POSITIONS:
-            tokens, bags = self._code_bags()
+            bags = self._code_offsets().view(-1, m)
             tables = torch.einsum("pms,mks->pmk", flat.view(-1, m, s), self.codebooks).reshape(flat.shape[0], -1, 1)
             logits = torch.stack([F.embedding_bag(bags, table, mode="sum").view(-1) for table in tables])
-            if tokens is not None:  # the band's logits are its exact rows': its tokens are not looked up
-                full = logits.new_zeros(logits.shape[0], self.num_embeddings)
-                logits = full.index_copy_(1, tokens, logits)
         else:
             logits = torch.cat(
                 [
@@ -207,24 +204,16 @@ class FactorizedLayer(nn.Module):
         exact = hidden_states.index_select(-1, self.tail_columns)
         return logits + F.linear(exact, self.tail_column_values.to(exact.dtype))
 
-    def _code_bags(self) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(the tokens outside the band, or None for all; their codes as flat int32 offsets into the m * K tables,
-        one bag of m a token), cached while the codes and the band are unchanged."""
-        band = self.dense_index
+    def _code_offsets(self) -> torch.Tensor:
+        """The codes as flat int32 offsets into the m * K tables (V * m), cached while the codes are unchanged."""
         key = (self.tail_codes.data_ptr(), self.tail_codes._version, self.codebooks.shape[1])
-        key += (None,) if band is None else (band.data_ptr(), band._version, band.numel())
-        cached = getattr(self, "_bags", None)
+        cached = getattr(self, "_offsets", None)
         if cached is None or cached[0] != key:
             m, k = self.codebooks.shape[:2]
-            tokens, codes = None, self.tail_codes
-            if band is not None:
-                outside = torch.ones(self.num_embeddings, dtype=torch.bool, device=codes.device)
-                tokens = outside.index_fill_(0, band, False).nonzero().squeeze(1)
-                codes = codes.index_select(0, tokens)
-            step = torch.arange(m, dtype=torch.int32, device=codes.device) * k
-            cached = (key, tokens, codes.to(torch.int32) + step)
-            object.__setattr__(self, "_bags", cached)  # not a buffer: never saved, never moved by .to()
-        return cached[1], cached[2]
+            step = torch.arange(m, dtype=torch.int32, device=self.tail_codes.device) * k
+            cached = (key, (self.tail_codes.to(torch.int32) + step).reshape(-1))
+            object.__setattr__(self, "_offsets", cached)  # not a buffer: never saved, never moved by .to()
+        return cached[1]
 
     @torch.no_grad()
     def use_head_layout(self) -> None:
