@@ -153,7 +153,7 @@ def perplexity_of_structures(out: Path, train_rows: int) -> None:
     y = (seen["residual"].index_fill(1, seen["columns"], 0.0).double() @ root).float()
     outside = (seen["row_weights"] > 0).nonzero().squeeze(1)
     m = layer.codebooks.shape[0]
-    ours = layer.codebooks[torch.arange(m), layer.tail_codes.long()].reshape(v, d)
+    ours = layer.codebooks.detach()[torch.arange(m), layer.tail_codes.long()].reshape(v, d)
     rows_now = layer.dense_weight().detach()
     x = y[outside].numpy()
     sample = x[np.random.default_rng(0).permutation(len(x))[:train_rows]]
