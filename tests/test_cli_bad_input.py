@@ -62,6 +62,10 @@ CASES = {
     "compress max-bytes too small": (_without(_compress("--max-bytes", "0.001"), "--rank"), "smallest plan needs"),
     "compress max-bytes too large": (_without(_compress("--max-bytes", "2GB"), "--rank"), "nothing to compress"),
     "compress max-bytes and rank": (_compress("--max-bytes", "0.08"), "exactly one of"),
+    "compress max-bytes and target": (
+        _without(_compress("--max-bytes", "0.08", "--target", "1.01"), "--rank"),
+        "exactly one of",
+    ),
     "compress max-bytes no sources": (
         ["compress", "{dense}", "--max-bytes", "0.08", "--out", "{out}"],
         "name them with --calibration",
