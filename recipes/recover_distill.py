@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 from dataclasses import fields
 
@@ -90,6 +91,13 @@ def main() -> None:
         tokenizer.save_pretrained(out)
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
         print(json.dumps(summary, indent=1))
+    if state.num_processes > 1:
+        # Everything is written and the process group is gone (end_training). A CI run saw the main process print
+        # this summary and then hang at interpreter exit (a futex wait, its peer already gone) until killed;
+        # hangs at distributed teardown are known upstream (pytorch/pytorch#75097). A launched worker leaves now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
