@@ -22,7 +22,7 @@ from .folders import check_output_dir, folder_bytes
 from .loading import is_causal_lm, load_model
 from .model_text import bos_prefix, describe_feed, special_token_ids
 from .patch import patch_model
-from .plan import BAND_SHARE, check_budget_fits, check_plan_arguments, chosen_candidate
+from .plan import BAND_SHARE, check_budget_fits, check_plan_arguments, check_target, chosen_candidate
 from .sources import load_sources, unserved_defaults
 from .structure import factorized_layers
 
@@ -395,8 +395,8 @@ def _check_arguments(
     positive_int("--rank", rank, optional=True)
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < 1):
         raise FactorEmbedError(f"--budget {budget!r} must be a share strictly between 0 and 1 (e.g. 0.3)")
-    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or target < 1):
-        raise FactorEmbedError(f"--target {target!r} is a perplexity ratio to the dense model: a number >= 1")
+    if target is not None:
+        check_target(target)
     check_bits(bits, group_size)
     if band_bits is not None:
         if bits is None:

@@ -237,8 +237,7 @@ def check_plan_arguments(
         planned_target = target is not None and serve is not None and method in (None, "banded")
         if not planned_target or band_share or tail or tail_sub_dim:
             return None
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or target < 1:
-            raise FactorEmbedError(f"--target {target!r} is a perplexity ratio to the dense model: a number >= 1")
+        check_target(target)
         return "target", float(target)
     spec = parse_max_bytes(max_bytes)
     if serve is None:
@@ -255,6 +254,12 @@ def check_plan_arguments(
             f"set them yourself"
         )
     return spec
+
+
+def check_target(target) -> None:
+    """``--target`` is a perplexity ratio to dense: a number >= 1 (for the plan and for the rank search alike)."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or target < 1:
+        raise FactorEmbedError(f"--target {target!r} is a perplexity ratio to the dense model: a number >= 1")
 
 
 def check_budget_fits(spec, shape: tuple[int, int, bool] | None, bits, group_size, band_bits) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from hf_factor_embed import FactorEmbedError
 from hf_factor_embed.bundled import BUNDLED
 from hf_factor_embed.cli import show_progress
-from hf_factor_embed.compress import compress, summary_table
+from hf_factor_embed.compress import DEFAULT_MAX_BYTES, compress, summary_table
 from hf_factor_embed.export import FORMATS, check_format, export
 
 ENGLISH = ["pydoc", "changelogs"]
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.target is not None and (args.max_bytes or args.rank):
         raise FactorEmbedError("--target searches the budget: give it without --max-bytes and --rank")
     show_progress()
-    size = {"target": args.target} if args.target is not None else {"max_bytes": args.max_bytes or "0.08"}
+    size = {"target": args.target} if args.target is not None else {"max_bytes": args.max_bytes or DEFAULT_MAX_BYTES}
     if args.rank is not None:
         size = {"rank": args.rank, "band_share": 0.9 if args.band_share is None else args.band_share}
     served = [*ENGLISH, *(f"lang:{code}" for code in args.languages)]
