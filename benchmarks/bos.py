@@ -5,7 +5,7 @@ window (as the model runs) and without it (as the product measured before), dens
     python benchmarks/bos.py --checkpoint out/gemma3-en         # beside the main job's checkpoint
 
 Text: the held-back fifth of Python's reference (pydoc_data) and of Debian changelogs, license texts and the
-gettext messages' English originals, German gettext messages (:mod:`hf_factor_embed.sources`); the first
+gettext messages' English originals, German gettext messages (:mod:`hf_factor_embed.calibration.sources`); the first
 ``--eval-tokens`` tokens of each, in 512-position windows. Writes ``benchmarks/results/bos.json``.
 """
 
@@ -21,10 +21,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_factor_embed  # noqa: F401  (registers the integration: factorized checkpoints load)
-from hf_factor_embed.bundled import bundled_model
-from hf_factor_embed.evaluation import perplexity
-from hf_factor_embed.model_text import bos_prefix
-from hf_factor_embed.sources import load_source
+from hf_factor_embed.calibration.model_text import bos_prefix
+from hf_factor_embed.calibration.sources import load_source
+from hf_factor_embed.measure.perplexity import perplexity
+from hf_factor_embed.models.bundled import bundled_model
 
 RESULTS = Path(__file__).parent / "results"
 TEXTS = {"pydoc": True, "changelogs": True, "licenses": False, "messages": False, "lang:de": False}  # held back?

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from hf_factor_embed.bundled import bundled_model
+from hf_factor_embed.models.bundled import bundled_model
 
 RESULTS = Path(__file__).parent / "results"
 sys.path.insert(0, str(Path(__file__).parent))  # tail.py's texts
@@ -101,13 +101,13 @@ def perplexity_of_structures(out: Path, train_rows: int) -> None:
 
     import hf_factor_embed as hfe
     import hf_factor_embed.factorize.banded as banded
-    from hf_factor_embed.calibration import collect_stats
-    from hf_factor_embed.calibration_stats import CalibrationStats
-    from hf_factor_embed.evaluation import perplexity
+    from hf_factor_embed.calibration.collect import collect_stats
+    from hf_factor_embed.calibration.model_text import bos_prefix, special_token_ids
+    from hf_factor_embed.calibration.sources import load_source
+    from hf_factor_embed.calibration.stats import CalibrationStats
     from hf_factor_embed.factorize.product import metric_root
-    from hf_factor_embed.model_text import bos_prefix, special_token_ids
-    from hf_factor_embed.plan import candidates
-    from hf_factor_embed.sources import load_source
+    from hf_factor_embed.measure.perplexity import perplexity
+    from hf_factor_embed.pipeline.budget import candidates
 
     folder = bundled_model("gemma3")
     tokenizer = AutoTokenizer.from_pretrained(folder)

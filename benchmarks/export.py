@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hf_factor_embed.arguments import check_model_name
-from hf_factor_embed.continuations import greedy
-from hf_factor_embed.data import pydoc_topics_text
+from hf_factor_embed.calibration.data import pydoc_topics_text
+from hf_factor_embed.calibration.model_text import bos_prefix
 from hf_factor_embed.export import export
 from hf_factor_embed.export.onnx import export_onnx
 from hf_factor_embed.export.runtime import OnnxDecoder, OnnxEncoder
-from hf_factor_embed.loading import load_model
-from hf_factor_embed.model_text import bos_prefix
+from hf_factor_embed.measure.continuations import greedy
+from hf_factor_embed.models.load import load_model
+from hf_factor_embed.models.names import check_model_name
 
 sys.path.insert(0, str(Path(__file__).parent))
 from generation import PROMPTS  # noqa: E402  (the generation benchmark's prompts, written for it)

@@ -7,7 +7,7 @@ Prompts (written for this benchmark, never used to calibrate or tune anything): 
 with rare tokens (names with diacritics, emoji, symbols, code), and one prompt in each of eleven other languages.
 Each is fed as the tokenizer feeds it (``<bos>`` first for Gemma) and continued greedily for ``--new-tokens``
 tokens by the dense model and by each checkpoint. Reported per group: the share of continuations identical to
-dense's, the mean common prefix in tokens, and degenerate continuations (:mod:`hf_factor_embed.continuations`:
+dense's, the mean common prefix in tokens, and degenerate continuations (:mod:`hf_factor_embed.measure.continuations`:
 a token or short sequence repeated, or another script, where dense's is not). Writes
 ``benchmarks/results/generation.json`` with every continuation.
 """
@@ -25,8 +25,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_factor_embed  # noqa: F401  (registers the integration: factorized checkpoints load)
-from hf_factor_embed.bundled import bundled_model
-from hf_factor_embed.continuations import compare, greedy, summarize
+from hf_factor_embed.measure.continuations import compare, greedy, summarize
+from hf_factor_embed.models.bundled import bundled_model
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from quality import write_results_md  # noqa: E402
 
 import hf_factor_embed as hfe  # noqa: E402
-from hf_factor_embed.layers import FactorizedLMHead, head_layout  # noqa: E402
+from hf_factor_embed.layers.factorized import FactorizedLMHead, head_layout  # noqa: E402
 
 SHAPES = {"49152x576": (49152, 576, 30, 1536, 9, 3), "262144x640": (262144, 640, 18, 2048, 4, 1)}
 

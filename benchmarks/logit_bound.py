@@ -26,11 +26,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_factor_embed  # noqa: F401  (registers the integration: factorized checkpoints load)
-from hf_factor_embed.bundled import bundled_model
-from hf_factor_embed.continuations import compare, greedy, summarize
-from hf_factor_embed.evaluation import perplexity
-from hf_factor_embed.model_text import bos_prefix
-from hf_factor_embed.sources import load_source
+from hf_factor_embed.calibration.model_text import bos_prefix
+from hf_factor_embed.calibration.sources import load_source
+from hf_factor_embed.measure.continuations import compare, greedy, summarize
+from hf_factor_embed.measure.perplexity import perplexity
+from hf_factor_embed.models.bundled import bundled_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from generation import PROMPTS  # noqa: E402  (the generation benchmark's prompts)

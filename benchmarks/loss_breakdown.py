@@ -28,9 +28,9 @@ import torch
 from quality import load_smollm2, write_results_md
 from torch import nn
 
-from hf_factor_embed.calibration import collect_stats
-from hf_factor_embed.calibration_stats import CalibrationStats
-from hf_factor_embed.data import TEXT_SOURCES, source_text
+from hf_factor_embed.calibration.collect import collect_stats
+from hf_factor_embed.calibration.data import TEXT_SOURCES, source_text
+from hf_factor_embed.calibration.stats import CalibrationStats
 from hf_factor_embed.factorize import FactorizationTask, get_method
 
 

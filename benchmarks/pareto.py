@@ -7,10 +7,13 @@ Calibration and held-back text: Python's language reference (``pydoc_data.topics
 tokens evaluate, the --calibration-tokens after them calibrate). Text of another kind, never calibrated on: the
 license texts under /usr/share/common-licenses. Every point is measured in this run with the same
 round-to-nearest symmetric quantizer with fp16 scales, the package's own storage format
-(``hf_factor_embed.quantize``, what ``patch_model(bits=...)`` saves): per row for 8 bits, groups of 32 for 4 bits,
+(``hf_factor_embed.quantizer.rounding``, what ``patch_model(bits=...)`` saves): per row for 8 bits, groups of 32 for 4
+bits,
 groups of 16 for 6 bits (a stand-in for llama.cpp's Q6_K, 6.56 bits per weight; 6-bit values are counted at 6
-bits, as a packed format would store them). Factorized points use the default method
-(``banded``), rounded by the package's own path (``hf_factor_embed.storage.round_factors``: A's columns balanced
+bits, as a packed format would store them). Factorized points use the default
+method
+(``banded``), rounded by the package's own path
+(``hf_factor_embed.quantizer.storage.round_factors``: A's columns balanced
 against B's rows, then A at ``bits``, B and the band's rows at ``band_bits``). ``int4 g32`` is the package's
 default for 4 bits (B and band in int8), ``int4 g32, all`` puts them in int4 too; ``int4 g32, B refit`` refits
 the small B (r x d, kept in fp32) in closed form to the rounded A (least squares over the rows outside the
@@ -36,12 +39,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from quality import load_smollm2, write_results_md  # noqa: E402
 
 import hf_factor_embed as hfe  # noqa: E402
-from hf_factor_embed.data import source_text  # noqa: E402
-from hf_factor_embed.evaluation import perplexity  # noqa: E402
+from hf_factor_embed.calibration.data import source_text  # noqa: E402
 from hf_factor_embed.factorize.banded import BandedMethod  # noqa: E402
-from hf_factor_embed.quantize import dequantize, quantize  # noqa: E402
+from hf_factor_embed.measure.perplexity import perplexity  # noqa: E402
+from hf_factor_embed.quantizer.rounding import dequantize, quantize  # noqa: E402
+from hf_factor_embed.quantizer.storage import quantized_state_dict, round_factors  # noqa: E402
 from hf_factor_embed.recovery import CheapRefitConfig, cheap_refit, collect_teacher_signals  # noqa: E402
-from hf_factor_embed.storage import quantized_state_dict, round_factors  # noqa: E402
 
 TRAIN, OTHER = "pydoc", "licenses"
 #: name -> (bits, group size; None = per row)

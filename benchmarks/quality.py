@@ -38,11 +38,11 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 import hf_factor_embed as hfe
-from hf_factor_embed.calibration import collect_stats
-from hf_factor_embed.data import TEXT_SOURCES, source_text
-from hf_factor_embed.evaluation import perplexity
+from hf_factor_embed.calibration.collect import collect_stats
+from hf_factor_embed.calibration.data import TEXT_SOURCES, source_text
 from hf_factor_embed.factorize import FactorizationTask, get_method
 from hf_factor_embed.factorize.banded import BandedMethod
+from hf_factor_embed.measure.perplexity import perplexity
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = ["svd", "banded-counts", "banded"]

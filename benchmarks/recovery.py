@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from quality import fake_quantize, load_smollm2, write_results_md  # noqa: E402
 
 import hf_factor_embed as hfe  # noqa: E402
-from hf_factor_embed.data import source_text  # noqa: E402
-from hf_factor_embed.evaluation import perplexity  # noqa: E402
+from hf_factor_embed.calibration.data import source_text  # noqa: E402
+from hf_factor_embed.measure.perplexity import perplexity  # noqa: E402
 from hf_factor_embed.recovery import (  # noqa: E402
     CheapRefitConfig,
     DistillConfig,

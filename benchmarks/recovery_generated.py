@@ -31,11 +31,11 @@ from quality import write_results_md  # noqa: E402
 from recovery import PeakMemory, blocks_of, timed_distill_config  # noqa: E402
 
 import hf_factor_embed as hfe  # noqa: E402
-from hf_factor_embed.bundled import cache_dir, resolve  # noqa: E402
-from hf_factor_embed.evaluation import perplexity  # noqa: E402
+from hf_factor_embed.calibration.sources import load_source  # noqa: E402
+from hf_factor_embed.measure.perplexity import perplexity  # noqa: E402
+from hf_factor_embed.models.bundled import cache_dir, resolve  # noqa: E402
 from hf_factor_embed.recovery import CheapRefitConfig, cheap_refit, collect_teacher_signals, distill  # noqa: E402
 from hf_factor_embed.recovery.generate import self_generate  # noqa: E402
-from hf_factor_embed.sources import load_source  # noqa: E402
 
 TRAIN_SOURCE = "pydoc"
 UNSEEN = ("licenses", "changelogs", "messages", "lang:de", "lang:fr", "lang:ru", "lang:zh_CN", "lang:ja", "lang:ar")

@@ -19,11 +19,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_factor_embed as hfe
-from hf_factor_embed.bundled import resolve
-from hf_factor_embed.evaluation import perplexity
+from hf_factor_embed.calibration.sources import load_source
+from hf_factor_embed.measure.perplexity import perplexity
+from hf_factor_embed.models.bundled import resolve
 from hf_factor_embed.recovery import CheapRefitConfig, cheap_refit, collect_teacher_signals
 from hf_factor_embed.recovery.generate import GenerationConfig, _sample
-from hf_factor_embed.sources import load_source
 
 KINDS = ("licenses", "changelogs", "lang:de", "lang:ru")
 SETTINGS = ((0.7, 50, 0.95), (1.0, 50, 0.95), (1.0, 0, 1.0), (1.3, 100, 0.95))  # temperature, top-k, top-p

@@ -26,15 +26,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_factor_embed as hfe
-from hf_factor_embed.bundled import bundled_model
-from hf_factor_embed.calibration import collect_stats
-from hf_factor_embed.calibration_stats import CalibrationStats
-from hf_factor_embed.compress import _embedding_bytes
-from hf_factor_embed.evaluation import perplexity
+from hf_factor_embed.calibration.collect import collect_stats
+from hf_factor_embed.calibration.model_text import bos_prefix, special_token_ids
+from hf_factor_embed.calibration.sources import load_source
+from hf_factor_embed.calibration.stats import CalibrationStats
 from hf_factor_embed.factorize.banded import BandedMethod
-from hf_factor_embed.model_text import bos_prefix, special_token_ids
-from hf_factor_embed.peers import QuantizedPeer, TrimmedPeer
-from hf_factor_embed.sources import load_source
+from hf_factor_embed.measure.peers import QuantizedPeer, TrimmedPeer
+from hf_factor_embed.measure.perplexity import perplexity
+from hf_factor_embed.models.bundled import bundled_model
+from hf_factor_embed.quantizer.sizes import embedding_bytes
 
 RESULTS = Path(__file__).parent / "results"
 SERVED = ["pydoc", "changelogs"]
@@ -48,7 +48,7 @@ POINTS = {
     "pq4-10%": (49, 0.9, "pq", 4),  # ~18k band rows, one code byte per 4 values
 }
 #: At a byte budget (``--max-bytes``): name -> (values per code byte, tail rank, exact outlier columns); the band
-#: gets the rest, sized as the plan sizes it (:func:`hf_factor_embed.plan.planned_bytes`).
+#: gets the rest, sized as the plan sizes it (:func:`hf_factor_embed.pipeline.plan.planned_bytes`).
 VARIANTS = {
     "pq8": (8, 16, 16),  # the plan's pq8 candidate
     "pq8 c8": (8, 16, 8),  # half the exact columns
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             copy.deepcopy(dense), rank=rank, method=method, calibration=stats, tokenizer=tokenizer, bits=4
         )
         seconds = time.perf_counter() - started
-        stored = _embedding_bytes(model)["stored"]
+        stored = embedding_bytes(model)["stored"]
         band = model.get_input_embeddings().dense_index.numel()
         point = {"rank": rank, "band_share": share, "tail": tail, "tail_sub_dim": sub_dim, "band_rows": band}
         point |= {"tail_rank": method.tail_rank, "tail_exact_columns": method.tail_exact_columns}
@@ -139,7 +139,7 @@ def points(args, v: int, d: int, special_rows: int):
             rank, share, tail, sub_dim = POINTS[name]
             yield name, rank, BandedMethod(share, tail=tail, tail_sub_dim=sub_dim or 8)
         return
-    from hf_factor_embed.plan import BAND_SHARE, candidates
+    from hf_factor_embed.pipeline.budget import BAND_SHARE, candidates
 
     budget = int(args.max_bytes * v * d * 4)
     for name in args.variants:

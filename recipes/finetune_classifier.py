@@ -8,7 +8,8 @@ Three accuracies on the held-out split, each after the same number of Trainer st
   factorized: that fine-tuned model's embeddings factorized, no further training (training-free);
   factorized + fine-tuned: the factorized model fine-tuned again (factors and the rest).
 --local-sources builds a real labelled set without the Hub: lines of three kinds of text that ship with Python and
-Debian (hf_factor_embed.data: Python's reference, software licenses, Debian changelogs), each labelled with its
+Debian (hf_factor_embed.calibration.data: Python's reference, software licenses, Debian changelogs), each labelled with
+its
 source, split by position in each text (the first 80% train, the last 20% test). Writes --out/results.json.
 """
 
@@ -23,7 +24,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
 import hf_factor_embed as hfe
-from hf_factor_embed.data import TEXT_SOURCES, source_text
+from hf_factor_embed.calibration.data import TEXT_SOURCES, source_text
 
 
 def local_sources_dataset(lines_per_source: int = 600, min_words: int = 6) -> DatasetDict:

@@ -111,8 +111,8 @@ def smollm2_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def gemma3_dir() -> Path:
     """Gemma-3-270M (262k vocabulary, tied, scaled embeddings) as a float32 folder, converted from the packages'
-    GGUF once per machine (~3 min) into hf_factor_embed's cache (:mod:`hf_factor_embed.bundled`)."""
-    from hf_factor_embed.bundled import BUNDLED, bundled_model
+    GGUF once per machine (~3 min) into hf_factor_embed's cache (:mod:`hf_factor_embed.models.bundled`)."""
+    from hf_factor_embed.models.bundled import BUNDLED, bundled_model
 
     package_dir(BUNDLED["gemma3"].package)  # skips when not installed
     return bundled_model("gemma3")
@@ -125,7 +125,7 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def real_text() -> str:
-    from hf_factor_embed.data import pydoc_topics_text
+    from hf_factor_embed.calibration.data import pydoc_topics_text
 
     return pydoc_topics_text()
 

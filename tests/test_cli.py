@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 import hf_factor_embed as hfe
 from hf_factor_embed.cli import main
-from hf_factor_embed.structure import factorized_layers
+from hf_factor_embed.quantizer.structure import factorized_layers
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -135,7 +135,7 @@ def test_analyze_draws_spectrum_error_and_pca_and_suggests_a_rank(dense_dir, tmp
 def test_analyze_without_matplotlib_writes_the_numbers_and_names_the_extra(dense_dir, tmp_path, capsys, monkeypatch):
     # As installed with .[test] alone: importing matplotlib fails (None in sys.modules makes import raise).
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.delitem(sys.modules, "hf_factor_embed.plots", raising=False)
+    monkeypatch.delitem(sys.modules, "hf_factor_embed.measure.plots", raising=False)
     monkeypatch.delattr(hfe, "plots", raising=False)
     code, stdout, err = run_cli(capsys, "analyze", dense_dir / "dense", "--budget", "0.25", "--out", tmp_path / "a")
     assert code == 0 and "budget 25%: rank" in stdout
@@ -145,12 +145,12 @@ def test_analyze_without_matplotlib_writes_the_numbers_and_names_the_extra(dense
 
 
 def test_a_missing_optional_dependency_is_one_line_naming_the_install(dense_dir, tmp_path, capsys, monkeypatch):
-    import hf_factor_embed.compress
+    import hf_factor_embed.pipeline.compress
 
     def needs_gguf(*args, **kwargs):
         raise ModuleNotFoundError("No module named 'gguf'", name="gguf")
 
-    monkeypatch.setattr(hf_factor_embed.compress, "compress", needs_gguf)
+    monkeypatch.setattr(hf_factor_embed.pipeline.compress, "compress", needs_gguf)
     code, _, err = run_cli(capsys, "compress", dense_dir / "dense", "--rank", "8", "--out", tmp_path / "c")
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("hf-factor-embed: error: No module named 'gguf'; pip install")
@@ -234,7 +234,7 @@ def test_user_mistakes_are_one_line_exit_2_and_overwrite_nothing(compressed, den
     (tmp_path / "taken" / "mine.txt").write_text("keep")
     cases = {
         "exactly one of": ["compress", dense, "--out", tmp_path / "o"],
-        "--rank 0": ["compress", dense, "--rank", "0", "--out", tmp_path / "o"],
+        "rank=0 (--rank)": ["compress", dense, "--rank", "0", "--out", tmp_path / "o"],
         "text file not found": [
             "compress",
             dense,
@@ -294,7 +294,7 @@ def test_compress_with_integer_factors_reloads_identical(dense_dir, tmp_path, ca
 
 
 def test_python_api_compress_matches_patch_model(dense_dir, tmp_path, input_ids):
-    from hf_factor_embed.compress import compress
+    from hf_factor_embed.pipeline.compress import compress
 
     compress(dense_dir / "dense", tmp_path / "m", rank=16, plots=False)
     reference = hfe.patch_model(copy.deepcopy(tiny_llama()), rank=16)

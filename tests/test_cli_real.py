@@ -10,7 +10,7 @@ import pytest
 from test_cli import RecordingHub, png_size, run_cli
 from transformers import AutoModelForCausalLM
 
-from hf_factor_embed.structure import factorized_layers
+from hf_factor_embed.quantizer.structure import factorized_layers
 
 pytestmark = pytest.mark.real_model
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.real_model
 def texts(real_text, tmp_path_factory) -> dict[str, Path]:
     """Calibration: a slice of Python's reference (pydoc_data); evaluation: another slice of it, held back,
     and the Apache license text (/usr/share/common-licenses), a kind never calibrated on."""
-    from hf_factor_embed.data import license_text
+    from hf_factor_embed.calibration.data import license_text
 
     root = tmp_path_factory.mktemp("texts")
     files = {"calibration": real_text[20000:36000], "pydoc": real_text[:8000], "licenses": license_text()[:8000]}

@@ -211,9 +211,9 @@ def test_import_is_light():
         "transformers.modeling_utils",
         "hf_factor_embed.recovery",
         "hf_factor_embed.cli",
-        "hf_factor_embed.compress",
+        "hf_factor_embed.pipeline.compress",
         "hf_factor_embed.hub",
-        "hf_factor_embed.plots",
+        "hf_factor_embed.measure.plots",
         "hf_factor_embed.export",
         "onnx",
         "onnxruntime",
@@ -253,16 +253,55 @@ def test_models_built_from_one_config_object_stay_independent(tmp_path):
     assert not any(isinstance(m, hfe.FactorizedLayer) for m in dense.modules())
 
 
-def test_imports_point_one_way():
-    """integration reads model_methods; model_methods never imports integration (no cycle)."""
+#: The package's parts, lowest first: a part imports only parts of its own rank or below (DESIGN.md's graph), and
+#: parts of one rank never import each other in a cycle.
+PART_RANKS = {
+    **dict.fromkeys(("errors", "lazy", "options", "layers"), 0),
+    **dict.fromkeys(("config", "adapters"), 1),
+    "quantizer": 2,
+    **dict.fromkeys(("arguments", "folders", "models"), 3),
+    **dict.fromkeys(("calibration", "factorize", "measure"), 4),
+    **dict.fromkeys(("pipeline", "hub", "recovery", "export"), 5),
+    **dict.fromkeys(("cli", "__init__"), 6),
+}
+
+
+def _part_imports() -> dict[str, set[str]]:
+    """Part of the package -> the parts it imports (module level and inside functions alike)."""
     import ast
-    import inspect
 
-    from hf_factor_embed import model_methods
+    root = Path(hfe.__file__).parent
+    edges: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root).with_suffix("").parts
+        package = ("hf_factor_embed", *relative)[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            target = [*package[: len(package) - node.level + 1], *(node.module.split(".") if node.module else [])]
+            names = [target] if node.module else [[*target, alias.name] for alias in node.names]
+            for name in names:
+                part = name[1] if len(name) > 1 and name[1] in PART_RANKS else "__init__"
+                edges.setdefault(relative[0], set()).add(part)
+    return edges
 
-    tree = ast.parse(inspect.getsource(model_methods))
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert "integration" not in imported and not any(str(m).endswith(".integration") for m in imported)
+
+def test_imports_point_one_way():
+    """Every part imports only parts below it or beside it, and no cycle runs between parts."""
+    edges = _part_imports()
+    assert set(edges) <= set(PART_RANKS), f"parts without a rank: {set(edges) - set(PART_RANKS)}"
+    upward = [(a, b) for a, targets in edges.items() for b in targets if PART_RANKS[b] > PART_RANKS[a]]
+    assert not upward, upward
+
+    def reaches(start: str, goal: str, seen: set) -> bool:
+        return any(
+            n == goal or (n not in seen and not seen.add(n) and reaches(n, goal, seen))
+            for n in edges.get(start, ())
+            if n != start
+        )
+
+    cycles = sorted((a, b) for a, targets in edges.items() for b in targets if b != a and reaches(b, a, set()))
+    assert not cycles, cycles
 
 
 @pytest.fixture

@@ -186,7 +186,7 @@ def test_integer_product_coded_tail_exports_with_int8_columns(tmp_path):
 def test_stored_matrix_reads_what_was_stored(bits, group):
     """Rows, the whole matrix and products, in every storage layout."""
     from hf_factor_embed.export.layers import StoredMatrix
-    from hf_factor_embed.quantize import round_in_place
+    from hf_factor_embed.quantizer.rounding import round_in_place
 
     values = torch.randn(50, 128, generator=torch.Generator().manual_seed(0))
     if bits:

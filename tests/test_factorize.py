@@ -5,8 +5,8 @@ import torch
 from conftest import VOCAB, tiny_llama
 
 import hf_factor_embed as hfe
-from hf_factor_embed.calibration import collect_stats
-from hf_factor_embed.calibration_stats import CalibrationStats
+from hf_factor_embed.calibration.collect import collect_stats
+from hf_factor_embed.calibration.stats import CalibrationStats
 from hf_factor_embed.factorize import FactorizationTask, available_methods, get_method
 from hf_factor_embed.factorize.lowrank import weighted_lowrank
 
@@ -128,7 +128,7 @@ def test_data_aware_default_beats_svd_on_smollm2(smollm2_dir, real_text, tmp_pat
     checkpoint (with the dense band) reloads tied and identical."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_factor_embed.evaluation import perplexity
+    from hf_factor_embed.measure.perplexity import perplexity
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     ids = tok(real_text[:60_000], return_tensors="pt").input_ids[0]
@@ -149,7 +149,7 @@ def test_data_aware_default_beats_svd_on_smollm2(smollm2_dir, real_text, tmp_pat
 
 
 def test_rank_from_a_quality_target_on_held_out_text():
-    from hf_factor_embed.evaluation import perplexity
+    from hf_factor_embed.measure.perplexity import perplexity
 
     torch.manual_seed(0)
     ids = torch.randint(1, VOCAB, (3000,))

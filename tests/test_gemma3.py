@@ -12,8 +12,8 @@ from test_autoload import python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_factor_embed as hfe
+from hf_factor_embed.calibration.sources import load_source
 from hf_factor_embed.folders import folder_bytes
-from hf_factor_embed.sources import load_source
 
 pytestmark = pytest.mark.real_model
 
@@ -86,8 +86,8 @@ def test_gemma3_keeps_its_special_tokens_exact_and_continues_like_dense(gemma3, 
     at the main job's point greedy continuations of prompts fed with ``<bos>`` start as dense's do (prompts whose
     words the band serves: a rare word's row is the tail's, issue 21). Before, a
     checkpoint without ``<bos>`` in its band answered "The capital of Australia is" with " is is is ..."."""
+    from hf_factor_embed.calibration.model_text import special_token_ids
     from hf_factor_embed.factorize.banded import BandedMethod
-    from hf_factor_embed.model_text import special_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(gemma3_dir)
     calibration = {"pydoc": load_source("pydoc").text[:6000]}

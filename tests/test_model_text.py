@@ -11,9 +11,9 @@ from conftest import VOCAB, tiny_llama, tiny_tokenizer, tiny_words
 from transformers import PreTrainedTokenizerFast
 
 import hf_factor_embed as hfe
-from hf_factor_embed.evaluation import perplexity
+from hf_factor_embed.calibration.model_text import bos_prefix, model_windows, special_token_ids
 from hf_factor_embed.factorize.banded import BandedMethod
-from hf_factor_embed.model_text import bos_prefix, model_windows, special_token_ids
+from hf_factor_embed.measure.perplexity import perplexity
 
 
 def bos_tokenizer() -> PreTrainedTokenizerFast:
@@ -75,7 +75,7 @@ def test_special_tokens_from_the_config_alone_without_a_tokenizer():
 
 
 def test_calibration_reads_windows_with_bos_first(monkeypatch):
-    from hf_factor_embed import calibration
+    from hf_factor_embed.calibration import collect as calibration
 
     seen = []
     original = calibration.iter_head_inputs

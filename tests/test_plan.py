@@ -12,9 +12,11 @@ from conftest import VOCAB, tiny_llama, tiny_tokenizer, tiny_words
 
 import hf_factor_embed as hfe
 from hf_factor_embed import FactorEmbedError
-from hf_factor_embed.compress import _embedding_bytes, compress
-from hf_factor_embed.patch import largest_saving_rank
-from hf_factor_embed.plan import budget_bytes, candidates, check_budget, choose, parse_max_bytes
+from hf_factor_embed.factorize.ranks import largest_saving_rank
+from hf_factor_embed.pipeline.budget import budget_bytes, candidates, check_budget, parse_max_bytes
+from hf_factor_embed.pipeline.compress import compress
+from hf_factor_embed.pipeline.plan import choose
+from hf_factor_embed.quantizer.sizes import embedding_bytes
 
 
 @pytest.mark.parametrize(
@@ -43,7 +45,7 @@ def test_planned_bytes_are_the_stored_bytes_and_within_budget():
         patched = hfe.patch_model(
             copy.deepcopy(model), rank=candidate.rank, method=candidate.method(), calibration=ids, bits=4
         )
-        stored = _embedding_bytes(patched)["stored"]
+        stored = embedding_bytes(patched)["stored"]
         assert stored == candidate.planned_bytes <= budget
         assert patched.get_input_embeddings().dense_index.numel() == candidate.band_rows
         bigger = candidates(v, d, stored + 4000, bits=4, special_rows=1, formats=(candidate.name,))
@@ -109,7 +111,7 @@ def test_compress_plans_by_default_with_sources_and_records_every_candidate(serv
 
 
 def test_the_guard_ignores_sources_kept_within_5_percent_of_dense():
-    from hf_factor_embed.plan import _behind
+    from hf_factor_embed.pipeline.plan import _behind
 
     assert not _behind(1.03, 0.999)  # a little behind trimming, but kept
     assert _behind(40.0, 2.0) and not _behind(2.0, 40.0)
@@ -122,7 +124,7 @@ def test_planned_bytes_follow_the_group_size():
     patched = hfe.patch_model(
         model, rank=candidate.rank, method=candidate.method(), calibration=ids, bits=4, group_size=16
     )
-    assert _embedding_bytes(patched)["stored"] == candidate.planned_bytes
+    assert embedding_bytes(patched)["stored"] == candidate.planned_bytes
 
 
 def _stub_plan(model, quality_at, other_at=lambda share: 2.0):
@@ -149,7 +151,7 @@ def _stub_plan(model, quality_at, other_at=lambda share: 2.0):
 
 
 def test_a_quality_target_keeps_the_smallest_budget_that_meets_it():
-    from hf_factor_embed.plan import TARGET_SHARES, describe, run_target
+    from hf_factor_embed.pipeline.plan import TARGET_SHARES, describe, run_target
 
     model = tiny_llama(vocab=3000)
     _, record = run_target(model, target=1.02, **_stub_plan(model, lambda share: 1.0 + 0.0029 / share))
@@ -190,7 +192,7 @@ def test_compress_with_sources_and_a_target_plans_the_budget(served):
 def test_a_quality_target_on_smollm2_keeps_the_smallest_budget_that_meets_it(
     smollm2_dir, real_text, tmp_path, monkeypatch
 ):
-    import hf_factor_embed.plan as plan_module
+    import hf_factor_embed.pipeline.plan as plan_module
 
     monkeypatch.setattr(plan_module, "TARGET_SHARES", (0.06, 0.15))  # two budgets: a plan or two on 2 cores
     (tmp_path / "served.txt").write_text(real_text[20000:32000])

@@ -13,10 +13,10 @@ from conftest import tiny_llama
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 import hf_factor_embed as hfe
-from hf_factor_embed.compress import _embedding_bytes
 from hf_factor_embed.errors import CheckpointError, FactorEmbedError
 from hf_factor_embed.factorize.banded import BandedMethod
 from hf_factor_embed.factorize.product import fit_product_codes
+from hf_factor_embed.quantizer.sizes import embedding_bytes
 from hf_factor_embed.recovery.trainable import factor_parameters
 
 VOCAB, WIDTH = 2048, 64
@@ -75,7 +75,7 @@ def test_round_trip_is_identical_tied_and_smaller(saved, ids):
     assert (spec["tail_subvectors"], spec["tail_centroids"]) == (8, 256)
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, expected)
-    stored = _embedding_bytes(model)
+    stored = embedding_bytes(model)
     assert stored["stored"] < 0.5 * stored["dense_fp32"]
 
 
@@ -129,9 +129,9 @@ def test_integer_factors_store_the_outlier_columns_as_int8(tmp_path, ids):
     assert reloaded.lm_head.tail_column_values is reloaded.get_input_embeddings().tail_column_values
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, expected)
-    assert _embedding_bytes(model)["stored"] == _embedding_bytes(reloaded)["stored"]
+    assert embedding_bytes(model)["stored"] == embedding_bytes(reloaded)["stored"]
     assert reloaded.config.quantization_config.tail_column_bits == 8
-    stored = _embedding_bytes(reloaded)["stored"]
+    stored = embedding_bytes(reloaded)["stored"]
     assert stored == sum(t.numel() * t.element_size() for t in _embedding_tensors(tmp_path / "model.safetensors"))
 
 

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM
 
 import hf_factor_embed as hfe
 from hf_factor_embed import CheckpointError, FactorEmbedError
-from hf_factor_embed.quantize import dequantize, quantize, stored_shapes
-from hf_factor_embed.structure import factorized_layers
+from hf_factor_embed.quantizer.rounding import dequantize, quantize, stored_shapes
+from hf_factor_embed.quantizer.structure import factorized_layers
 
 
 def calibration() -> torch.Tensor:
@@ -196,7 +196,7 @@ def test_4_bit_codes_keep_the_basis_and_band_in_8_bits_unless_told(tmp_path):
         assert stored["model.embed_tokens.weight_q"].dtype == torch.uint8
         assert stored["model.embed_tokens.basis_q"].dtype == expected
         assert stored["model.embed_tokens.dense_rows_q"].dtype == expected
-    with pytest.raises(FactorEmbedError, match="band_bits needs bits"):
+    with pytest.raises(FactorEmbedError, match=r"band_bits \(--band-bits\) needs bits"):
         hfe.patch_model(tiny_llama(), rank=16, band_bits=8)
 
 
@@ -213,7 +213,7 @@ def test_a_checkpoint_written_before_band_bits_reads_every_factor_at_bits(tmp_pa
 
 
 def test_balancing_keeps_the_product_and_evens_the_columns_of_a():
-    from hf_factor_embed.storage import balance_factors
+    from hf_factor_embed.quantizer.storage import balance_factors
 
     layer = hfe.patch_model(tiny_llama(), rank=16, calibration=calibration()).model.embed_tokens
     with torch.no_grad():

@@ -40,7 +40,7 @@ def test_the_readme_shows_every_subcommand():
 
 
 def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, capsys, real_text):
-    from hf_factor_embed.data import license_text
+    from hf_factor_embed.calibration.data import license_text
 
     monkeypatch.chdir(tmp_path)
     Path("my_text.txt").write_text(real_text[20000:32000])

@@ -13,6 +13,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 import hf_factor_embed as hfe
+from hf_factor_embed.quantizer.structure import factorized_layers
 from hf_factor_embed.recovery import (
     CachedTeacherBlocks,
     CheapRefitConfig,
@@ -29,7 +30,6 @@ from hf_factor_embed.recovery import (
     split_blocks,
 )
 from hf_factor_embed.recovery.data import load_text
-from hf_factor_embed.structure import factorized_layers
 
 
 def random_blocks(n: int = 12, length: int = 16, seed: int = 0) -> Dataset:

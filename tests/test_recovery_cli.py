@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import hf_factor_embed as hfe
 from hf_factor_embed.cli import main
-from hf_factor_embed.structure import factorized_layers
+from hf_factor_embed.quantizer.structure import factorized_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from conftest import tiny_llama, tiny_tokenizer, tiny_words
 from transformers import AutoModelForCausalLM
 
 import hf_factor_embed as hfe
-from hf_factor_embed.structure import factorized_layers
+from hf_factor_embed.quantizer.structure import factorized_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "recipes" / "recover_distill.py")

@@ -14,11 +14,11 @@ from conftest import VOCAB, tiny_llama, tiny_tokenizer, tiny_words
 
 import hf_factor_embed as hfe
 from hf_factor_embed import FactorEmbedError
-from hf_factor_embed.calibration import collect_stats
-from hf_factor_embed.calibration_stats import CalibrationStats
-from hf_factor_embed.evaluation import perplexity
-from hf_factor_embed.gettext_catalogs import CatalogError, catalog_text, read_mo
-from hf_factor_embed.sources import TextSource, load_source, load_sources, unserved_defaults
+from hf_factor_embed.calibration.collect import collect_stats
+from hf_factor_embed.calibration.gettext_catalogs import CatalogError, catalog_text, read_mo
+from hf_factor_embed.calibration.sources import TextSource, load_source, load_sources, unserved_defaults
+from hf_factor_embed.calibration.stats import CalibrationStats
+from hf_factor_embed.measure.perplexity import perplexity
 
 
 def write_mo(path: Path, messages: dict[str, str], charset: str, big_endian: bool = False) -> Path:
@@ -68,7 +68,7 @@ def test_code_lists_are_skipped_and_a_damaged_catalog_costs_only_itself(locale_d
     assert "Deutsch" not in catalog_text("de", locale_dir=locale_dir)
     broken = locale_dir / "de" / "LC_MESSAGES" / "broken.mo"
     broken.write_bytes((locale_dir / "de" / "LC_MESSAGES" / "app.mo").read_bytes()[:40])
-    with caplog.at_level(logging.WARNING, logger="hf_factor_embed.gettext_catalogs"):
+    with caplog.at_level(logging.WARNING, logger="hf_factor_embed.calibration.gettext_catalogs"):
         text = catalog_text("de", locale_dir=locale_dir)
     assert "Datei nicht gefunden" in text and "skipped" in caplog.text and "broken.mo" in caplog.text
     not_a_catalog = locale_dir / "not.mo"
@@ -205,9 +205,10 @@ def test_compress_lists_served_and_not_served_in_json_and_card(served_run, capsy
 
 
 def test_a_source_far_outside_is_a_warning_in_the_report_and_card(served_run, monkeypatch):
-    import hf_factor_embed.compress as compress_module
+    import hf_factor_embed.pipeline.compress as compress_module
+    import hf_factor_embed.pipeline.result as result_module
 
-    monkeypatch.setattr(compress_module, "FAR_OUTSIDE", 0.0)  # a tiny random model is never 2x worse
+    monkeypatch.setattr(result_module, "FAR_OUTSIDE", 0.0)  # a tiny random model is never 2x worse
     root = served_run
     info = compress_module.compress(
         root / "dense", root / "out", rank=2, serve=[root / "low.txt"], measure=[root / "other.txt"], plots=False

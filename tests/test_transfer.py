@@ -6,9 +6,9 @@ import torch
 from conftest import VOCAB, tiny_llama
 
 import hf_factor_embed as hfe
-from hf_factor_embed.calibration import collect_stats
-from hf_factor_embed.calibration_stats import CalibrationStats
-from hf_factor_embed.data import TEXT_SOURCES, source_text
+from hf_factor_embed.calibration.collect import collect_stats
+from hf_factor_embed.calibration.data import TEXT_SOURCES, source_text
+from hf_factor_embed.calibration.stats import CalibrationStats
 from hf_factor_embed.factorize import FactorizationTask, get_method
 from hf_factor_embed.factorize.banded import BandedMethod, band_plan
 
@@ -83,7 +83,7 @@ def test_default_calibrated_on_one_kind_holds_up_on_another(smollm2_dir):
     ranked by counts alone (the default before this), at the same size."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_factor_embed.evaluation import perplexity
+    from hf_factor_embed.measure.perplexity import perplexity
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir)
     tok = AutoTokenizer.from_pretrained(smollm2_dir)

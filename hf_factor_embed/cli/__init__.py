@@ -85,7 +85,7 @@ def show_progress() -> None:
         def emit(self, record: logging.LogRecord) -> None:
             print(self.format(record), file=sys.stderr)
 
-    plan_logger = logging.getLogger("hf_factor_embed.plan")
+    plan_logger = logging.getLogger("hf_factor_embed.pipeline.plan")
     if not plan_logger.handlers:
         handler = ToStderr()
         handler.setFormatter(logging.Formatter("hf-factor-embed: %(message)s"))

@@ -31,16 +31,17 @@ def analyze(
     import torch
     from tqdm.auto import tqdm
 
-    from ..analysis import analyze_weight, embedding_weights
-    from ..arguments import check_model_name, check_writable_folder
-    from ..compress import read_texts
+    from ..arguments import check_writable_folder
+    from ..calibration.sources import read_texts
     from ..errors import FactorEmbedError
     from ..folders import check_output_dir
-    from ..loading import load_model
-    from ..structure import factorized_layers
+    from ..measure.analysis import analyze_weight, embedding_weights
+    from ..models.load import load_model
+    from ..models.names import check_model_name
+    from ..quantizer.structure import factorized_layers
 
     try:
-        plots = importlib.import_module("hf_factor_embed.plots")
+        plots = importlib.import_module("hf_factor_embed.measure.plots")
     except ImportError:  # the numbers stand without the pictures, as in compress
         plots = None
         typer.echo(f"matplotlib is not installed: no PNGs, only summary.json ({INSTALL_HINTS['matplotlib']})", err=True)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from . import app, command_line
+from .options import default, option
 
 Files = Annotated[list[Path] | None, typer.Option(help="Plain-text files (repeat the option).")]
 
@@ -27,72 +28,27 @@ Files = Annotated[list[Path] | None, typer.Option(help="Plain-text files (repeat
 def compress(
     model: Annotated[str, typer.Argument(help="A model folder, a Hub name, or bundled:gemma3 / bundled:smollm2.")],
     out: Annotated[Path, typer.Option(help="Where to write the checkpoint, README.md and compression.json.")],
-    rank: Annotated[int | None, typer.Option(help="The rank r of the factors.")] = None,
-    budget: Annotated[float | None, typer.Option(help="Instead of --rank: share of parameters kept (0-1).")] = None,
-    target: Annotated[
-        float | None,
-        typer.Option(
-            help="Instead of --rank: largest perplexity ratio to dense, e.g. 1.02. With --calibration sources, the "
-            "plan searches the smallest budget at which every served source's held-back part stays within it; "
-            "otherwise the rank is searched."
-        ),
-    ] = None,
-    max_bytes: Annotated[
-        str | None,
-        typer.Option(
-            help="Instead of --rank: a byte budget for the embedding as stored, a share of its fp32 bytes (0.08) or "
-            "a size (40MB). Candidates (band size, tail format) are measured on the served sources' held-back parts "
-            "and the best kept. The default with --calibration sources: 0.08."
-        ),
-    ] = None,
+    rank: Annotated[int | None, option("rank")] = default("rank"),
+    budget: Annotated[float | None, option("budget")] = default("budget"),
+    target: Annotated[float | None, option("target")] = default("target"),
+    max_bytes: Annotated[str | None, option("max_bytes")] = default("max_bytes"),
     method: Annotated[
         str | None, typer.Option(help="Factorization method (default: banded with text, else svd).")
     ] = None,
-    bits: Annotated[
-        int | None, typer.Option(help="Store the codes A as 8- or 4-bit integers with fp16 scales.")
-    ] = None,
-    group_size: Annotated[
-        int | None, typer.Option(help="With --bits: columns per scale of A (default: per row for 8, 32 for 4).")
-    ] = None,
-    band_bits: Annotated[
-        int | None, typer.Option(help="With --bits: bits of the basis B and the band's rows (default 8).")
-    ] = None,
-    calibration: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="What the model serves, one source per option (repeat it): a text file, a local kind of text "
-            "(pydoc, licenses, changelogs, messages) or a language (lang:de, lang:zh_CN, ...). Each is held back in "
-            "part and measured; the band covers every source's tokens."
-        ),
-    ] = None,
+    bits: Annotated[int | None, option("bits")] = default("bits"),
+    group_size: Annotated[int | None, option("group_size")] = default("group_size"),
+    band_bits: Annotated[int | None, option("band_bits")] = default("band_bits"),
+    calibration: Annotated[list[str] | None, option("serve", "--calibration")] = default("serve"),
     dataset: Annotated[str | None, typer.Option(help="A `datasets` name whose text calibrates.")] = None,
-    calibration_tokens: Annotated[
-        int, typer.Option(help="Tokens of each source the model reads to calibrate (all are counted).")
-    ] = 32768,
-    measure: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Sources not served, measured to show what was given up (repeat it; default with --calibration: "
-            "the local English kinds and a few languages not served; 'none' for none)."
-        ),
-    ] = None,
-    held_back: Annotated[float, typer.Option(help="Share of each served source held back to measure.")] = 0.2,
-    band_share: Annotated[
-        float | None, typer.Option(help="banded: share of the size spent on exact rows (default 0.3).")
-    ] = None,
-    tail: Annotated[
-        str | None,
-        typer.Option(
-            help="banded: the rows outside the band as lowrank (default) or pq (product codes: every token "
-            "keeps a row of its own, one byte per --tail-sub-dim values)."
-        ),
-    ] = None,
-    tail_sub_dim: Annotated[int | None, typer.Option(help="--tail pq: values per code byte (default 8).")] = None,
-    peers: Annotated[
-        bool, typer.Option(help="Also measure int8 / int6 / int4 quantization of the dense embedding.")
-    ] = False,
+    calibration_tokens: Annotated[int, option("calibration_tokens")] = default("calibration_tokens"),
+    measure: Annotated[list[str] | None, option("measure")] = default("measure"),
+    held_back: Annotated[float, option("held_back")] = default("held_back"),
+    band_share: Annotated[float, option("band_share")] = default("band_share"),
+    tail: Annotated[str | None, option("tail")] = default("tail"),
+    tail_sub_dim: Annotated[int | None, option("tail_sub_dim")] = default("tail_sub_dim"),
+    peers: Annotated[bool, option("peers")] = default("peers"),
     eval_text: Files = None,
-    eval_tokens: Annotated[int, typer.Option(help="Tokens of each measured text (512-token windows).")] = 2048,
+    eval_tokens: Annotated[int, option("eval_tokens")] = default("eval_tokens"),
     gguf_file: Annotated[str | None, typer.Option(help="The GGUF file inside MODEL, if it ships one.")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     base_model_id: Annotated[
@@ -101,9 +57,10 @@ def compress(
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
 ) -> None:
     """Factorize MODEL's token embedding and output head; save a checkpoint that from_pretrained reloads."""
-    from ..compress import compress as run_compress
-    from ..compress import read_texts, summary_table
+    from ..calibration.sources import read_texts
     from ..errors import FactorEmbedError
+    from ..pipeline.compress import compress as run_compress
+    from ..pipeline.summary import summary_table
 
     if calibration and dataset:
         raise FactorEmbedError("give --calibration sources or --dataset, not both")

@@ -21,7 +21,7 @@ def densify(
     from ..arguments import check_writable_folder
     from ..errors import FactorEmbedError
     from ..folders import FACTORIZED_ONLY, check_output_dir, is_factorized_checkpoint
-    from ..loading import load_model
+    from ..models.load import load_model
 
     if not is_factorized_checkpoint(folder):
         raise FactorEmbedError(f"{folder} is not factorized; there is nothing to densify")

@@ -33,11 +33,13 @@ def evaluate(
     max_tokens: Annotated[int, typer.Option(help="Causal LMs: evaluate the first N tokens.")] = 8192,
 ) -> None:
     """Measure MODEL on your text; with --compare, beside a dense model."""
-    from ..arguments import check_model_name, positive_int
-    from ..compress import compare_to_dense, evaluate_text, read_texts
+    from ..arguments import positive_int
+    from ..calibration.model_text import describe_feed
+    from ..calibration.sources import read_texts
     from ..errors import FactorEmbedError
-    from ..loading import is_causal_lm, load_model
-    from ..model_text import describe_feed
+    from ..measure.texts import compare_to_dense, evaluate_text
+    from ..models.load import is_causal_lm, load_model
+    from ..models.names import check_model_name
 
     if (text is None) == (dataset is None):
         raise FactorEmbedError("give --text FILE... or --dataset NAME (one of them)")

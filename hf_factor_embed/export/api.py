@@ -89,8 +89,8 @@ def export(
     started = time.perf_counter()
     folder, out = Path(folder), Path(out)
     kind = check_export(folder, out, format=format, overwrite=overwrite)
-    from ..loading import load_model
-    from ..structure import factorized_layers
+    from ..models.load import load_model
+    from ..quantizer.structure import factorized_layers
     from .decoder import use_stored_factors
 
     model, tokenizer = load_model(folder)
@@ -156,7 +156,7 @@ def check_format(format: str, option: str = "--format") -> None:
 def _reference(model, tokenizer, kind: str, prompts: Sequence[str]):
     import torch
 
-    from ..continuations import greedy
+    from ..measure.continuations import greedy
 
     if kind == "decoder":
         return greedy(model, tokenizer, list(prompts), CHECK_TOKENS)

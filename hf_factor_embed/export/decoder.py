@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import FactorEmbedError
-from ..layers import FactorizedEmbedding
-from ..structure import factorized_layers
+from ..layers.factorized import FactorizedEmbedding
+from ..quantizer.structure import factorized_layers
 from .layers import ExportedEmbedding, ExportedFactors, ExportedLMHead
 
 

@@ -6,8 +6,9 @@ and dequantizes what it reads: the embedding gathers its rows first and dequanti
 dequantizes a matrix per call, inside the graph. So the file's embedding bytes are the checkpoint's, not the dense
 model's. A tied pair shares its :class:`StoredMatrix` modules, so the exported file holds one copy.
 
-The graph computes exactly what :class:`~hf_factor_embed.layers.FactorizedEmbedding` and
-:class:`~hf_factor_embed.layers.FactorizedLMHead` compute (same float values, same order of the low-rank part,
+The graph computes exactly what :class:`~hf_factor_embed.layers.factorized.FactorizedEmbedding` and
+:class:`~hf_factor_embed.layers.factorized.FactorizedLMHead` compute (same float values, same order of the low-rank
+part,
 the tail's codes and the band), in plain tensor ops that ``torch.export`` traces and every runtime has.
 """
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..config import FactorEmbedConfig
 from ..errors import FactorEmbedError
-from ..layers import (
+from ..layers.factorized import (
     TAIL_CODE_TENSORS,
     FactorizedEmbedding,
     FactorizedLayer,
@@ -27,7 +28,7 @@ from ..layers import (
     band_slots,
     product_code_parts,
 )
-from ..quantize import TAIL_COLUMN_TENSOR, _group, dequantize, quantize
+from ..quantizer.rounding import TAIL_COLUMN_TENSOR, _group, dequantize, quantize
 
 
 class StoredMatrix(nn.Module):

@@ -25,14 +25,13 @@ import torch
 
 from ..config import INPUT
 from ..errors import FactorEmbedError
+from ..layers.layout import LayerLayout
+from ..options import TAILS, check_band_share, check_positive_int, default, is_whole
 from .activation import normalized_cov
 from .base import FactorizationMethod, FactorizationTask, Factors
 from .frequency import row_weights
 from .lowrank import weighted_lowrank
 from .product import check_sub_dim, fit_product_codes, outlier_columns
-
-#: What the rows outside the band are stored as.
-TAILS = ("lowrank", "pq")
 
 
 def band_plan(v: int, d: int, rank: int, band_share: float) -> tuple[int, int]:
@@ -55,7 +54,7 @@ class BandedMethod(FactorizationMethod):
 
     def __init__(
         self,
-        band_share: float = 0.3,
+        band_share: float = default("band_share"),
         use_expected_probs: bool = True,
         *,
         tail: str = "lowrank",
@@ -69,39 +68,42 @@ class BandedMethod(FactorizationMethod):
         values: :mod:`.product`)."""
         if tail not in TAILS:
             raise FactorEmbedError(f"tail={tail!r} is not one of {', '.join(TAILS)}")
-        if isinstance(tail_rank, bool) or not isinstance(tail_rank, int) or tail_rank < 1:
-            raise FactorEmbedError(f"tail_rank={tail_rank!r} must be a whole number above 0")
-        if isinstance(tail_sub_dim, bool) or not isinstance(tail_sub_dim, int) or tail_sub_dim < 1:
-            raise FactorEmbedError(f"tail_sub_dim={tail_sub_dim!r} must be a whole number above 0 (e.g. 4 or 8)")
-        if isinstance(tail_centroids, bool) or not isinstance(tail_centroids, int) or not 2 <= tail_centroids <= 256:
+        check_positive_int("tail_rank", tail_rank)
+        check_positive_int("tail_sub_dim", tail_sub_dim)
+        if not is_whole(tail_centroids) or not 2 <= tail_centroids <= 256:
             raise FactorEmbedError(f"tail_centroids={tail_centroids!r} must lie in 2..256 (codes are one byte)")
         self.tail, self.tail_rank, self.tail_sub_dim = tail, tail_rank, tail_sub_dim
         self.tail_centroids = tail_centroids
-        if isinstance(tail_exact_columns, bool) or not isinstance(tail_exact_columns, int) or tail_exact_columns < 0:
+        if not is_whole(tail_exact_columns) or tail_exact_columns < 0:
             raise FactorEmbedError(f"tail_exact_columns={tail_exact_columns!r} must be a whole number, 0 or more")
         self.tail_exact_columns = tail_exact_columns
         self.tail_mix = 0.3 if tail == "pq" else 0.0
-        if isinstance(band_share, bool) or not isinstance(band_share, (int, float)) or not 0 <= band_share <= 1:
-            raise FactorEmbedError(
-                f"band_share={band_share!r} is the share of the size spent on exact rows: give a number in 0..1 "
-                f"(default 0.3; the Gemma-3 main job uses 0.9)"
-            )
+        check_band_share("band_share", band_share)
         self.band_share = float(band_share)
         self.use_expected_probs = use_expected_probs
 
+    def layout(self, v: int, d: int, rank: int, special_rows: int = 0) -> LayerLayout:
+        """What a layer factorized by this method at the size of a rank-``rank`` factorization holds: the layers, the
+        config and the plan's byte count all read this (``special_rows``: the special tokens, exact in any band)."""
+        k, inner = band_plan(v, d, rank, self.band_share)
+        k = max(k, special_rows) if k else k
+        if self.tail != "pq":
+            return LayerLayout(v, d, inner, k)
+        check_sub_dim(self.tail_sub_dim, d)
+        columns = min(self.tail_exact_columns, d)
+        return LayerLayout(v, d, min(self.tail_rank, d), k, d // self.tail_sub_dim, self.tail_centroids, columns)
+
     def factorize(self, task: FactorizationTask) -> Factors:
         v, d = task.weight.shape
-        k, inner = band_plan(v, d, task.rank, self.band_share)
+        special = 0 if task.exact_ids is None else task.exact_ids.numel()
+        layout = self.layout(v, d, task.rank, special)
+        k, inner = layout.dense_rows, layout.rank
         weights = row_weights(task)
         scores = self.band_scores(task)
-        if k and task.exact_ids is not None and task.exact_ids.numel():
+        if k and special:
             scores[task.exact_ids] = float("inf")  # the special tokens first, whatever the text says
-            k = max(k, task.exact_ids.numel())
         top = torch.argsort(scores, descending=True, stable=True)[:k]
         weights[top] = 0.0  # exact rows need nothing from the basis
-        if self.tail == "pq":
-            check_sub_dim(self.tail_sub_dim, d)
-            inner = min(self.tail_rank, d)
         metric = normalized_cov(task)
         if metric is not None and INPUT in task.roles and self.tail_mix:  # a tied pair: the joint metric
             metric = metric + self.tail_mix * torch.eye(d, dtype=metric.dtype)

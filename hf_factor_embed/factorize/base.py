@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from ..calibration_stats import CalibrationStats
+from ..calibration.stats import CalibrationStats
 from .product import ProductCodes
 
 
@@ -22,7 +22,7 @@ class FactorizationTask:
             for a tied pair.
         stats: calibration statistics (token counts, hidden-state covariances), when the caller has them.
         exact_ids: token ids that every method with a band keeps as exact rows whatever the statistics say: the
-            special tokens (:func:`hf_factor_embed.model_text.special_token_ids`), which frame every prompt.
+            special tokens (:func:`hf_factor_embed.calibration.model_text.special_token_ids`), which frame every prompt.
     """
 
     weight: torch.Tensor

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import FactorEmbedError
+from ..options import is_whole
 
 #: Centroids per subspace: one byte per code.
 CENTROIDS = 256
@@ -63,7 +64,7 @@ def outlier_columns(metric: torch.Tensor | None, weight: torch.Tensor, count: in
 
 
 def check_sub_dim(sub_dim: int, d: int) -> None:
-    if isinstance(sub_dim, bool) or not isinstance(sub_dim, int) or sub_dim < 1 or d % sub_dim:
+    if not is_whole(sub_dim) or sub_dim < 1 or d % sub_dim:
         raise FactorEmbedError(
             f"tail_sub_dim={sub_dim!r} must divide the embedding width {d} (e.g. 4 or 8: one byte per that many values)"
         )

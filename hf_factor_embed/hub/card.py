@@ -17,7 +17,7 @@ _AUTO_CLASSES = {
 
 
 def render_card(info: dict, repo_id: str | None = None):
-    """A ``ModelCard`` for a folder described by ``info`` (what :func:`hf_factor_embed.compress.compress`
+    """A ``ModelCard`` for a folder described by ``info`` (what :func:`hf_factor_embed.pipeline.compress.compress`
     returns). ``base_model_relation`` is ``quantized``: the Hub's relation for a compressed copy of the same
     weights (its other values are adapter, merge and finetune)."""
     from huggingface_hub import ModelCard, ModelCardData

@@ -55,7 +55,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str 
 def verify_loads(folder: Path) -> None:
     """Load ``folder`` as users will (``from_pretrained``, with every check of the factors, their shapes, the files'
     lengths and the band's token ids) before anything is uploaded: a damaged checkpoint never reaches the Hub."""
-    from ..loading import load_model
+    from ..models.load import load_model
 
     try:
         load_model(folder)

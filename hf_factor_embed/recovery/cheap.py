@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from ..adapters import get_adapter
-from ..calibration import iter_head_inputs
+from ..calibration.collect import iter_head_inputs
 from ..config import OUTPUT
 from ..errors import FactorEmbedError
-from ..layers import FactorizedLayer
+from ..layers.factorized import FactorizedLayer
 from .losses import kl_to_teacher
 from .trainable import factor_parameters
 

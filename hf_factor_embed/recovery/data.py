@@ -6,45 +6,21 @@ the evaluation blocks are always the *last* ones and never overlap the training 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..arguments import read_text_file
+from ..calibration.model_text import bos_prefix
+from ..calibration.sources import load_text  # noqa: F401  (part of the recovery API: recovery.load_text)
 from ..errors import FactorEmbedError
-from ..model_text import bos_prefix
 
 if TYPE_CHECKING:
     from datasets import Dataset
-
-
-def load_text(
-    files: Sequence[str | Path] | None = None,
-    dataset: str | None = None,
-    *,
-    split: str = "train",
-    text_column: str = "text",
-) -> Dataset:
-    """Text files (one example per file: documents stay whole) or a ``datasets`` name, as a Dataset with a
-    ``text`` column."""
-    from datasets import Dataset, load_dataset
-
-    if (files is None) == (dataset is None):
-        raise FactorEmbedError("give text files or a dataset name (exactly one of them)")
-    if files is not None:  # each file checked to be UTF-8 text, one example per file
-        data = Dataset.from_dict({"text": [read_text_file(f) for f in files]})
-    else:
-        data = load_dataset(dataset, split=split)
-    if text_column not in data.column_names:
-        raise FactorEmbedError(f"the dataset has no {text_column!r} column; it has {data.column_names}")
-    return data.select_columns([text_column]).rename_column(text_column, "text") if text_column != "text" else data
 
 
 def pack_blocks(texts: Dataset, tokenizer, block_size: int = 512) -> Dataset:
     """Tokenize every text, join them into one stream (EOS between texts where the tokenizer has one) and cut it
     into ``block_size``-token blocks (a trailing partial block is dropped): a Dataset with ``input_ids``. Each block
     starts with the ``<bos>`` the tokenizer puts before text, where it puts one (Gemma, LLaMA), so training sees
-    text as the model serves it (:mod:`hf_factor_embed.model_text`)."""
+    text as the model serves it (:mod:`hf_factor_embed.calibration.model_text`)."""
     if block_size < 2:
         raise FactorEmbedError(f"block_size={block_size} is too small; use at least 2 tokens (e.g. 512)")
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

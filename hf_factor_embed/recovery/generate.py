@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..errors import FactorEmbedError
+from ..options import is_whole
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -105,7 +106,7 @@ def self_generate(
 
 def check_tokens(tokens) -> None:
     """A count of tokens to generate must be a positive integer (checked before any model loads)."""
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0:
+    if not is_whole(tokens) or tokens <= 0:
         raise FactorEmbedError(f"--self-generate {tokens!r}: give a positive number of tokens to generate")
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ..arguments import check_model_name, check_writable_folder, one_of, positive_int, positive_number
-from ..bundled import resolve
+from ..arguments import check_writable_folder, one_of, positive_int, positive_number
 from ..errors import FactorEmbedError
 from ..folders import check_output_dir, is_factorized_checkpoint
+from ..models.bundled import resolve
+from ..models.names import check_model_name
 from .cheap import CheapRefitConfig, cheap_refit, collect_teacher_signals
 from .data import load_text, pack_blocks, split_blocks
 from .distill import DistillConfig, distill
@@ -65,7 +66,7 @@ def load_models(student_dir: str | Path, teacher: str, gguf_file: str | None = N
     its metadata (~10 s for SmolLM2's), so callers check, tokenize and load once each."""
     from transformers import AutoModelForCausalLM
 
-    from ..structure import factorized_layers
+    from ..quantizer.structure import factorized_layers
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
@@ -174,7 +175,7 @@ def _training_blocks(given, teacher, tokenizer, self_generate: int | None, block
     and/or the teacher's own text."""
     from datasets import concatenate_datasets
 
-    from ..bundled import cache_dir
+    from ..models.bundled import cache_dir
 
     generated = generation = None
     if self_generate:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import FactorEmbedError
-from ..layers import FactorizedLayer
-from ..structure import factorized_layers
+from ..layers.factorized import FactorizedLayer
+from ..quantizer.structure import factorized_layers
 
 TRAIN_MODES = ("factors", "lora", "all")
 #: The tensors of a factorized layer that train (``dense_index`` is an integer map, never trained).

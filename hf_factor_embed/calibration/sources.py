@@ -4,9 +4,9 @@ A source is given by name (``spec``):
 
 * a local kind of English text: ``pydoc`` (Python's reference), ``licenses`` (/usr/share/common-licenses),
   ``changelogs`` (Debian changelogs), ``messages`` (the English originals of the gettext catalogs' messages:
-  user-interface strings); see :mod:`hf_factor_embed.data`;
+  user-interface strings); see :mod:`hf_factor_embed.calibration.data`;
 * a language: ``lang:<code>`` (``lang:de``, ``lang:zh_CN``, ...): the translated messages of the machine's gettext
-  catalogs in that language (:mod:`hf_factor_embed.gettext_catalogs`);
+  catalogs in that language (:mod:`hf_factor_embed.calibration.gettext_catalogs`);
 * a plain-text file: its path (the source is named by the file's stem).
 
 Each source is held back in part (its first ``held_back`` share, cut at a line end): the calibration statistics
@@ -16,12 +16,16 @@ to. Sources that are not served are measured whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .arguments import read_text_file
-from .errors import FactorEmbedError
+from ..arguments import read_text_file
+from ..errors import FactorEmbedError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 LANGUAGE_PREFIX = "lang:"
 #: The catalogs whose English originals make the ``messages`` source (any language's would do; German's are many).
@@ -109,3 +113,34 @@ def unserved_defaults(served: Iterable[str]) -> list[str]:
     served = set(served)
     candidates = [*ENGLISH_KINDS, *(LANGUAGE_PREFIX + code for code in DEFAULT_UNSERVED_LANGUAGES)]
     return [c for c in candidates if c not in served]
+
+
+def read_texts(files: Sequence[str | Path] | None = None, dataset: str | None = None) -> str | None:
+    """The text of plain-text files, or of a ``datasets`` name's ``text`` column; None when neither is given."""
+    if files:
+        return "\n\n".join(read_text_file(f) for f in files)
+    if dataset:
+        return "\n\n".join(t for t in load_text(dataset=dataset)["text"] if t)
+    return None
+
+
+def load_text(
+    files: Sequence[str | Path] | None = None,
+    dataset: str | None = None,
+    *,
+    split: str = "train",
+    text_column: str = "text",
+) -> Dataset:
+    """Text files (one example per file: documents stay whole) or a ``datasets`` name, as a Dataset with a
+    ``text`` column."""
+    from datasets import Dataset, load_dataset
+
+    if (files is None) == (dataset is None):
+        raise FactorEmbedError("give text files or a dataset name (exactly one of them)")
+    if files is not None:  # each file checked to be UTF-8 text, one example per file
+        data = Dataset.from_dict({"text": [read_text_file(f) for f in files]})
+    else:
+        data = load_dataset(dataset, split=split)
+    if text_column not in data.column_names:
+        raise FactorEmbedError(f"the dataset has no {text_column!r} column; it has {data.column_names}")
+    return data.select_columns([text_column]).rename_column(text_column, "text") if text_column != "text" else data

@@ -95,7 +95,7 @@ def check_tokenizer(model, tokenizer) -> None:
     """Refuse a tokenizer that does not belong to ``model``: its ids would pick the wrong rows for the band and the
     statistics. Checked: the vocabulary's size against the embedding's rows (special ids are not compared: configs
     often carry defaults their tokenizers do not use)."""
-    from .errors import FactorEmbedError
+    from ..errors import FactorEmbedError
 
     rows = model.get_input_embeddings().weight.shape[0]
     size = len(tokenizer) if hasattr(tokenizer, "__len__") else None  # a plain callable tokenizes too

@@ -33,13 +33,14 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
-from .errors import FactorEmbedError
+from ..errors import FactorEmbedError
+from ..options import check_target
+from .budget import TAIL_FORMATS, Candidate, candidates, check_budget, parse_max_bytes, smallest_plan_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -52,178 +53,9 @@ SERVED_PREFERENCE = 0.02
 #: past ``GUARD_FLOOR`` times dense: within 5% of dense a source is kept, whatever trimming does there.
 GUARD_TOLERANCE = 1.02
 GUARD_FLOOR = 1.05
-#: The tail formats the plan measures: name -> (tail, values per code byte).
-TAIL_FORMATS = {
-    "lowrank": ("lowrank", None),
-    **{f"pq{n}": ("pq", n) for n in (16, 8, 6, 5, 4)},  # a model measures those whose values divide its width
-}
-#: The share of the size ``band_plan`` spends on exact rows in every candidate (the low-rank tail's rank is the
-#: rest); the product-coded tails keep a rank-16 basis whatever the share.
-BAND_SHARE = 0.9
 #: The budgets a quality target searches, as shares of the fp32 embedding's bytes (those the model's smallest plan
 #: fits); quality grows with the budget, so the search bisects: about four plans for these thirteen.
 TARGET_SHARES = (0.03, 0.04, 0.05, 0.06, 0.08, 0.10, 0.12, 0.15, 0.20, 0.25, 0.30, 0.40, 0.50)
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
-def parse_max_bytes(value: str | float | int) -> tuple[str, float]:
-    """``("share", 0.08)`` for a share of the fp32 embedding (a number in (0, 1)), ``("bytes", 4e7)`` for a size
-    (``40MB``, ``38MiB``, ``40000000``)."""
-    if isinstance(value, bool):
-        value = str(value)
-    if isinstance(value, (int, float)):
-        value = repr(value)
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
-    unit = match and match.group(2).lower()
-    if not match or unit not in _UNITS:
-        raise FactorEmbedError(
-            f"--max-bytes {value!r} is neither a share of the fp32 embedding's bytes (e.g. 0.08) nor a size "
-            f"(e.g. 40MB, 38MiB)"
-        )
-    number = float(match.group(1))
-    if not unit and 0 < number < 1:
-        return "share", number
-    if number * _UNITS[unit] < 1 or (not unit and number == 1):
-        raise FactorEmbedError(f"--max-bytes {value!r}: give a share strictly between 0 and 1, or a size like 40MB")
-    return "bytes", number * _UNITS[unit]
-
-
-def budget_bytes(spec: tuple[str, float], fp32_bytes: int) -> int:
-    kind, number = spec
-    return int(number * fp32_bytes) if kind == "share" else int(number)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One way to spend the budget: a tail format and the size knob (``rank``) that fills the budget with it."""
-
-    name: str
-    tail: str
-    tail_sub_dim: int | None
-    rank: int
-    band_rows: int
-    planned_bytes: int
-
-    def method(self):
-        from .factorize.banded import BandedMethod
-
-        return BandedMethod(BAND_SHARE, tail=self.tail, tail_sub_dim=self.tail_sub_dim or 8)
-
-
-def planned_bytes(
-    v: int,
-    d: int,
-    rank: int,
-    tail_format: str,
-    *,
-    bits: int | None,
-    group_size: int | None = None,
-    band_bits: int | None = None,
-    special_rows: int = 0,
-    element_size: int = 4,
-    tail_rank: int | None = None,
-    exact_columns: int | None = None,
-) -> tuple[int, int]:
-    """(stored bytes, band rows) of one factorized matrix (a tied pair once) at ``rank`` with ``tail_format``:
-    the shapes the layer will hold (:class:`hf_factor_embed.layers.FactorizedLayer`), counted as the checkpoint
-    stores them (:func:`hf_factor_embed.quantize.stored_bytes`)."""
-    from .config import FactorEmbedConfig
-    from .factorize.banded import band_plan
-    from .factorize.product import CENTROIDS
-    from .patch import set_integer_storage
-    from .quantize import stored_bytes
-
-    tail, sub_dim = TAIL_FORMATS[tail_format]
-    k, inner = band_plan(v, d, rank, BAND_SHARE)
-    k = max(k, special_rows) if k else k
-    shapes = {"weight": (v, inner), "basis": (inner, d), "dense_rows": (k, d), "dense_index": (k,)}
-    if tail == "pq":
-        from .factorize.banded import BandedMethod
-
-        defaults = BandedMethod(tail="pq")
-        tail_rank = defaults.tail_rank if tail_rank is None else tail_rank
-        exact_columns = defaults.tail_exact_columns if exact_columns is None else exact_columns
-        inner, m, c = min(tail_rank, d), d // sub_dim, min(exact_columns, d)
-        shapes |= {"weight": (v, inner), "basis": (inner, d), "tail_codes": (v, m)}
-        shapes |= {"codebooks": (m, CENTROIDS, sub_dim), "tail_rotation": (d, d)}
-        shapes |= {"tail_columns": (c,), "tail_column_values": (v, c)}
-    sizes = {"dense_index": 8, "tail_codes": 1, "tail_columns": 8, "tail_column_values": 2}
-    config = set_integer_storage(FactorEmbedConfig(), bits, group_size, band_bits)
-    total = sum(
-        stored_bytes(config, name, shape, sizes.get(name, element_size), band_rows=k)
-        for name, shape in shapes.items()
-        if k or name not in ("dense_rows", "dense_index")
-    )
-    return total, k
-
-
-def candidates(
-    v: int,
-    d: int,
-    budget: int,
-    *,
-    bits: int | None,
-    group_size: int | None = None,
-    band_bits: int | None = None,
-    special_rows: int = 0,
-    element_size: int = 4,
-    formats: tuple[str, ...] = tuple(TAIL_FORMATS),
-    tail_rank: int | None = None,
-    exact_columns: int | None = None,
-) -> list[Candidate]:
-    """For each tail format, the largest size that fits ``budget`` bytes (formats that cannot fit are left out);
-    ``tail_rank`` and ``exact_columns``: the product-coded tail's, where not :class:`BandedMethod`'s defaults."""
-    from .patch import largest_saving_rank
-
-    out = []
-    sizes = dict(bits=bits, group_size=group_size, band_bits=band_bits, special_rows=special_rows)
-    sizes |= dict(element_size=element_size, tail_rank=tail_rank, exact_columns=exact_columns)
-    for name in formats_for(d, formats):
-        low, high = 0, largest_saving_rank(v, d)  # bytes grow with the rank
-        while low < high:
-            mid = (low + high + 1) // 2
-            fits = planned_bytes(v, d, mid, name, **sizes)[0] <= budget
-            low, high = (mid, high) if fits else (low, mid - 1)
-        total, rows = planned_bytes(v, d, max(low, 1), name, **sizes)
-        if low >= 1 and rows:  # a candidate without a band would lose the special tokens' exact rows
-            out.append(Candidate(name, *TAIL_FORMATS[name], rank=low, band_rows=rows, planned_bytes=total))
-    return out
-
-
-def formats_for(d: int, formats=tuple(TAIL_FORMATS)) -> list[str]:
-    """The tail formats a width-``d`` embedding can take (product codes whose values a byte divide ``d``)."""
-    return [name for name in formats if not TAIL_FORMATS[name][1] or d % TAIL_FORMATS[name][1] == 0]
-
-
-def smallest_plan_bytes(v: int, d: int, **sizes) -> int:
-    """The fewest bytes any candidate needs (the smallest size with a band, which holds at least the special tokens'
-    rows, and the smallest tail); ``sizes``: the storage keywords of :func:`planned_bytes`."""
-    from .patch import largest_saving_rank
-
-    def smallest(name: str) -> int:
-        low, high = 1, largest_saving_rank(v, d)  # a band appears once the rank leaves room for it
-        while low < high:
-            mid = (low + high) // 2
-            low, high = (low, mid) if planned_bytes(v, d, mid, name, **sizes)[1] else (mid + 1, high)
-        return planned_bytes(v, d, low, name, **sizes)[0]
-
-    return min(smallest(name) for name in formats_for(d))
-
-
-def check_budget(budget: int, v: int, d: int, fp32_bytes: int, **sizes) -> None:
-    """A budget that no candidate fits is one line naming the smallest that does."""
-    smallest = smallest_plan_bytes(v, d, **sizes)
-    if budget < smallest:
-        raise FactorEmbedError(
-            f"--max-bytes allows {budget:,} bytes ({budget / fp32_bytes:.2%} of the fp32 embedding), below the "
-            f"{smallest:,} ({smallest / fp32_bytes:.2%}) that the smallest plan needs (a band of the special tokens' "
-            f"rows and the smallest tail); give at least {math.ceil(1000 * smallest / fp32_bytes) / 1000:g}"
-        )
-    if budget >= fp32_bytes:
-        raise FactorEmbedError(
-            f"--max-bytes allows {budget:,} bytes, no fewer than the fp32 embedding's {fp32_bytes:,}: nothing to "
-            f"compress; give a share below 1 (e.g. 0.08)"
-        )
 
 
 def check_plan_arguments(
@@ -231,13 +63,13 @@ def check_plan_arguments(
 ) -> tuple[str, float] | None:
     """The parsed budget (``("share", 0.08)``, ``("bytes", 4e7)``) or quality target (``("target", 1.02)``: a
     ``target`` with served sources, the banded method and none of its settings), or None for neither (a ``target``
-    then searches the rank: :mod:`hf_factor_embed.rank_search`); what the plan cannot go with is refused before
+    then searches the rank: :mod:`hf_factor_embed.pipeline.rank_search`); what the plan cannot go with is refused before
     anything loads."""
     if max_bytes is None:
         planned_target = target is not None and serve is not None and method in (None, "banded")
-        if not planned_target or band_share or tail or tail_sub_dim:
+        if not planned_target or any(x is not None for x in (band_share, tail, tail_sub_dim)):
             return None
-        check_target(target)
+        check_target("target", target)
         return "target", float(target)
     spec = parse_max_bytes(max_bytes)
     if serve is None:
@@ -247,31 +79,14 @@ def check_plan_arguments(
         )
     if method not in (None, "banded"):
         raise FactorEmbedError(f"--max-bytes plans the banded method; --method {method} needs --rank")
-    chosen = [n for n, v in (("--band-share", band_share), ("--tail", tail), ("--tail-sub-dim", tail_sub_dim)) if v]
+    given = (("--band-share", band_share), ("--tail", tail), ("--tail-sub-dim", tail_sub_dim))
+    chosen = [n for n, v in given if v is not None]
     if chosen:
         raise FactorEmbedError(
             f"{', '.join(chosen)}: the plan (--max-bytes) picks the band and the tail by measurement; give --rank to "
             f"set them yourself"
         )
     return spec
-
-
-def check_target(target) -> None:
-    """``--target`` is a perplexity ratio to dense: a number >= 1 (for the plan and for the rank search alike)."""
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or target < 1:
-        raise FactorEmbedError(f"--target {target!r} is a perplexity ratio to the dense model: a number >= 1")
-
-
-def check_budget_fits(spec, shape: tuple[int, int, bool] | None, bits, group_size, band_bits) -> None:
-    """A budget no candidate fits is refused from the model's shape (``(V, d, tied)`` from its config, read by
-    :func:`hf_factor_embed.arguments.embedding_shape`; None: checked once the model loads), before it loads."""
-    if shape is None or spec[0] == "target":
-        return
-    v, d, tied = shape
-    matrices = 1 if tied else 2
-    fp32 = matrices * v * d * 4
-    sizes = dict(bits=bits, group_size=group_size, band_bits=band_bits)
-    check_budget(budget_bytes(spec, fp32) // matrices, v, d, fp32 // matrices, **sizes)
 
 
 def worst_served(candidate: Mapping, served: list[str]) -> float:
@@ -355,9 +170,7 @@ def run_plan(
     best_model, chosen_name = None, None
     for candidate in candidates(v, d, budget, formats=formats, **sizes):
         patched = patch(copy.deepcopy(model), candidate)
-        stored = stored_bytes_of(patched)
-        if stored > budget:  # the count and the layers disagree: a bug, never a silent overrun
-            raise RuntimeError(f"plan {candidate.name}: planned {candidate.planned_bytes:,} bytes, stored {stored:,}")
+        stored = stored_bytes_of(patched)  # the candidate's layout counted: its planned bytes
         perplexity = measure(patched)
         ratio = ratios(perplexity)
         worse = sorted(s for s, r in ratio.items() if s not in served and s in trim and _behind(r, trim[s]))

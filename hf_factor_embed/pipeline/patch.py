@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -12,20 +11,28 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .adapters import EmbeddingAdapter, get_adapter
-from .calibration_stats import CalibrationStats
-from .config import INPUT, OUTPUT, QUANT_METHOD, FactorEmbedConfig
-from .errors import AlreadyPatchedError, FactorEmbedError, UnsupportedModelError
-from .factorize import FactorizationMethod, FactorizationTask, Factors, get_method
-from .factorize.lowrank import estimate_bytes, relative_error
-from .integration import attach, detach, give_own_config
-from .layers import FactorizedLayer
-from .lazy import pretrained_model_class as _pretrained_model_class
-from .model_text import bos_prefix, check_tokenizer, special_token_ids
-from .quantize import check_bits, default_group
-from .report import ModuleReport, PatchReport
-from .storage import round_factors
-from .structure import DENSE_SKELETON, dense_shape, embed_scale_of, factorized_layers, install_layers, untie_keys
+from ..adapters import EmbeddingAdapter, get_adapter
+from ..calibration.model_text import bos_prefix, check_tokenizer, special_token_ids
+from ..calibration.stats import CalibrationStats
+from ..config import INPUT, OUTPUT, QUANT_METHOD, FactorEmbedConfig
+from ..errors import AlreadyPatchedError, FactorEmbedError, UnsupportedModelError
+from ..factorize import FactorizationMethod, FactorizationTask, Factors, get_method
+from ..factorize.lowrank import estimate_bytes, relative_error
+from ..factorize.ranks import check_rank, largest_saving_rank, rank_for_budget
+from ..layers.factorized import FactorizedLayer
+from ..lazy import pretrained_model_class as _pretrained_model_class
+from ..measure.report import ModuleReport, PatchReport
+from ..options import Storage, check_target
+from ..quantizer.hf_quantizer import attach, detach, give_own_config
+from ..quantizer.storage import round_factors
+from ..quantizer.structure import (
+    DENSE_SKELETON,
+    dense_shape,
+    embed_scale_of,
+    factorized_layers,
+    install_layers,
+    untie_keys,
+)
 
 if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
     from transformers import PreTrainedModel
@@ -94,7 +101,8 @@ def patch_model(
             predictions still rank the band well; text unlike the served text costs far more than little text.
         tokenizer: the model's tokenizer, for calibration text. It is checked against the embedding (a tokenizer of
             another vocabulary is refused), its special tokens always keep exact band rows, and every calibration
-            window starts with the ``<bos>`` it puts before text (:mod:`hf_factor_embed.model_text`). Without it,
+            window starts with the ``<bos>`` it puts before text (:mod:`hf_factor_embed.calibration.model_text`).
+            Without it,
             token ids are read as given and the special tokens are those the model's configs name.
         target: instead of ``rank`` or ``budget``, the largest acceptable ratio of perplexity to the dense
             model's (e.g. 1.10) on the last ``holdout_tokens`` tokens of the calibration text (of each named
@@ -110,7 +118,7 @@ def patch_model(
             4x / 7x. A's columns are balanced against B's rows first (the product is unchanged). The factors in
             memory are rounded to the stored values at once, so what you measure is what you save; they stay
             float Parameters (training moves them; saving rounds them again). Default None: float factors.
-            See :mod:`hf_factor_embed.quantize`.
+            See :mod:`hf_factor_embed.quantizer.rounding`.
         group_size: columns per scale of A with ``bits`` (default: one scale per row for 8 bits, 32 for 4 bits).
         band_bits: bits of B and the band's rows, one scale per row for 8 (default 8 whenever ``bits`` is set:
             B is small, and the band holds the most used tokens' exact rows, which lose in int4 what the whole
@@ -123,11 +131,7 @@ def patch_model(
         a config object of its own, so other models built from the same config stay dense.
     """
     started = time.perf_counter()
-    check_bits(bits, group_size)
-    if band_bits is not None:
-        if bits is None:
-            raise FactorEmbedError("band_bits needs bits (the codes' precision); give both, or neither")
-        check_bits(band_bits, None)
+    Storage(bits=bits, group_size=group_size, band_bits=band_bits)  # checked as every entry point checks it
     plan = _plan(model, rank, budget, target, roles, method)
     if tokenizer is not None:
         check_tokenizer(model, tokenizer)
@@ -140,7 +144,7 @@ def patch_model(
     _check_memory(plan)
     factors = _factorize_all(plan, factorizer, stats, plan.ranks)
     config = _config(plan, factors, rank if isinstance(rank, int) and target is None else None, budget)
-    set_integer_storage(config, bits, group_size, band_bits)
+    config.set_storage(bits, group_size, band_bits)
     report = _report(model, plan, factors, search_note)
     _install(model, plan, config, factors)
     if bits is not None:
@@ -152,20 +156,6 @@ def patch_model(
     if verbose:
         print(report)
     return model
-
-
-def set_integer_storage(config: FactorEmbedConfig, bits, group_size=None, band_bits=None) -> FactorEmbedConfig:
-    """The precisions ``patch_model`` stores the factors with (nothing for float factors); the plan counts bytes
-    with the same settings."""
-    if bits is not None:
-        config.bits, config.group_size = bits, default_group(bits, group_size)
-        config.band_bits = 8 if band_bits is None else band_bits
-        # groups of 64 on the band: one scale per row costs Gemma-3's embedding 3% perplexity on English text, groups
-        # of 64 nothing (benchmarks/vocab.py, peers "int8" and "int8 g64"), for 3% more bytes on the band
-        config.band_group_size = 64 if config.band_bits == 8 else None
-        # read only where the tail is product-coded (quantize.TAIL_COLUMN_TENSOR, quantize.BAND_SKIPPING_TENSORS)
-        config.tail_column_bits, config.tail_skips_band = 8, True
-    return config
 
 
 def _plan(model, rank, budget, target, roles, method) -> _Plan:
@@ -191,8 +181,7 @@ def _plan(model, rank, budget, target, roles, method) -> _Plan:
 def _check_target(model, adapter, rank, budget, target) -> None:
     if rank is not None or budget is not None:
         raise FactorEmbedError("give exactly one of rank=..., budget=... or target=...")
-    if isinstance(target, bool) or not (isinstance(target, (int, float)) and target >= 1.0):
-        raise FactorEmbedError(f"target={target!r} is a perplexity ratio to the dense model: a number >= 1")
+    check_target("target", target)
     if adapter.get(model, OUTPUT) is None:
         raise FactorEmbedError("target=... measures perplexity, which needs a language-model head")
 
@@ -207,7 +196,7 @@ def _calibrate(model, plan: _Plan, calibration, tokenizer, target, holdout_token
         raise FactorEmbedError("target=... needs calibration text or token ids (a slice is held out to evaluate)")
     if calibration is None or isinstance(calibration, CalibrationStats):
         return calibration, None
-    from .calibration import collect_source_stats, tokenize_calibration
+    from ..calibration.collect import collect_source_stats, tokenize_calibration
 
     named = calibration if isinstance(calibration, Mapping) else {"calibration": calibration}
     if not named:
@@ -468,7 +457,7 @@ def _resolve_ranks(
         if budget is not None:
             if not (isinstance(budget, (int, float)) and 0 < budget < 1):
                 raise FactorEmbedError(f"budget={budget!r} must be a share strictly between 0 and 1")
-            r = max(1, math.floor(budget * v * d / (v + d)))
+            r = rank_for_budget(budget, v, d)
         else:
             r = rank.get(role) if isinstance(rank, Mapping) else rank
             if r is None:
@@ -479,27 +468,6 @@ def _resolve_ranks(
     if INPUT in ranks and OUTPUT in ranks and _head_is_tied(model, adapter) and len(tied_ranks) > 1:
         raise FactorEmbedError(f"a tied embedding and head share one pair of factors: give them one rank, not {ranks}")
     return ranks
-
-
-def largest_saving_rank(v: int, d: int) -> int:
-    """The largest rank r whose factors (r*(V+d) values) are fewer than the dense V x d matrix's."""
-    return max(1, (v * d - 1) // (v + d))
-
-
-def check_rank(rank, v: int, d: int, role: str = "input") -> None:
-    """Refuse a rank that is not an integer, or whose factors would be no smaller than the dense matrix: such a
-    "compressed" checkpoint is larger than the original (the banded method spends the size on exact rows)."""
-    top = largest_saving_rank(v, d)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= top:
-        keeps = (
-            f"; rank {rank} would keep {rank * (v + d) / (v * d):.1%} of its parameters"
-            if (isinstance(rank, int) and not isinstance(rank, bool) and rank > top)
-            else ""
-        )
-        raise FactorEmbedError(
-            f"rank={rank!r} for the {role} embedding ({v} x {d}) must be an integer in 1..{top}, the ranks whose "
-            f"factors are smaller than the dense matrix{keeps} (budget=SHARE picks a rank for you)."
-        )
 
 
 def _check_memory(plan: _Plan) -> None:

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import torch
 
-from .arguments import check_model_name
-from .errors import FactorEmbedError
+from ..errors import FactorEmbedError
+from .names import check_model_name
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_model(name: str | Path, *, gguf_file: str | None = None, dtype: str = "float32"):
     """(model, tokenizer or None), the model in ``dtype`` and in eval mode. ``name``: a folder, a Hub name, or
-    ``bundled:<name>`` (:mod:`hf_factor_embed.bundled`).
+    ``bundled:<name>`` (:mod:`hf_factor_embed.models.bundled`).
 
     The class is the config's first ``architectures`` entry (``LlamaForCausalLM``, ``BertModel``, ...), as
     pipelines do, so heads are kept; without one, ``AutoModel``. A GGUF file is dequantized by transformers.

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FactorEmbedError
+from ..errors import FactorEmbedError
 
 PREFIX = "bundled:"
 

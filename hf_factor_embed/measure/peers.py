@@ -6,7 +6,7 @@ vocabulary.
   for llama.cpp's Q4_1 / Q4_K; ``int6 g16``: symmetric 6-bit, a stand-in for the Q6_K llama.cpp keeps a tied head
   at (its bytes counted at Q6_K's 6.5625 bits per value).
 * ``trim``: vocabtrimmer's hard trimming: only the kept tokens' rows remain; any other id is read as the unknown
-  token and cannot be predicted (:func:`hf_factor_embed.evaluation.perplexity` with ``keep``).
+  token and cannot be predicted (:func:`hf_factor_embed.measure.perplexity.perplexity` with ``keep``).
 
 Each peer acts on the dense model's embedding matrices (a tied pair once) in place for one evaluation and puts
 them back, so peers and the factorized model are measured by the same code on the same windows.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .analysis import embedding_weights
-from .evaluation import perplexity
+from .perplexity import perplexity
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class TrimmedPeer:
     def ranked(cls, stats, special_ids: torch.Tensor, rows: int, unk_id: int, name: str = "trim") -> TrimmedPeer:
         """The vocabulary trimmed to ``rows`` tokens, ranked as the band is (:func:`.factorize.banded.band_scores`
         of the calibration statistics ``stats``), the special tokens first: trimming at the band's own ranking."""
-        from .factorize.banded import band_scores
+        from ..factorize.banded import band_scores
 
         scores = band_scores(stats)
         scores[special_ids] = float("inf")

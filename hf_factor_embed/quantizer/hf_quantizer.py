@@ -19,12 +19,12 @@ from torch import nn
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 
-from .adapters import get_adapter
-from .config import QUANT_METHOD, FactorEmbedConfig
-from .errors import CheckpointError
-from .lazy import pretrained_model_class as _pretrained_model_class
+from ..adapters import get_adapter
+from ..config import QUANT_METHOD, FactorEmbedConfig
+from ..errors import CheckpointError
+from ..lazy import pretrained_model_class as _pretrained_model_class
 from .model_methods import GIVEN_STATE_DICT, OVERRIDDEN, install_methods
-from .quantize import stored_tensors
+from .rounding import stored_tensors
 from .storage import add_placeholders, quantized_state_dict, restore_from_placeholders
 from .structure import factorized_layers, install_layers
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .evaluation import perplexity
-from .factorize import Factors
+from ..factorize import Factors
+from ..measure.perplexity import perplexity
 
 logger = logging.getLogger(__name__)
 

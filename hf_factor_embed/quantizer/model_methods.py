@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .config import INPUT, OUTPUT
-from .errors import FactorEmbedError
-from .layers import FactorizedLayer
+from ..config import INPUT, OUTPUT
+from ..errors import FactorEmbedError
+from ..layers.factorized import FactorizedLayer
 
 if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
     from transformers import PreTrainedModel

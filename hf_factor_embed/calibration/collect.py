@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from .adapters import get_adapter
-from .calibration_stats import CalibrationStats
-from .config import OUTPUT
-from .errors import FactorEmbedError
+from ..adapters import get_adapter
+from ..config import OUTPUT
+from ..errors import FactorEmbedError
 from .model_text import model_windows
+from .stats import CalibrationStats
 
 if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
     from transformers import PreTrainedModel
@@ -74,7 +74,7 @@ def collect_stats(
     ``model_tokens``: run the model over the first ``model_tokens`` tokens only. Counting costs nothing, and on a
     large vocabulary the counts of all the text rank far more of the served tokens for the band than a short
     text does, while the model's statistics settle on a few thousand tokens. ``bos_id``: first in every window the
-    model reads, as the tokenizer feeds text (:func:`hf_factor_embed.model_text.bos_prefix`).
+    model reads, as the tokenizer feeds text (:func:`hf_factor_embed.calibration.model_text.bos_prefix`).
     """
     vocab = get_adapter(model).input_embedding(model).weight.shape[0]
     ids = token_ids.reshape(-1)
@@ -144,7 +144,8 @@ def iter_head_inputs(
     bos_id: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """The hidden states that reach the output head, one batch of ``window``-token windows at a time, ``bos_id``
-    first in each where given (as the tokenizer feeds text: :func:`hf_factor_embed.model_text.model_windows`).
+    first in each where given (as the tokenizer feeds text:
+    :func:`hf_factor_embed.calibration.model_text.model_windows`).
 
     For causal LMs whose head reads the base model's output directly only the base model runs; otherwise the
     whole model runs with the head hooked.

@@ -13,17 +13,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .adapters import EmbeddingAdapter
-from .config import INPUT, OUTPUT, FactorEmbedConfig
-from .errors import UnsupportedModelError
-from .layers import FactorizedEmbedding, FactorizedLayer, FactorizedLMHead
-from .lazy import pretrained_model_class as _pretrained_model_class
+from ..adapters import EmbeddingAdapter
+from ..config import INPUT, OUTPUT, FactorEmbedConfig
+from ..errors import UnsupportedModelError
+from ..layers.factorized import FactorizedEmbedding, FactorizedLayer, FactorizedLMHead
+from ..layers.layout import LayerLayout
+from ..lazy import pretrained_model_class as _pretrained_model_class
 
 if TYPE_CHECKING:  # transformers.modeling_utils is slow to import: hints only; runtime checks use .lazy
     from transformers import PreTrainedModel
 
-#: Keys of a module's entry in the config that size its layer beyond the rank (absent: no band, no codes).
-LAYOUT_KEYS = ("dense_rows", "tail_subvectors", "tail_centroids", "tail_exact_columns")
 #: Attribute of a factorized layer holding the replaced dense module on the meta device.
 DENSE_SKELETON = "_dense_skeleton"
 
@@ -71,23 +70,17 @@ def install_layers(
                 f"the {role!r} module of {type(model).__name__} is {v} x {d} but the factorized config says "
                 f"{spec['num_embeddings']} x {spec['embedding_dim']}"
             )
-        layout = {"device": original.weight.device, "dtype": original.weight.dtype}
-        layout |= {k: spec[k] for k in LAYOUT_KEYS if k in spec}  # the band's size, the tail's codes
+        layout = LayerLayout.from_config(spec)  # the band's size, the tail's codes
+        where = {"device": original.weight.device, "dtype": original.weight.dtype}
         if role == OUTPUT:
-            layer: FactorizedLayer = FactorizedLMHead(
-                v, d, spec["rank"], bias=getattr(original, "bias", None) is not None, **layout
-            )
+            bias = getattr(original, "bias", None) is not None
+            layer: FactorizedLayer = FactorizedLMHead.from_layout(layout, bias=bias, **where)
             if config.tied:
                 layer.tie_to(layers[INPUT])
         else:
-            layer = FactorizedEmbedding(
-                v,
-                d,
-                spec["rank"],
-                padding_idx=getattr(original, "padding_idx", None),
-                embed_scale=spec.get("embed_scale"),
-                **layout,
-            )
+            padding = getattr(original, "padding_idx", None)
+            scale = spec.get("embed_scale")
+            layer = FactorizedEmbedding.from_layout(layout, padding_idx=padding, embed_scale=scale, **where)
         object.__setattr__(layer, DENSE_SKELETON, meta_copy(original))
         adapter.set(model, role, layer)
         layers[role] = layer

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .model_text import model_windows
+from ..calibration.model_text import model_windows
 
 
 @torch.no_grad()
@@ -24,7 +24,8 @@ def perplexity(
 
     Every window is scored on its own (no context carried over), so the figure depends only on the text, the
     window and the model; a trailing partial window is dropped. ``bos_id``: put it first in every window, as the
-    tokenizer puts it before every text (:func:`hf_factor_embed.model_text.bos_prefix`); each window then scores
+    tokenizer puts it before every text (:func:`hf_factor_embed.calibration.model_text.bos_prefix`); each window then
+    scores
     ``window - 1`` tokens of text, the first one predicted from ``<bos>`` alone.
 
     ``keep`` (a boolean per token id) and ``unk_id`` score a vocabulary-trimmed model as vocabtrimmer leaves it:

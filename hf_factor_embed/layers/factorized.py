@@ -33,8 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layout import SIZE_KEYS, LayerLayout
+
 #: The tensors of a factorized layer stored column-major (:func:`head_layout`): A and the band's rows.
 HEAD_LAYOUT_TENSORS = ("weight", "dense_rows")
+#: The tensors of every factorized layer, and of its band.
+LAYOUT_TENSORS = ("weight", "basis", "dense_rows", "dense_index")
 #: The tensors of a product-coded tail (:mod:`hf_factor_embed.factorize.product`), stored as they are.
 TAIL_CODE_TENSORS = ("tail_codes", "codebooks", "tail_rotation", "tail_columns", "tail_column_values")
 #: Positions up to which the tail's codes are read by table lookup (each gathers V * m entries), and the rows per
@@ -125,46 +129,42 @@ class FactorizedLayer(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not 1 <= rank <= min(num_embeddings, embedding_dim):
-            raise ValueError(
-                f"rank={rank} is outside 1..min(V={num_embeddings}, d={embedding_dim}); pick a rank in that range."
-            )
+        layout = LayerLayout(
+            num_embeddings, embedding_dim, rank, dense_rows, tail_subvectors, tail_centroids, tail_exact_columns
+        )
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.rank = rank
-        if not 0 <= dense_rows <= num_embeddings:
-            raise ValueError(f"dense_rows={dense_rows} is outside 0..{num_embeddings}")
-        self.weight = nn.Parameter(torch.empty(rank, num_embeddings, device=device, dtype=dtype).t())
-        self.basis = nn.Parameter(torch.empty(rank, embedding_dim, device=device, dtype=dtype))
-        if dense_rows:
-            self.dense_rows = nn.Parameter(torch.empty(embedding_dim, dense_rows, device=device, dtype=dtype).t())
-            # An integer Parameter that never trains, not a buffer: transformers ties Parameters only.
-            self.dense_index = nn.Parameter(
-                torch.zeros(dense_rows, dtype=torch.long, device=device), requires_grad=False
-            )
-        else:  # registered as None, like nn.Linear's absent bias: no entry in the state dict
-            self.register_parameter("dense_rows", None)
-            self.register_parameter("dense_index", None)
-        self._init_tail_codes(tail_subvectors, tail_centroids, tail_exact_columns, device, dtype)
-
-    def _init_tail_codes(self, m: int, k: int, c: int, device, dtype) -> None:
-        v, d = self.num_embeddings, self.embedding_dim
-        if not m:
-            for name in TAIL_CODE_TENSORS:
+        shapes = layout.shapes()
+        for name in (*LAYOUT_TENSORS, *TAIL_CODE_TENSORS):
+            if name not in shapes:  # registered as None, like nn.Linear's absent bias: no entry in the state dict
                 self.register_parameter(name, None)
-            return
-        if d % m or not 1 <= k <= 256:
-            raise ValueError(f"tail_subvectors={m} must divide d={d}, and tail_centroids={k} lie in 1..256")
-        # Integers that never train, Parameters (not buffers) for the same reason as dense_index: ties.
-        self.tail_codes = nn.Parameter(torch.zeros(v, m, dtype=torch.uint8, device=device), requires_grad=False)
-        self.codebooks = nn.Parameter(torch.empty(m, k, d // m, device=device, dtype=dtype))
-        self.tail_rotation = nn.Parameter(torch.empty(d, d, device=device, dtype=dtype))
-        # The outlier coordinates, apart in every row (W's columns, nothing to train; fp16, or float32 once read
-        # back from the int8 a checkpoint with integer factors stores: quantize.TAIL_COLUMN_TENSOR).
-        self.tail_columns = nn.Parameter(torch.zeros(c, dtype=torch.long, device=device), requires_grad=False)
-        self.tail_column_values = nn.Parameter(
-            torch.zeros(v, c, dtype=torch.float16, device=device), requires_grad=False
-        )
+                continue
+            dtype_of = layout.dtype_of(name, dtype or torch.get_default_dtype())
+            shape = shapes[name]
+            if name in HEAD_LAYOUT_TENSORS:  # column-major from the start (head_layout)
+                value = torch.empty(shape[::-1], device=device, dtype=dtype_of).t()
+            else:
+                value = torch.zeros(shape, device=device, dtype=dtype_of)
+            # Integers that never train are Parameters all the same, not buffers: transformers ties Parameters only.
+            self.register_parameter(name, nn.Parameter(value, requires_grad=dtype_of.is_floating_point))
+        # A tail's exact outlier columns (W's columns) never train either: fp16, or float32 once read back from the
+        # int8 a checkpoint with integer factors stores (quantizer.rounding.TAIL_COLUMN_TENSOR).
+        if self.tail_column_values is not None:
+            self.tail_column_values.requires_grad_(False)
+
+    @property
+    def layout(self) -> LayerLayout:
+        """What the layer holds now (read from its tensors: resizing the vocabulary moves it)."""
+        m, k, c = (0, 256, 0) if not self.has_tail_codes else (*self.codebooks.shape[:2], self.tail_columns.shape[0])
+        v, r = self.weight.shape
+        return LayerLayout(v, self.basis.shape[1], r, self.num_dense_rows, m, k, c)
+
+    @classmethod
+    def from_layout(cls, layout: LayerLayout, **kwargs) -> FactorizedLayer:
+        """The layer holding ``layout``; ``kwargs``: the class's own (bias, padding_idx, ...), device, dtype."""
+        sizes = {k: getattr(layout, k) for k in SIZE_KEYS}
+        return cls(layout.num_embeddings, layout.embedding_dim, layout.rank, **sizes, **kwargs)
 
     @property
     def has_tail_codes(self) -> bool:

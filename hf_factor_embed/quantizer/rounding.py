@@ -18,9 +18,6 @@ import math
 
 import torch
 
-from .errors import FactorEmbedError
-
-BITS = (8, 4)
 #: The float tensors of a factorized layer that are stored as integers when ``bits`` is set.
 QUANTIZED_TENSORS = ("weight", "basis", "dense_rows")
 #: A product-coded tail's exact outlier columns (V x c), int8 with one scale a row where ``tail_column_bits`` is set:
@@ -45,18 +42,6 @@ def stored_tensors(config) -> tuple[str, ...]:
 def held_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
     """The dtype a stored tensor is held in once read back (float32 for the tail's columns, see above)."""
     return torch.float32 if name == TAIL_COLUMN_TENSOR else dtype
-
-
-def check_bits(bits: int | None, group_size: int | None) -> None:
-    if bits is not None and bits not in BITS:
-        raise FactorEmbedError(f"bits={bits} is not supported; use one of {BITS} (or None for float factors)")
-    if group_size is not None and (bits is None or group_size < 2 or group_size % 2):
-        raise FactorEmbedError(f"group_size={group_size} needs bits and an even size >= 2 (e.g. 32); or leave it None")
-
-
-def default_group(bits: int, group_size: int | None) -> int | None:
-    """Per row (None) for 8 bits, groups of 32 for 4 bits, unless told otherwise."""
-    return group_size if group_size is not None else (None if bits == 8 else 32)
 
 
 def _group(cols: int, group: int | None) -> int:

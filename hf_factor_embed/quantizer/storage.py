@@ -15,10 +15,10 @@ import re
 import torch
 from torch import nn
 
-from .config import FactorEmbedConfig
-from .errors import CheckpointError
-from .layers import HEAD_LAYOUT_TENSORS, FactorizedLayer
-from .quantize import (
+from ..config import FactorEmbedConfig
+from ..errors import CheckpointError
+from ..layers.factorized import HEAD_LAYOUT_TENSORS, FactorizedLayer
+from .rounding import (
     BAND_SKIPPING_TENSORS,
     TAIL_COLUMN_TENSOR,
     dequantize,

@@ -118,3 +118,37 @@ def summarize(rows: list[Continuation]) -> dict[str, dict]:
             "degenerate": sum(r.degenerate for r in mine),
         }
     return out
+
+
+#: Greedy continuations shown beside dense's in the report and the card: one prompt per measured text (its first
+#: PROMPT_TOKENS tokens, held back or never calibrated on), NEW_TOKENS tokens each.
+PROMPT_TOKENS, NEW_TOKENS = 12, 16
+
+
+def text_prompts(eval_ids: dict, tokenizer) -> dict[str, str]:
+    """Prompt -> the measured text it comes from: the first words of its first line of prose (30 characters or
+    more, mostly letters; catalogs open with date formats), else of the text."""
+    out = {}
+    for name, ids in eval_ids.items():
+        lines = tokenizer.decode(ids[:400], skip_special_tokens=True).splitlines()
+        prose = next((line.strip() for line in lines if _is_prose(line)), None)
+        opening = tokenizer(prose, add_special_tokens=False).input_ids if prose else ids
+        prompt = tokenizer.decode(opening[:PROMPT_TOKENS], skip_special_tokens=True).strip()
+        if prompt and prompt not in out:
+            out[prompt] = name
+    return out
+
+
+def _is_prose(line: str) -> bool:
+    text = line.strip()
+    return len(text) >= 30 and sum(c.isalpha() or c.isspace() for c in text) >= 0.8 * len(text)
+
+
+def greedy_of_prompts(model, tokenizer, prompts: dict[str, str]) -> list[list[int]]:
+    """:func:`greedy` continuations of :func:`text_prompts`' prompts, NEW_TOKENS each (none without prompts)."""
+    return greedy(model, tokenizer, list(prompts), NEW_TOKENS) if prompts else []
+
+
+def beside_dense(model, tokenizer, prompts: dict[str, str], dense: list[list[int]]) -> list[dict]:
+    """What a user reads: each prompt's greedy continuation by the compressed model beside dense's."""
+    return [row.as_dict() for row in compare(tokenizer, prompts, dense, greedy_of_prompts(model, tokenizer, prompts))]

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..factorize.ranks import rank_for_budget
+
 
 def embedding_weights(model) -> dict[str, torch.Tensor]:
     """Role -> the dense matrix of the model's token embedding and output head (a tied head's once)."""
-    from .adapters import get_adapter
+    from ..adapters import get_adapter
 
     adapter = get_adapter(model)
     weights, seen = {}, set()
@@ -38,11 +40,6 @@ def energy_kept(values: torch.Tensor) -> torch.Tensor:
 
 def params_kept(rank: int, rows: int, cols: int) -> float:
     return rank * (rows + cols) / (rows * cols)
-
-
-def rank_for_budget(budget: float, rows: int, cols: int) -> int:
-    """The largest rank whose two factors hold at most ``budget`` of the matrix's parameters."""
-    return max(1, int(budget * rows * cols // (rows + cols)))
 
 
 @dataclass

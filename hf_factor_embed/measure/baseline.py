@@ -1,0 +1,86 @@
+"""The dense model measured before it is factorized: every figure of the report is a ratio to these."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..calibration.model_text import bos_prefix
+from ..errors import FactorEmbedError
+from ..models.load import is_causal_lm
+from .continuations import greedy_of_prompts, text_prompts
+from .texts import eval_ids, evaluate_text
+
+
+@dataclass
+class DenseBaseline:
+    """What the dense model gives on the measured texts, and what the report needs of it before it is replaced."""
+
+    eval_ids: dict  # text name -> its token ids (causal LMs) or its text (encoders)
+    evaluation: dict  # text name -> evaluate_text's figures
+    peers: dict | None  # peer name -> embedding bytes and perplexity ratio per text (quantizing the embedding)
+    prompts: dict[str, str]  # prompt -> the text it opens
+    continuations: list[list[int]]  # dense's greedy continuation of each prompt
+    spectrum: dict | None  # role -> singular values of the dense embedding (for the card's plot)
+    param_bytes: int
+    bos_id: int | None
+
+
+def measure_dense(
+    model, tokenizer, texts: Mapping, *, eval_tokens: int, peers: bool | Sequence[str], plots: bool
+) -> DenseBaseline:
+    """Measure ``texts`` (name -> text or token ids) on the dense ``model``, with the quantization ``peers`` and
+    the greedy continuations a user reads."""
+    ids = {name: eval_ids(text, tokenizer, eval_tokens, model) for name, text in texts.items()}
+    evaluation = {name: evaluate_text(model, tokenizer, text, eval_tokens) for name, text in ids.items()}
+    bos_id = bos_prefix(tokenizer)
+    causal = is_causal_lm(model)
+    peer_results = measure_peers(model, ids, evaluation, peers, bos_id) if peers and causal else None
+    prompts = text_prompts(ids, tokenizer) if causal and tokenizer is not None else {}
+    return DenseBaseline(
+        eval_ids=ids,
+        evaluation=evaluation,
+        peers=peer_results,
+        prompts=prompts,
+        continuations=greedy_of_prompts(model, tokenizer, prompts),
+        spectrum=_spectrum(model) if plots else None,
+        param_bytes=param_bytes(model),
+        bos_id=bos_id,
+    )
+
+
+def measure_peers(model, eval_ids: dict, dense_eval: dict, names: bool | Sequence[str], bos_id=None) -> dict:
+    """Quantizing the dense embedding instead: bytes and perplexity ratio per text, measured on the same windows."""
+    from .analysis import embedding_weights
+    from .peers import quantization_peers
+
+    shapes = [tuple(w.shape) for w in embedding_weights(model).values()]
+    chosen = quantization_peers()
+    if names is not True:
+        unknown = set(names) - {p.name for p in chosen}
+        if unknown:
+            raise FactorEmbedError(f"unknown peers {sorted(unknown)}; known: {[p.name for p in chosen]}")
+        chosen = [p for p in chosen if p.name in names]
+    results = {}
+    for peer in chosen:
+        ratios = {}
+        for name, ids in eval_ids.items():
+            window = dense_eval[name]["window"]
+            ppl = peer.perplexity(model, ids, window, bos_id=bos_id)
+            ratios[name] = round(ppl / dense_eval[name]["perplexity"], 4)
+        results[peer.name] = {"embedding_bytes": sum(peer.stored_bytes(*s) for s in shapes), "ratio": ratios}
+    return results
+
+
+def param_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _spectrum(model) -> dict[str, list[float]]:
+    """Singular values of each dense embedding matrix (a tied head once), before it is replaced."""
+    from .analysis import embedding_weights, singular_values
+
+    with torch.no_grad():
+        return {role: singular_values(weight).tolist() for role, weight in embedding_weights(model).items()}
