@@ -10,7 +10,8 @@ from .config import FactorEmbedConfig
 from .errors import AlreadyPatchedError, CheckpointError, FactorEmbedError, UnsupportedModelError
 from .factorize import available_methods, register_method
 from .layers.factorized import FactorizedEmbedding, FactorizedLayer, FactorizedLMHead
-from .pipeline.patch import densify, patch_model
+from .pipeline.densify import densify
+from .pipeline.patch import patch_model
 from .quantizer.hf_quantizer import register as _register
 
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 
 from ..calibration.stats import CalibrationStats
+from ..layers.layout import LayerLayout
 from .product import ProductCodes
 
 
@@ -45,6 +46,17 @@ class Factors:
     @property
     def rank(self) -> int:
         return self.a.shape[1]
+
+    @property
+    def layout(self) -> LayerLayout:
+        """What a layer holding these factors holds."""
+        (v, r), d = self.a.shape, self.b.shape[1]
+        k = 0 if self.dense_index is None else self.dense_index.numel()
+        codes = self.tail_codes
+        if codes is None:
+            return LayerLayout(v, d, r, k)
+        m, centroids = codes.codebooks.shape[:2]
+        return LayerLayout(v, d, r, k, m, centroids, codes.columns.numel())
 
     def dense(self, weight: torch.Tensor) -> torch.Tensor:
         """The V x d matrix these factors stand for: A @ B, with the band's rows taken exact from ``weight``."""

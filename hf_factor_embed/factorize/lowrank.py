@@ -56,13 +56,17 @@ def gram(w: torch.Tensor, row_weights: torch.Tensor | None = None) -> torch.Tens
     return out
 
 
-def sqrt_and_inv_sqrt(cov: torch.Tensor, ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """C^(1/2) and C^(-1/2) of a symmetric positive semi-definite matrix, with a relative ridge for safety."""
+def sqrt_and_inv_sqrt(
+    cov: torch.Tensor, ridge: float = 1e-6, *, floor_only: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """C^(1/2) and C^(-1/2) of a symmetric positive semi-definite matrix, with a relative ridge for safety: added
+    to every eigenvalue, or with ``floor_only`` a floor under them (the product codes' metric, whose large
+    eigenvalues must stay exactly as measured)."""
     cov = cov.double()
     cov = 0.5 * (cov + cov.T)
     evals, evecs = torch.linalg.eigh(cov)
     floor = ridge * evals.max().clamp_min(torch.finfo(torch.float64).tiny)
-    evals = evals.clamp_min(0) + floor
+    evals = evals.clamp_min(floor) if floor_only else evals.clamp_min(0) + floor
     root = evals.sqrt()
     return (evecs * root) @ evecs.T, (evecs / root) @ evecs.T
 

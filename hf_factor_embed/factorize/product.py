@@ -25,7 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import FactorEmbedError
+from ..layers.factorized import product_code_rows
 from ..options import is_whole
+from .lowrank import sqrt_and_inv_sqrt
 
 #: Centroids per subspace: one byte per code.
 CENTROIDS = 256
@@ -45,10 +47,9 @@ class ProductCodes:
     column_values: torch.Tensor
 
     def rows(self) -> torch.Tensor:
-        m = self.codebooks.shape[0]
-        parts = self.codebooks[torch.arange(m), self.codes.long()]  # V x m x sub_dim
-        out = parts.reshape(self.codes.shape[0], -1) @ self.rotation
-        return out.index_copy(1, self.columns, self.column_values.to(out.dtype))
+        """Every row the codes stand for (V x d), as the layers read them."""
+        ids = torch.arange(self.codes.shape[0])
+        return product_code_rows(ids, self.codes, self.codebooks, self.rotation, self.columns, self.column_values)
 
 
 def outlier_columns(metric: torch.Tensor | None, weight: torch.Tensor, count: int) -> torch.Tensor:
@@ -75,9 +76,7 @@ def metric_root(metric: torch.Tensor | None, d: int) -> tuple[torch.Tensor, torc
     if metric is None:
         eye = torch.eye(d, dtype=torch.float64)
         return eye, eye
-    values, vectors = torch.linalg.eigh(metric.double())
-    values = values.clamp_min(values.max() * 1e-8)
-    return (vectors * values.sqrt()) @ vectors.T, (vectors / values.sqrt()) @ vectors.T
+    return sqrt_and_inv_sqrt(metric, 1e-8, floor_only=True)
 
 
 @torch.no_grad()

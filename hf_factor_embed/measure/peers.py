@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..quantizer.rounding import dequantize, quantize
 from .analysis import embedding_weights
 from .perplexity import perplexity
 
@@ -88,10 +89,8 @@ def fake_quantize(w: torch.Tensor, bits: int, group: int | None, symmetric: bool
         rows = w[start : start + 8192].float()
         g = rows.shape[1] if group is None else group
         blocks = rows.reshape(rows.shape[0], -1, g)
-        if symmetric:
-            qmax = 2 ** (bits - 1) - 1
-            scale = (blocks.abs().amax(-1, keepdim=True) / qmax).half().float().clamp_min(1e-8)
-            values = (blocks / scale).round().clamp(-qmax - 1, qmax) * scale
+        if symmetric:  # the rounding the checkpoints store (llama.cpp's Q8_0 / Q4_0, torchao's RTN)
+            values = dequantize(*quantize(rows, bits, g), bits, rows.shape[1], g)
         else:
             low, high = blocks.amin(-1, keepdim=True).half().float(), blocks.amax(-1, keepdim=True)
             scale = ((high - low) / (2**bits - 1)).half().float().clamp_min(1e-8)
