@@ -44,7 +44,8 @@ ENGLISH_NOT_SERVED = ["licenses", "messages"]
 LANGUAGES_MEASURED = ["de", "ru", "zh_CN"]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parser() -> argparse.ArgumentParser:
+    """The main job's options (their defaults: those of hf-factor-embed compress, read from hf_factor_embed.options)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--languages", nargs="*", default=[], help="gettext language codes served beside English")
     parser.add_argument("--max-bytes", help="the plan's budget: share of fp32 bytes, or e.g. 50MB (default 0.08)")
@@ -64,7 +65,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("out/gemma3-factorized"))
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--export", choices=FORMATS, help="also write the checkpoint in this format, under OUT/FORMAT")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
     if args.export:
         check_format(args.export, "--export")
 

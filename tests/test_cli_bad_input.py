@@ -148,8 +148,8 @@ CASES = {
     "eval missing text": (["eval", "{dense}", "--text", "{root}/none.txt"], "text file not found"),
     "eval binary text": (["eval", "{dense}", "--text", "{root}/binary.txt"], "is a binary file"),
     # analyze
-    "analyze budget 0": (["analyze", "{dense}", "--budget", "0", "--out", "{out}"], "--budget 0.0"),
-    "analyze budget 2": (["analyze", "{dense}", "--budget", "2", "--out", "{out}"], "--budget 2.0"),
+    "analyze budget 0": (["analyze", "{dense}", "--budget", "0", "--out", "{out}"], "budget=0.0 (--budget)"),
+    "analyze budget 2": (["analyze", "{dense}", "--budget", "2", "--out", "{out}"], "budget=2.0 (--budget)"),
     "analyze missing model": (["analyze", "{root}/missing-dir", "--out", "{out}"], "does not exist"),
     "analyze missing text": (
         ["analyze", "{dense}", "--calibration", "{root}/none.txt", "--out", "{out}"],

@@ -38,6 +38,7 @@ def analyze(
     from ..measure.analysis import analyze_weight, embedding_weights
     from ..models.load import load_model
     from ..models.names import check_model_name
+    from ..options import check_share
     from ..quantizer.structure import factorized_layers
 
     try:
@@ -46,8 +47,7 @@ def analyze(
         plots = None
         typer.echo(f"matplotlib is not installed: no PNGs, only summary.json ({INSTALL_HINTS['matplotlib']})", err=True)
 
-    if not 0 < budget < 1:
-        raise FactorEmbedError(f"--budget {budget} must be between 0 and 1 (a share of parameters, e.g. 0.3)")
+    check_share("budget", budget)
     if calibration and dataset:
         raise FactorEmbedError("give --calibration files or --dataset, not both")
     out = check_output_dir(out, overwrite=overwrite)
@@ -69,6 +69,12 @@ def analyze(
     summaries = [a.summary(budget) for a in analyses]
     if plots is not None:
         _draw(plots, analyses, summaries, out)
+    _write_summary(out, model, budget, counts, analyses, summaries)
+    typer.echo(f"wrote {out} ({'spectrum.png, error_*.png, pca_*.png, ' if plots else ''}summary.json)")
+
+
+def _write_summary(out: Path, model: str, budget: float, counts, analyses, summaries) -> None:
+    """``summary.json`` (each embedding's spectrum and errors by rank) and the lines the command prints."""
     full = {"model": model, "budget": budget, "calibration_tokens": int(counts.sum()) if counts is not None else 0}
     full["embeddings"] = [
         {
@@ -88,7 +94,6 @@ def analyze(
             f"  budget {budget:.0%}: rank {b['rank']}, energy kept {b['energy_kept']:.1%}, "
             f"relative error {b['relative_error']:.3f}"
         )
-    typer.echo(f"wrote {out} ({'spectrum.png, error_*.png, pca_*.png, ' if plots else ''}summary.json)")
 
 
 def _draw(plots, analyses, summaries, out: Path) -> None:

@@ -118,6 +118,41 @@ def distill(student, train_data, eval_data, config: DistillConfig, *, teacher=No
     ``topk_ids`` and ``teacher`` may be None. ``eval_data`` (blocks) gives the perplexity logged every
     ``eval_every`` steps and at the end.
     """
+    run = _prepare(student, train_data, eval_data, config, teacher)
+    done, evaluations = _train(run, config)
+    accelerator, model = run.accelerator, run.model
+    if not evaluations or evaluations[-1]["step"] != run.progress.steps:
+        evaluations.append(_evaluate(accelerator, model, run.eval_loader, run.progress))
+    in_sync = _replicas_in_sync(accelerator, run.params)
+    _save(accelerator, model, Path(config.output_dir))
+    accelerator.end_training()
+    return {
+        "stopped_by": done,
+        **run.progress.state_dict(),
+        "processes": accelerator.num_processes,
+        "distributed_type": str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type)),
+        "replicas_in_sync": in_sync,
+        "evaluations": evaluations,
+    }
+
+
+@dataclass
+class _Run:
+    """A distillation run prepared by Accelerate: what the training loop reads."""
+
+    accelerator: object
+    model: torch.nn.Module
+    teacher: torch.nn.Module | None
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    train_loader: DataLoader
+    eval_loader: DataLoader
+    progress: _Progress
+
+
+def _prepare(student, train_data, eval_data, config: DistillConfig, teacher) -> _Run:
+    """Check the data, build the accelerator, optimizer and loaders, prepare them, resume where asked."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -156,7 +191,13 @@ def distill(student, train_data, eval_data, config: DistillConfig, *, teacher=No
     if config.resume:
         _resume(accelerator, out)
     accelerator.init_trackers("distill", config={k: str(v) for k, v in asdict(config).items()})
+    return _Run(accelerator, model, teacher, params, optimizer, scheduler, train_loader, eval_loader, progress)
 
+
+def _train(run: _Run, config: DistillConfig) -> tuple[str, list[dict]]:
+    """Steps until a limit stops the run (:func:`_stop_reason`); returns why it stopped and the evaluations."""
+    accelerator, model, progress, train_loader = run.accelerator, run.model, run.progress, run.train_loader
+    out = Path(config.output_dir)
     evaluations = []
     started = time.perf_counter() - progress.seconds
     bar = tqdm(total=config.max_steps, initial=progress.steps, desc="distill", disable=not accelerator.is_main_process)
@@ -171,11 +212,11 @@ def distill(student, train_data, eval_data, config: DistillConfig, *, teacher=No
             train_loader.set_epoch(epoch)
         for batch in loader:
             with accelerator.accumulate(model):
-                loss, parts = _loss(model, teacher, batch, config)
+                loss, parts = _loss(model, run.teacher, batch, config)
                 accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                run.optimizer.step()
+                run.scheduler.step()
+                run.optimizer.zero_grad(set_to_none=True)
             progress.tokens += batch["input_ids"].numel() * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
@@ -185,7 +226,7 @@ def distill(student, train_data, eval_data, config: DistillConfig, *, teacher=No
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             accelerator.log({"loss": float(loss.detach()), **parts, "tokens": progress.tokens}, step=progress.steps)
             if progress.steps % config.eval_every == 0:
-                evaluations.append(_evaluate(accelerator, model, eval_loader, progress))
+                evaluations.append(_evaluate(accelerator, model, run.eval_loader, progress))
             if progress.steps % config.checkpoint_every == 0:
                 accelerator.save_state(str(out / CHECKPOINTS / f"step-{progress.steps:07d}"))
             done = _stop_reason(progress, config, started)
@@ -193,19 +234,7 @@ def distill(student, train_data, eval_data, config: DistillConfig, *, teacher=No
                 break
         epoch += 1
     bar.close()
-    if not evaluations or evaluations[-1]["step"] != progress.steps:
-        evaluations.append(_evaluate(accelerator, model, eval_loader, progress))
-    in_sync = _replicas_in_sync(accelerator, params)
-    _save(accelerator, model, out)
-    accelerator.end_training()
-    return {
-        "stopped_by": done,
-        **progress.state_dict(),
-        "processes": accelerator.num_processes,
-        "distributed_type": str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type)),
-        "replicas_in_sync": in_sync,
-        "evaluations": evaluations,
-    }
+    return done, evaluations
 
 
 def _param_groups(model, params: list, config: DistillConfig) -> list[dict]:
