@@ -51,6 +51,10 @@ def check_writable_folder(out: str | Path, option: str = "--out") -> None:
 def read_text_file(path: str | Path) -> str:
     """A plain-text file's text, decoded as UTF-8; a binary file or another encoding is refused, naming the byte."""
     path = Path(path)
+    if path.is_dir():
+        raise FactorEmbedError(f"{path} is a folder, not a text file; pass plain-text files")
+    if path.exists() and not path.is_file():
+        raise FactorEmbedError(f"{path} is not a regular file (a device or a pipe); pass plain-text files")
     if not path.is_file():
         raise FactorEmbedError(f"text file not found: {path}; pass existing plain-text files")
     data = path.read_bytes()

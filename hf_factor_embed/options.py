@@ -49,6 +49,16 @@ def check_positive_int(name: str, value) -> None:
         raise FactorEmbedError(f"{_named(name, value)} must be a whole number above 0")
 
 
+#: The fewest tokens a perplexity window can hold and still say something.
+MIN_WINDOW = 16
+
+
+def check_window(name: str, value) -> None:
+    """Tokens to measure: a whole number of at least :data:`MIN_WINDOW`."""
+    if value is not None and (not is_whole(value) or value < MIN_WINDOW):
+        raise FactorEmbedError(f"{_named(name, value)} must be a whole number of at least {MIN_WINDOW} tokens")
+
+
 def check_share(name: str, value) -> None:
     """A share strictly between 0 and 1."""
     if value is not None and (not is_number(value) or not 0 < value < 1):
@@ -132,7 +142,7 @@ class Sources(_Checked):
     calibration_tokens: int = setting(
         32768, "Tokens of each source the model reads to calibrate (all are counted).", check_positive_int
     )
-    eval_tokens: int = setting(2048, "Tokens of each measured text (512-token windows).", check_positive_int)
+    eval_tokens: int = setting(2048, "Tokens of each measured text (512-token windows).", check_window)
     peers: bool = setting(False, "Also measure int8 / int6 / int4 quantization of the dense embedding.")
 
 

@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.band_share != default("band_share") and args.rank is None:
         raise FactorEmbedError("--band-share goes with --rank; the plan (--max-bytes) picks the band itself")
+    if args.rank is not None and args.max_bytes:
+        raise FactorEmbedError("--rank and --max-bytes are two sizes: give one (--max-bytes runs the plan)")
     if args.target is not None and (args.max_bytes or args.rank):
         raise FactorEmbedError("--target searches the budget: give it without --max-bytes and --rank")
     show_progress()

@@ -4,6 +4,7 @@ loaded where the mistake can be seen without one."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from transformers import PreTrainedModel
 
 import hf_factor_embed as hfe
 from hf_factor_embed.cli import main
+from hf_factor_embed.folders import INCOMPLETE
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +30,13 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     (root / "taken" / "mine.txt").write_text("keep")
     (root / "a-file").write_text("not a folder")
     (root / "no-config").mkdir()
+    (root / "one-line.txt").write_text("A single line of text.\n")
+    tiny_llama(vocab=400).save_pretrained(root / "wide")  # another vocabulary
+    (root / "interrupted").mkdir()  # what a killed run leaves where it wrote in place
+    (root / "interrupted" / INCOMPLETE).write_text('{"command": "compress dense --out interrupted"}')
+    (root / "interrupted" / "config.json").write_text("{}")
+    shutil.copytree(root / "factorized", root / "factorized-interrupted")
+    (root / "factorized-interrupted" / INCOMPLETE).write_text('{"command": "recover"}')
     return root
 
 
@@ -138,8 +147,8 @@ CASES = {
     ),
     # eval
     "eval no text": (["eval", "{dense}"], "one of them"),
-    "eval max tokens 0": (["eval", "{dense}", "--text", "{text}", "--max-tokens", "0"], "--max-tokens 0"),
-    "eval max tokens negative": (["eval", "{dense}", "--text", "{text}", "--max-tokens", "-5"], "--max-tokens -5"),
+    "eval max tokens 0": (["eval", "{dense}", "--text", "{text}", "--max-tokens", "0"], "max_tokens=0 (--max-tokens)"),
+    "eval max tokens negative": (["eval", "{dense}", "--text", "{text}", "--max-tokens", "-5"], "max_tokens=-5"),
     "eval missing model": (["eval", "{root}/missing-dir", "--text", "{text}"], "does not exist"),
     "eval missing compare": (
         ["eval", "{dense}", "--text", "{text}", "--compare", "{root}/missing-dir"],
@@ -211,6 +220,50 @@ CASES = {
     "recover out unwritable": (
         ["recover", "{root}/factorized", "--teacher", "{dense}", "--text", "{text}", "--out", "/proc/foo"],
         "cannot be written",
+    ),
+}
+# Issue 33: what was accepted and gave a wrong result, refused late, or named the problem wrongly.
+CASES |= {
+    "compress out empty": (_compress()[:-1] + [""], "--out is empty"),
+    "compress out is the model": (_compress("--overwrite")[:-2] + ["{dense}", "--overwrite"], "write over the input"),
+    "compress out interrupted": (_compress()[:-1] + ["{root}/interrupted"], "left by an interrupted run"),
+    "compress max-bytes 1.5": (_without(_compress("--max-bytes", "1.5"), "--rank"), "a share is below 1"),
+    "compress target nan": (_without(_compress("--target", "nan"), "--rank"), "target=nan (--target)"),
+    "compress target inf": (_without(_compress("--target", "inf"), "--rank"), "target=inf (--target)"),
+    "compress band share 1": (_compress("--band-share", "1.0"), "band_share=1.0 (--band-share)"),
+    "compress max-bytes band share 0": (
+        _without(_compress("--max-bytes", "0.08", "--band-share", "0"), "--rank"),
+        "--band-share",
+    ),
+    "compress eval tokens 10": (_compress("--eval-tokens", "10"), "at least 16 tokens"),
+    "compress calibration folder": (_compress("--calibration", "{root}/taken"), "is a folder, not a text file"),
+    "compress calibration device": (_compress("--calibration", "/dev/null"), "not a regular file"),
+    "compress one-line calibration": (
+        ["compress", "{dense}", "--rank", "8", "--calibration", "{root}/one-line.txt", "--out", "{out}"],
+        "went to the held-back part",
+    ),
+    "compress one-line eval text": (_compress("--eval-text", "{root}/one-line.txt"), "too short to measure"),
+    "compress language empty": (_compress("--calibration", "lang:"), "a language is a gettext code"),
+    "compress language path": (_compress("--calibration", "lang:../../../etc"), "a language is a gettext code"),
+    "compress dataset with max-bytes": (
+        ["compress", "{dense}", "--dataset", "wikitext", "--max-bytes", "0.08", "--out", "{out}"],
+        "instead of --dataset",
+    ),
+    "compress gguf file missing": (_compress("--gguf-file", "model.gguf"), "--gguf-file model.gguf is not in"),
+    "eval max tokens 10": (["eval", "{dense}", "--text", "{text}", "--max-tokens", "10"], "at least 16 tokens"),
+    "eval compare other vocabulary": (
+        ["eval", "{root}/factorized", "--text", "{text}", "--compare", "{root}/wide"],
+        "different token ids",
+    ),
+    "analyze factorized": (["analyze", "{root}/factorized", "--out", "{out}"], "is factorized"),
+    "push bad repo id": (["push", "{root}/factorized", "not a/valid id"], "not a Hub repository name"),
+    "push interrupted": (["push", "{root}/factorized-interrupted", "me/x"], "interrupted run"),
+    "export no tokenizer": (["export", "{root}/factorized", "--out", "{out}"], "has no tokenizer files"),
+    "export interrupted": (["export", "{root}/factorized-interrupted", "--out", "{out}"], "interrupted run"),
+    "recover out is the student": (
+        ["recover", "{root}/factorized", "--teacher", "{dense}", "--text", "{text}", "--out", "{root}/factorized"]
+        + ["--overwrite"],
+        "write over the input",
     ),
 }
 #: Cases that can only be seen in the loaded model (a folder whose config says nothing of its weights).

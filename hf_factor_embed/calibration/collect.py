@@ -32,7 +32,17 @@ logger = logging.getLogger(__name__)
 def tokenize_calibration(data, tokenizer, text_column: str = "text") -> torch.Tensor:
     """One stream of token ids from a tensor, a string, a list of strings or a ``datasets.Dataset``."""
     if isinstance(data, torch.Tensor):
+        if data.is_floating_point() or data.is_complex() or data.dtype == torch.bool:
+            raise FactorEmbedError(
+                f"calibration token ids must be an integer tensor, got {data.dtype}: pass the tokenizer's input_ids "
+                "(or text with tokenizer=...)"
+            )
         return data.reshape(-1).long()
+    if not isinstance(data, str) and not hasattr(data, "column_names") and not _texts(data):
+        raise FactorEmbedError(
+            f"calibration takes token ids (a tensor), text (a string, a list of strings, a datasets.Dataset) or "
+            f"name -> one of those; got {type(data).__name__}: {str(data)[:40]!r}"
+        )
     if tokenizer is None:
         raise FactorEmbedError("calibration text needs tokenizer=...; pass token ids (a tensor) to do without")
     if isinstance(data, str):
@@ -47,6 +57,11 @@ def tokenize_calibration(data, tokenizer, text_column: str = "text") -> torch.Te
     if not pieces:
         raise FactorEmbedError("the calibration data holds no text; give a non-empty string, list or dataset")
     return torch.cat(pieces)
+
+
+def _texts(data) -> bool:
+    """A list or tuple of strings (what a tokenizer takes as a batch of texts)."""
+    return isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data)
 
 
 #: Every how many positions the head's full distribution is computed for ``expected_probs``: the mean over a

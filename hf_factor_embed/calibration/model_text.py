@@ -12,6 +12,7 @@ with a band keeps them as exact rows whatever the calibration scores say.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 
@@ -105,3 +106,22 @@ def check_tokenizer(model, tokenizer) -> None:
             f"the tokenizer has {size:,} tokens but the model's embedding {rows:,} rows: another model's "
             f"tokenizer? {fix}"
         )
+    own = _saved_vocabulary(model, tokenizer)
+    if own is not None and tokenizer.get_vocab() != own:
+        raise FactorEmbedError(
+            f"the tokenizer's vocabulary is not the one saved with the model in {model.name_or_path} (same size, "
+            f"other ids): its ids would pick the wrong rows; {fix}"
+        )
+
+
+def _saved_vocabulary(model, tokenizer) -> dict | None:
+    """The vocabulary saved beside the model, where its folder has one and the tokenizer came from elsewhere (a
+    tokenizer loaded from the model's own folder is its own: nothing to compare)."""
+    folder = Path(str(getattr(model, "name_or_path", "") or ""))
+    if not hasattr(tokenizer, "get_vocab") or not str(folder) or not (folder / "tokenizer.json").is_file():
+        return None
+    if Path(str(getattr(tokenizer, "name_or_path", "") or "")).resolve() == folder.resolve():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder).get_vocab()

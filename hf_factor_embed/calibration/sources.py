@@ -16,6 +16,7 @@ to. Sources that are not served are measured whole.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,12 @@ class TextSource:
         cut = int(len(self.text) * held_back)
         end = self.text.find("\n", cut)
         cut = cut if end < 0 else end + 1
+        if not self.text[cut:].strip():
+            lines = len(self.text.splitlines())
+            raise FactorEmbedError(
+                f"{self.name}: all of its text ({lines} line{'s' * (lines != 1)}) went to the held-back part "
+                f"({held_back:.0%}, cut at a line end), leaving nothing to calibrate on; give more text"
+            )
         return self.text[cut:], self.text[:cut]
 
 
@@ -81,13 +88,17 @@ def load_source(spec: str | Path) -> TextSource:
         from .gettext_catalogs import LOCALE_DIR, catalog_text, languages
 
         code = spec[len(LANGUAGE_PREFIX) :]
+        if not re.fullmatch(r"[A-Za-z]{2,3}(?:[_@.-][A-Za-z0-9]+)*", code):
+            raise FactorEmbedError(
+                f"{spec!r}: a language is a gettext code such as de, pt_BR or sr@latin, not {code!r}"
+            )
         if not Path(LOCALE_DIR, code).is_dir():
             raise FactorEmbedError(
                 f"no gettext catalogs for language {code!r}; languages here: {', '.join(languages()[:12])}, ..."
             )
         return TextSource(spec, catalog_text(code), f"gettext messages in {code} (/usr/share/locale/{code})")
     path = Path(spec)
-    if path.is_file():
+    if path.exists():  # a folder, a device or a pipe is refused by read_text_file, naming what it is
         text = read_text_file(path)
         if not text.strip():
             raise FactorEmbedError(f"{path} is empty; give a file with text in it")

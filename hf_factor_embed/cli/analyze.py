@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from . import INSTALL_HINTS, app
+from .options import output_path
 
 
 @app.command(
@@ -20,7 +21,7 @@ from . import INSTALL_HINTS, app
 )
 def analyze(
     model: Annotated[str, typer.Argument(help="A dense model folder or a Hub name.")],
-    out: Annotated[Path, typer.Option(help="Where to write the PNG plots and summary.json.")],
+    out: Annotated[str, typer.Option(help="Where to write the PNG plots and summary.json.")],
     calibration: Annotated[list[Path] | None, typer.Option(help="Text whose token counts weight the rows.")] = None,
     dataset: Annotated[str | None, typer.Option(help="A `datasets` name, instead of --calibration.")] = None,
     budget: Annotated[float, typer.Option(help="Share of each matrix's parameters to keep, for the rank.")] = 0.3,
@@ -28,13 +29,14 @@ def analyze(
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
 ) -> None:
     """Show how much of each embedding a rank keeps, and suggest the rank for --budget."""
+    out = output_path(out)
     import torch
     from tqdm.auto import tqdm
 
     from ..arguments import check_writable_folder
     from ..calibration.sources import read_texts
     from ..errors import FactorEmbedError
-    from ..folders import check_output_dir
+    from ..folders import check_output_dir, is_factorized_checkpoint
     from ..measure.analysis import analyze_weight, embedding_weights
     from ..models.load import load_model
     from ..models.names import check_model_name
@@ -53,6 +55,8 @@ def analyze(
     out = check_output_dir(out, overwrite=overwrite)
     check_writable_folder(out)
     check_model_name(model)
+    if Path(model, "config.json").is_file() and is_factorized_checkpoint(model):
+        raise FactorEmbedError(f"{model} is factorized; analyze the dense model it came from")
     text = read_texts(calibration, dataset)  # before the model loads: a missing or binary file fails at once
     dense, tokenizer = load_model(model, gguf_file=gguf_file)
     if factorized_layers(dense):

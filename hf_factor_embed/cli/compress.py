@@ -8,7 +8,11 @@ from typing import Annotated
 import typer
 
 from . import app, command_line
-from .options import default, option
+from .options import default, option, output_path
+
+#: An evaluation text shorter than this cannot fill a window worth measuring (about 50 tokens); refused before
+#: the model loads.
+MIN_EVAL_CHARACTERS = 200
 
 Files = Annotated[list[Path] | None, typer.Option(help="Plain-text files (repeat the option).")]
 
@@ -27,7 +31,7 @@ Files = Annotated[list[Path] | None, typer.Option(help="Plain-text files (repeat
 )
 def compress(
     model: Annotated[str, typer.Argument(help="A model folder, a Hub name, or bundled:gemma3 / bundled:smollm2.")],
-    out: Annotated[Path, typer.Option(help="Where to write the checkpoint, README.md and compression.json.")],
+    out: Annotated[str, typer.Option(help="Where to write the checkpoint, README.md and compression.json.")],
     rank: Annotated[int | None, option("rank")] = default("rank"),
     budget: Annotated[float | None, option("budget")] = default("budget"),
     target: Annotated[float | None, option("target")] = default("target"),
@@ -57,6 +61,7 @@ def compress(
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
 ) -> None:
     """Factorize MODEL's token embedding and output head; save a checkpoint that from_pretrained reloads."""
+    out = output_path(out)
     from ..calibration.sources import read_texts
     from ..errors import FactorEmbedError
     from ..pipeline.compress import compress as run_compress
@@ -64,6 +69,18 @@ def compress(
 
     if calibration and dataset:
         raise FactorEmbedError("give --calibration sources or --dataset, not both")
+    if dataset and max_bytes is not None:  # before the dataset is read: it can be large
+        raise FactorEmbedError(
+            "--max-bytes measures candidates on the held-back part of each served source: name them with "
+            "--calibration instead of --dataset, or give --rank"
+        )
+    eval_texts = {Path(f).stem: read_texts([f]) for f in eval_text or []}
+    short = [name for name, body in eval_texts.items() if len(body.strip()) < MIN_EVAL_CHARACTERS]
+    if short:
+        raise FactorEmbedError(
+            f"--eval-text {short[0]} is too short to measure (under {MIN_EVAL_CHARACTERS} characters); give at "
+            "least a few hundred tokens of text"
+        )
     if measure is not None and not calibration:
         raise FactorEmbedError("--measure goes with --calibration (the sources served)")
     result = run_compress(
@@ -87,7 +104,7 @@ def compress(
         peers=peers,
         calibration_tokens=calibration_tokens,
         eval_tokens=eval_tokens,
-        eval_texts={Path(f).stem: read_texts([f]) for f in eval_text or []},
+        eval_texts=eval_texts,
         gguf_file=gguf_file,
         dtype=dtype,
         overwrite=overwrite,

@@ -33,20 +33,21 @@ def evaluate(
     max_tokens: Annotated[int, typer.Option(help="Causal LMs: evaluate the first N tokens.")] = 8192,
 ) -> None:
     """Measure MODEL on your text; with --compare, beside a dense model."""
-    from ..arguments import positive_int
     from ..calibration.model_text import describe_feed
     from ..calibration.sources import read_texts
     from ..errors import FactorEmbedError
     from ..measure.texts import compare_to_dense, evaluate_text
     from ..models.load import is_causal_lm, load_model
     from ..models.names import check_model_name
+    from ..options import check_window
 
     if (text is None) == (dataset is None):
         raise FactorEmbedError("give --text FILE... or --dataset NAME (one of them)")
-    positive_int("--max-tokens", max_tokens)
+    check_window("max_tokens", max_tokens)
     for name, option in ((model, "model"), (compare, "--compare model"), (reference, "--reference model")):
         if name is not None:
             check_model_name(name, option)
+    _check_same_vocabulary(model, compare or reference, gguf_file)
     body = read_texts(text, dataset)
     subject, tokenizer = load_model(model)
     other_name = compare or reference
@@ -65,3 +66,19 @@ def evaluate(
     typer.echo(
         f"cosine agreement with {other_name} over {agreement['sentences']} sentences: {agreement['factorized']:.4f}"
     )
+
+
+def _check_same_vocabulary(model, other, gguf_file) -> None:
+    """Two models measured on one tokenization read the same token ids: their vocabularies must be one size
+    (another model's ids would pick unrelated rows and give a meaningless figure), read from their configs."""
+    from ..errors import FactorEmbedError
+    from ..models.names import embedding_shape
+
+    if other is None:
+        return
+    ours, theirs = embedding_shape(model), embedding_shape(other, gguf_file)
+    if ours is not None and theirs is not None and ours[0] != theirs[0]:
+        raise FactorEmbedError(
+            f"{model} has a vocabulary of {ours[0]:,} tokens and {other} one of {theirs[0]:,}: they read different "
+            "token ids; compare a checkpoint with the dense model it came from"
+        )

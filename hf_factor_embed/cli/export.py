@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from . import app
+from .options import output_path
 
 
 @app.command(
@@ -18,7 +19,7 @@ from . import app
 )
 def export(
     folder: Annotated[Path, typer.Argument(help="A factorized checkpoint folder (compress or save_pretrained).")],
-    out: Annotated[Path, typer.Option(help="Where to write the model file, the tokenizer and export.json.")],
+    out: Annotated[str, typer.Option(help="Where to write the model file, the tokenizer and export.json.")],
     format: Annotated[
         str, typer.Option(help="onnx (model.onnx, for ONNX Runtime) or executorch (model.pte, XNNPACK-lowered).")
     ] = "onnx",
@@ -26,6 +27,7 @@ def export(
 ) -> None:
     """Export FOLDER with its integers kept, then check the file against transformers in its runtime (greedy
     tokens for a decoder, hidden states for an encoder)."""
+    out = output_path(out)
     from ..export import export as export_folder  # it checks everything it can before the model loads
 
     typer.echo(export_folder(folder, out, format=format, overwrite=overwrite))

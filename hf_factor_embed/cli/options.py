@@ -3,6 +3,8 @@ and default come from its field, so the command line, ``compress()`` and the rec
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from ..options import default, setting_field
@@ -14,4 +16,13 @@ def option(name: str, *flags: str, **kwargs) -> typer.models.OptionInfo:
     return typer.Option(*flags, help=setting_field(name).metadata["help"], **kwargs)
 
 
-__all__ = ["default", "option"]
+def output_path(out: str) -> Path:
+    """``--out`` as a path; an empty one is refused (a Path of "" is ".", the current folder)."""
+    from ..errors import FactorEmbedError
+
+    if not out.strip():
+        raise FactorEmbedError("--out is empty; give the folder to write (e.g. --out out/my-model)")
+    return Path(out)
+
+
+__all__ = ["default", "option", "output_path"]

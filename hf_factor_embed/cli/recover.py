@@ -10,6 +10,7 @@ import typer
 
 from ..errors import FactorEmbedError
 from . import app
+from .options import output_path
 
 
 @app.command(
@@ -24,7 +25,7 @@ from . import app
 def recover(
     student_dir: Annotated[Path, typer.Argument(help="A factorized checkpoint (a folder saved by save_pretrained).")],
     teacher: Annotated[str, typer.Option(help="The dense model it came from: a folder or a Hub name.")],
-    out: Annotated[Path, typer.Option(help="Where to write the recovered checkpoint.")],
+    out: Annotated[str, typer.Option(help="Where to write the recovered checkpoint.")],
     text: Annotated[list[Path] | None, typer.Option(help="Plain-text training files (repeat the option).")] = None,
     dataset: Annotated[
         str | None, typer.Option(help="A `datasets` name with a `text` column, instead of --text.")
@@ -45,6 +46,7 @@ def recover(
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
 ) -> None:
     """Recover a factorized model's quality from its dense teacher on your text."""
+    out = output_path(out)
     from ..recovery.run import recover as run_recover
 
     if text is not None and dataset is not None:

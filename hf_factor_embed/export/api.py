@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..arguments import check_writable_folder, one_of
 from ..errors import FactorEmbedError
-from ..folders import check_output_dir, is_factorized_checkpoint
+from ..folders import check_complete, check_not_input, check_output_dir, is_factorized_checkpoint, staged_folder
 
 FORMATS = ("onnx", "executorch")
 #: Modules each format needs -> the line that installs them.
@@ -94,30 +94,28 @@ def export(
     from .decoder import use_stored_factors
 
     model, tokenizer = load_model(folder)
-    if tokenizer is None:
-        raise FactorEmbedError(f"{folder} has no tokenizer files; the export is checked on text and ships one")
     reference = _reference(model, tokenizer, kind, prompts)
     modules = list(factorized_layers(model))
     use_stored_factors(model)
-    out.mkdir(parents=True, exist_ok=True)
-    path = _write(model, out, format, kind)
-    for name in _BESIDE:
-        if (folder / name).is_file():
-            shutil.copy2(folder / name, out / name)
-    identical, difference = _check(path, tokenizer, kind, prompts, reference)
-    report = ExportReport(
-        format=format,
-        file=str(path),
-        kind=kind,
-        file_bytes=path.stat().st_size,
-        embedding_bytes=_factor_bytes(model),
-        checkpoint_embedding_bytes=_checkpoint_factor_bytes(folder, modules),
-        checked_prompts=len(prompts),
-        identical=identical,
-        max_abs_difference=difference,
-        seconds=time.perf_counter() - started,
-    )
-    (out / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    with staged_folder(out, overwrite=overwrite, inputs=[folder], command=f"export {folder} --out {out}") as staging:
+        path = _write(model, staging, format, kind)
+        for name in _BESIDE:
+            if (folder / name).is_file():
+                shutil.copy2(folder / name, staging / name)
+        identical, difference = _check(path, tokenizer, kind, prompts, reference)
+        report = ExportReport(
+            format=format,
+            file=str(out / path.relative_to(staging)),
+            kind=kind,
+            file_bytes=path.stat().st_size,
+            embedding_bytes=_factor_bytes(model),
+            checkpoint_embedding_bytes=_checkpoint_factor_bytes(folder, modules),
+            checked_prompts=len(prompts),
+            identical=identical,
+            max_abs_difference=difference,
+            seconds=time.perf_counter() - started,
+        )
+        (staging / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     if not identical:
         raise FactorEmbedError(
             f"the exported file disagrees with transformers (see {out / REPORT_FILE}); please report it"
@@ -140,9 +138,20 @@ def check_export(folder: Path, out: Path, *, format: str, overwrite: bool = Fals
             "LMs) with their cache; export an encoder with --format onnx"
         )
     check_format(format)
+    check_complete(folder, "the checkpoint")
     check_output_dir(out, overwrite=overwrite)
+    check_not_input(out, [folder])
     check_writable_folder(out)
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise FactorEmbedError(
+            f"{folder} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); the export is checked on text and "
+            "ships one: save the tokenizer beside the checkpoint (tokenizer.save_pretrained)"
+        )
     return kind
+
+
+#: Any of these makes a folder's tokenizer loadable.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
 
 
 def check_format(format: str, option: str = "--format") -> None:

@@ -42,8 +42,8 @@ def band_plan(v: int, d: int, rank: int, band_share: float) -> tuple[int, int]:
         return v, 1
     k = min(v, int(band_share * budget / d))
     inner = (budget - k * d) // (v + d)
-    if inner < 1:
-        k, inner = 0, rank
+    if inner < 1:  # the share left the tail nothing: the band gives back one rank's worth (it keeps a band:
+        k, inner = (budget - (v + d)) // d, 1  # a share near 1 once dropped every exact row, special tokens too)
     return k, inner
 
 

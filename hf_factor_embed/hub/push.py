@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import FactorEmbedError
-from ..folders import is_factorized_checkpoint
+from ..folders import check_complete, is_factorized_checkpoint
 from .card import CARD_FILE, render_card
 
 COMMIT_MESSAGE = "Upload factorized checkpoint (hf-factor-embed)"
@@ -29,6 +29,8 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str 
         raise FactorEmbedError(f"{folder} is not a folder; give the folder that compress wrote")
     if not is_factorized_checkpoint(folder):
         raise FactorEmbedError(f"{folder} is not a factorized checkpoint; compress it first (hf-factor-embed compress)")
+    check_repo_id(repo_id)
+    check_complete(folder, "the folder")
     verify_loads(folder)
     api = api or HfApi(token=token)
     operations = [
@@ -50,6 +52,19 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token: str 
             "is unchanged"
         ) from error
     return str(getattr(commit, "commit_url", commit))
+
+
+def check_repo_id(repo_id: str) -> None:
+    """A repository name the Hub takes (``name`` or ``namespace/name``), checked before the folder loads."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise FactorEmbedError(
+            f"{repo_id!r} is not a Hub repository name ({first_line}); give namespace/name"
+        ) from None
 
 
 def verify_loads(folder: Path) -> None:

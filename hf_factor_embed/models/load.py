@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FactorEmbedError
-from .names import check_model_name
+from .names import check_gguf_file, check_model_name
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -27,6 +27,7 @@ def load_model(name: str | Path, *, gguf_file: str | None = None, dtype: str = "
     if dtype not in DTYPES:
         raise FactorEmbedError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")
     check_model_name(name)
+    check_gguf_file(name, gguf_file)
     name = resolve(name)
     if Path(name).exists() and not Path(name, "config.json").is_file() and gguf_file is None:
         raise FactorEmbedError(f"{name} is not a saved model folder (no config.json); give a model folder")

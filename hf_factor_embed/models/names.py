@@ -63,3 +63,15 @@ def _cached_on_this_machine(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def check_gguf_file(name: str | Path, gguf_file: str | None) -> None:
+    """A ``--gguf-file`` inside a local folder is there (transformers would look for it on the Hub, under the
+    folder's path, and say so in a URL)."""
+    if gguf_file is None or not Path(str(name)).is_dir():
+        return
+    if not Path(str(name), gguf_file).is_file():
+        present = sorted(p.name for p in Path(str(name)).glob("*.gguf"))
+        raise FactorEmbedError(
+            f"--gguf-file {gguf_file} is not in {name}; GGUF files there: {', '.join(present) or 'none'}"
+        )

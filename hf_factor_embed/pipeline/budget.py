@@ -38,7 +38,7 @@ def parse_max_bytes(value: str | float | int) -> tuple[str, float]:
         value = str(value)
     if isinstance(value, (int, float)):
         value = repr(value)
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
     unit = match and match.group(2).lower()
     if not match or unit not in _UNITS:
         raise FactorEmbedError(
@@ -48,6 +48,10 @@ def parse_max_bytes(value: str | float | int) -> tuple[str, float]:
     number = float(match.group(1))
     if not unit and 0 < number < 1:
         return "share", number
+    if not unit and number != int(number):
+        raise FactorEmbedError(
+            f"--max-bytes {value!r}: a share is below 1 (e.g. 0.08), a size is whole bytes or has a unit (e.g. 40MB)"
+        )
     if number * _UNITS[unit] < 1 or (not unit and number == 1):
         raise FactorEmbedError(f"--max-bytes {value!r}: give a share strictly between 0 and 1, or a size like 40MB")
     return "bytes", number * _UNITS[unit]

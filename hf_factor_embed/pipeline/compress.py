@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import AlreadyPatchedError
+from ..folders import staged_folder
 from ..measure.baseline import measure_dense
 from ..models.load import load_model
 from ..options import Settings
@@ -60,7 +61,8 @@ def compress(
     measured before and after (perplexity for causal LMs; for encoders, the cosine agreement of mean-pooled
     sentence embeddings with the dense model's). ``base_model_id``: the Hub name the card links to when
     ``model_name`` is a local folder; ``license``: the card's license. The saved folder is reloaded and checked
-    (identical logits, tying).
+    (identical logits, tying). The folder is written whole or not at all (:func:`~hf_factor_embed.folders.
+    staged_folder`): staged beside ``out`` and renamed into place, an existing ``out`` replaced only then.
     """
     request = prepare(
         model_name,
@@ -73,17 +75,20 @@ def compress(
         dtype=dtype,
         overwrite=overwrite,
     )
-    model, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype)
-    if factorized_layers(model):
-        raise AlreadyPatchedError(f"{model_name} is already factorized; give the dense model")
-    sources = request.settings.sources
-    calibration = calibration_ids(request.calibration, tokenizer, sources.calibration_tokens)
-    dense = measure_dense(
-        model, tokenizer, request.eval_texts, eval_tokens=sources.eval_tokens, peers=sources.peers, plots=plots
-    )
-    started = time.perf_counter()
-    model, plan = factorize(model, tokenizer, request, calibration, dense)
-    meta = dict(command=command, base_model_id=base_model_id, license=license, calibration=calibration)
-    result = build_result(model, tokenizer, request, dense, plan, patch_seconds=time.perf_counter() - started, **meta)
-    save_folder(model, tokenizer, request.out, result, dense.spectrum)
+    written = f"compress {model_name} --out {out}" if command is None else command
+    with staged_folder(request.out, overwrite=overwrite, inputs=[model_name], command=written) as staging:
+        model, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype)
+        if factorized_layers(model):
+            raise AlreadyPatchedError(f"{model_name} is already factorized; give the dense model")
+        sources = request.settings.sources
+        calibration = calibration_ids(request.calibration, tokenizer, sources.calibration_tokens)
+        dense = measure_dense(
+            model, tokenizer, request.eval_texts, eval_tokens=sources.eval_tokens, peers=sources.peers, plots=plots
+        )
+        started = time.perf_counter()
+        model, plan = factorize(model, tokenizer, request, calibration, dense)
+        meta = dict(command=command, base_model_id=base_model_id, license=license, calibration=calibration)
+        seconds = time.perf_counter() - started
+        result = build_result(model, tokenizer, request, dense, plan, patch_seconds=seconds, **meta)
+        save_folder(model, tokenizer, staging, result, dense.spectrum)
     return result

@@ -20,7 +20,7 @@ from ..factorize import FactorizationMethod, FactorizationTask, Factors, get_met
 from ..factorize.lowrank import relative_error
 from ..factorize.ranks import largest_saving_rank
 from ..measure.report import ModuleReport, PatchReport
-from ..options import Storage
+from ..options import Storage, check_positive_int
 from ..quantizer.hf_quantizer import attach, give_own_config
 from ..quantizer.storage import round_factors
 from ..quantizer.structure import (
@@ -99,6 +99,8 @@ def patch_model(
     """
     started = time.perf_counter()
     Storage(bits=bits, group_size=group_size, band_bits=band_bits)  # checked as every entry point checks it
+    check_positive_int("model_tokens", model_tokens)
+    check_positive_int("holdout_tokens", holdout_tokens)
     plan = _plan(model, rank, budget, target, roles, method)
     if tokenizer is not None:
         check_tokenizer(model, tokenizer)

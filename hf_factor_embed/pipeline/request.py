@@ -12,8 +12,8 @@ import torch
 from ..arguments import check_writable_folder
 from ..calibration.sources import load_sources, unserved_defaults
 from ..errors import FactorEmbedError
-from ..folders import check_output_dir
-from ..models.names import check_model_name, embedding_shape
+from ..folders import check_not_input, check_output_dir
+from ..models.names import check_gguf_file, check_model_name, embedding_shape
 from ..options import DEFAULT_MAX_BYTES, Settings
 from .budget import check_budget_fits
 from .plan import check_plan_arguments
@@ -58,7 +58,7 @@ def prepare(
         size = settings.size
     plan = check_plan_arguments(size.max_bytes, settings.sources.serve, method, *_tail_given(tail), size.target)
     bits = settings.storage.bits if plan is None or settings.storage.bits is not None else 4
-    method = _check_size_and_method(model_name, out, method, settings, plan, dtype, overwrite)
+    method = _check_size_and_method(model_name, out, method, settings, plan, dtype, overwrite, gguf_file)
     served, origins, eval_texts = {}, {}, dict(eval_texts or {})
     if settings.sources.serve is not None:
         if calibration is not None:
@@ -90,7 +90,7 @@ def _tail_given(tail) -> tuple:
     return tuple(given.get(k) for k in ("band_share", "tail", "tail_sub_dim"))
 
 
-def _check_size_and_method(model_name, out, method, settings: Settings, plan, dtype, overwrite):
+def _check_size_and_method(model_name, out, method, settings: Settings, plan, dtype, overwrite, gguf_file=None):
     """Exactly one size; the dtype, the method and the banded method's settings; the model name and the output
     folder. Returns the method to use (a configured ``BandedMethod`` for the banded method's settings)."""
     from ..factorize import get_method
@@ -118,7 +118,9 @@ def _check_size_and_method(model_name, out, method, settings: Settings, plan, dt
             raise FactorEmbedError(f"{', '.join(banded)}: settings of the banded method, not of {method!r}")
         method = BandedMethod(**banded)
     check_model_name(model_name)
+    check_gguf_file(model_name, gguf_file)
     check_output_dir(out, overwrite=overwrite)
+    check_not_input(out, [model_name])
     check_writable_folder(out)
     return method
 

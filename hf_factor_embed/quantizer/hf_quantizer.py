@@ -23,6 +23,7 @@ from ..adapters import get_adapter
 from ..config import QUANT_METHOD, FactorEmbedConfig
 from ..errors import CheckpointError
 from ..lazy import pretrained_model_class as _pretrained_model_class
+from .marker import check_complete
 from .model_methods import GIVEN_STATE_DICT, OVERRIDDEN, install_methods
 from .rounding import stored_tensors
 from .storage import add_placeholders, quantized_state_dict, restore_from_placeholders
@@ -39,6 +40,14 @@ class FactorEmbedHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         config = self.quantization_config
+        if checkpoint_files:
+            check_complete(Path(checkpoint_files[0]).parent, "the checkpoint")
+        if not config.modules:
+            raise CheckpointError(
+                "config.json's quantization_config (hf_factor_embed) names no factorized modules, so nothing would "
+                "be rebuilt and the embeddings would load random: an edited or damaged config.json; restore it or "
+                "save the model again"
+            )
         layers = install_layers(model, get_adapter(model), config)
         if config.bits:  # integer factors: placeholders to read them into; the float keys are not in the file
             expected_missing = add_placeholders(model, config)
@@ -51,10 +60,13 @@ class FactorEmbedHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         _modeling_logger().removeFilter(getattr(self, "_tie_warning_filter", None))
+        layers = factorized_layers(model)
+        for name, layer in layers.items():  # before the integers are read back through the band's ids
+            check_band_index(name, layer)
         if self.quantization_config.bits:
             restore_from_placeholders(model, self.quantization_config)
-        for name, layer in factorized_layers(model).items():
-            check_band_index(name, layer)
+        for name, layer in layers.items():
+            check_finite_factors(name, layer)
             check_tail_codes(name, layer)
             layer.use_head_layout()  # loading replaced the factors' storage with row-major copies
         install_methods(model)
@@ -197,6 +209,15 @@ def check_band_index(name: str, layer) -> None:
         raise CheckpointError(
             f"{where} holds id {int(index[at])} {problem}: an edited or damaged checkpoint; save the model again"
         )
+
+
+def check_finite_factors(name: str, layer) -> None:
+    """The factors and the band's rows are finite (integer checkpoints' scales are checked as they are read; a float
+    checkpoint's values only here): a NaN would reach every logit of the tokens that read it."""
+    for tensor_name in ("weight", "basis", "dense_rows"):
+        tensor = getattr(layer, tensor_name, None)
+        if tensor is not None and not bool(tensor.isfinite().all()):
+            raise CheckpointError(f"{name}.{tensor_name} holds NaN or infinite values: save the model again")
 
 
 def check_tail_codes(name: str, layer) -> None:

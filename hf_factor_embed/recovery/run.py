@@ -16,7 +16,7 @@ import torch
 
 from ..arguments import check_writable_folder, one_of, positive_int, positive_number
 from ..errors import FactorEmbedError
-from ..folders import check_output_dir, is_factorized_checkpoint
+from ..folders import check_complete, check_not_input, check_output_dir, is_factorized_checkpoint, staged_folder
 from ..models.bundled import resolve
 from ..models.names import check_model_name
 from .cheap import CheapRefitConfig, cheap_refit, collect_teacher_signals
@@ -123,6 +123,8 @@ def recover(
         check_tokens(self_generate)
     check_model_name(teacher, "teacher")
     out = check_output_dir(out, overwrite=overwrite)
+    check_not_input(out, [student_dir, teacher])
+    check_complete(student_dir, "the student")
     check_writable_folder(out)
     check_pair(student_dir, teacher, gguf_file)
     # The text is checked before the models load: an empty or too short text fails in a second.
@@ -132,25 +134,26 @@ def recover(
         given = pack_blocks(load_text(text_files, dataset), tokenizer, block_size)
         if max_tokens is not None:
             given = given.select(range(min(len(given), max_tokens // block_size)))
-    student, dense = load_models(student_dir, teacher, gguf_file)
-    train, held_back, generation = _training_blocks(given, dense, tokenizer, self_generate, block_size)
-    if mode == "cheap":
-        ids = train[:]["input_ids"].reshape(-1)
-        signals = collect_teacher_signals(dense, ids, window=block_size)
-        del dense  # the teacher's signals and dense matrices are kept; the network is not needed any more
-        summary = cheap_refit(student, signals, CheapRefitConfig(max_minutes=max_minutes))
-        out.mkdir(parents=True, exist_ok=True)
-        student.save_pretrained(out)
-    else:
-        config = DistillConfig(output_dir=str(out), max_minutes=max_minutes, **(distill_config or {}))
-        summary = distill(student, train, held_back, config, teacher=dense)
-        summary["config"] = asdict(config)
-    summary.update(mode=mode, teacher=teacher, student=str(student_dir), train_blocks=len(train), block_size=block_size)
-    summary["self_generated_tokens"] = self_generate or 0
-    if generation is not None:
-        summary["self_generation"] = generation  # settings, seconds, tokens/s of the run that sampled it
-    tokenizer.save_pretrained(out)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
+    command = f"recover {student_dir} --teacher {teacher} --mode {mode} --out {out}"
+    with staged_folder(out, overwrite=overwrite, inputs=[student_dir, teacher], command=command) as staging:
+        student, dense = load_models(student_dir, teacher, gguf_file)
+        train, held_back, generation = _training_blocks(given, dense, tokenizer, self_generate, block_size)
+        if mode == "cheap":
+            ids = train[:]["input_ids"].reshape(-1)
+            signals = collect_teacher_signals(dense, ids, window=block_size)
+            del dense  # the teacher's signals and dense matrices are kept; the network is not needed any more
+            summary = cheap_refit(student, signals, CheapRefitConfig(max_minutes=max_minutes))
+            student.save_pretrained(staging)
+        else:
+            config = DistillConfig(output_dir=str(staging), max_minutes=max_minutes, **(distill_config or {}))
+            summary = distill(student, train, held_back, config, teacher=dense)
+            summary["config"] = asdict(config) | {"output_dir": str(out)}
+        summary.update(mode=mode, teacher=teacher, student=str(student_dir), train_blocks=len(train))
+        summary.update(block_size=block_size, self_generated_tokens=self_generate or 0)
+        if generation is not None:
+            summary["self_generation"] = generation  # settings, seconds, tokens/s of the run that sampled it
+        tokenizer.save_pretrained(staging)
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 
