@@ -194,7 +194,7 @@ def check_band_index(name: str, layer) -> None:
     index = getattr(layer, "dense_index", None)
     if index is None:
         return
-    vocab = layer.weight.shape[0]
+    vocab = layer.num_embeddings  # the config's V: integer checkpoints' factors are placeholders until restored
     where = f"{name}.dense_index (the band's token ids)"
     outside = index[(index < 0) | (index >= vocab)]
     if outside.numel():

@@ -5,6 +5,7 @@ say so instead of reading it as a result."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..errors import CheckpointError
@@ -13,12 +14,20 @@ INCOMPLETE = ".hf-factor-embed-incomplete"
 
 
 def check_complete(folder: str | Path, what: str = "the folder") -> None:
-    """Refuse a folder that still holds the :data:`INCOMPLETE` marker."""
-    if Path(folder, INCOMPLETE).exists():
+    """Refuse a folder that still holds the :data:`INCOMPLETE` marker of another process (the run writing it reads
+    it back itself: ``compress``'s reload check)."""
+    if Path(folder, INCOMPLETE).exists() and _writer(folder) != os.getpid():
         raise CheckpointError(
             f"{what} {folder} was left by an interrupted run ({marker_text(folder)}): it may lack files or hold "
             f"stale ones; run the command again (with --overwrite) or remove the folder"
         )
+
+
+def _writer(folder: str | Path) -> int | None:
+    try:
+        return json.loads(Path(folder, INCOMPLETE).read_text()).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def marker_text(folder: str | Path) -> str:

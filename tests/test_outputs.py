@@ -1,0 +1,226 @@
+"""Nothing lost, nothing loaded wrong (issue 33): every command writes its folder whole or not at all, a second run
+into the same folder refuses, a killed run leaves no result that could be mistaken for one, and a checkpoint that
+lost part of itself fails loudly on load."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_llama, tiny_tokenizer, tiny_words
+from transformers import AutoModelForCausalLM
+
+import hf_factor_embed as hfe
+from hf_factor_embed import CheckpointError, FactorEmbedError
+from hf_factor_embed.cli import main
+from hf_factor_embed.folders import INCOMPLETE, output_lock, staged_folder
+
+
+@pytest.fixture
+def dense(tmp_path) -> Path:
+    folder = tmp_path / "dense"
+    tiny_llama().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    (tmp_path / "text.txt").write_text(tiny_words(800))
+    return folder
+
+
+def _compress(dense: Path, out: Path, *extra: str) -> list[str]:
+    text = dense.parent / "text.txt"
+    return ["compress", str(dense), "--rank", "8", "--calibration", str(text), "--out", str(out), *extra]
+
+
+def test_a_failed_write_leaves_the_old_folder_and_no_staging(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), staged_folder(out, overwrite=True) as staging:
+        (staging / "new.txt").write_text("new")
+        raise RuntimeError("killed half way")
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert not list(tmp_path.glob(".out.staging-*"))
+    with staged_folder(out, overwrite=True) as staging:
+        (staging / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"]  # replaced whole, only once complete
+
+
+def test_a_second_run_into_the_same_folder_refuses_in_one_line(dense, tmp_path, capsys):
+    out = tmp_path / "out"
+    with output_lock(out):  # another run holds --out (a second open file: flock refuses it like another process)
+        code = main(_compress(dense, out))
+    err = capsys.readouterr().err
+    assert code == 2 and "being written by another run" in err and not out.exists()
+    assert main(_compress(dense, out)) == 0
+    code = main(_compress(dense, out, "--rank", "16"))  # finished first: the second refuses, nothing replaced
+    assert code == 2 and "exists and is not empty" in capsys.readouterr().err
+
+
+def _run_killed(script: str, cwd: Path) -> int:
+    """Run ``script`` in a fresh interpreter that kills itself (SIGKILL) where the script says."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=cwd, capture_output=True, timeout=600)
+    return done.returncode
+
+
+def test_compress_killed_at_its_save_step_leaves_the_old_folder_whole(dense, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_compress(dense, out, "--rank", "16")) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code = _run_killed(
+        f"""
+        import os, signal
+        import hf_factor_embed.pipeline.save as save
+        from hf_factor_embed.cli import main
+        write_card = save.save_folder
+        def killed(model, tokenizer, folder, result, spectrum):
+            model.save_pretrained(folder)  # the weights are written, then the process dies
+            os.kill(os.getpid(), signal.SIGKILL)
+        save.save_folder = killed
+        import hf_factor_embed.pipeline.compress as compress
+        compress.save_folder = killed
+        main({_compress(dense, out, "--rank", "24", "--overwrite")!r})
+        """,
+        tmp_path,
+    )
+    assert code == -signal.SIGKILL
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the finished folder, untouched
+    assert list(tmp_path.glob(".out.staging-*"))  # what the killed run left, hidden beside it
+    assert main(_compress(dense, out, "--rank", "24", "--overwrite")) == 0
+    assert not list(tmp_path.glob(".out.staging-*"))  # cleaned by the next run
+    assert json.loads((out / "compression.json").read_text())["requested"] == {"rank": 24}
+
+
+def test_export_killed_while_writing_leaves_no_file_under_its_name(dense, tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    hfe.patch_model(tiny_llama(), rank=8).save_pretrained(checkpoint)
+    tiny_tokenizer().save_pretrained(checkpoint)
+    out = tmp_path / "onnx"
+    code = _run_killed(
+        f"""
+        import os, signal
+        import hf_factor_embed.export.api as api
+        def killed(model, out, format, kind):
+            (out / "model.onnx").write_bytes(b"half a file")
+            os.kill(os.getpid(), signal.SIGKILL)
+        api._write = killed
+        api.export({str(checkpoint)!r}, {str(out)!r})
+        """,
+        tmp_path,
+    )
+    assert code == -signal.SIGKILL and not out.exists()
+
+
+def test_compress_never_writes_over_the_model_it_reads(dense, capsys):
+    before = {p.name: p.read_bytes() for p in dense.iterdir()}
+    code = main(_compress(dense, dense, "--overwrite"))
+    assert code == 2 and "would write over the input" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in dense.iterdir()} == before
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    folder = tmp_path / "ckpt"
+    hfe.patch_model(tiny_llama(), rank=8, calibration=torch.arange(100, 140).repeat(20)).save_pretrained(folder)
+    return folder
+
+
+def _edit_config(folder: Path, edit) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    edit(config["quantization_config"])
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_a_config_without_its_modules_is_refused_not_loaded_random(checkpoint):
+    _edit_config(checkpoint, lambda q: q.pop("modules"))
+    with pytest.raises(CheckpointError, match="names no factorized modules"):
+        AutoModelForCausalLM.from_pretrained(checkpoint)
+
+
+def test_a_float_checkpoint_with_a_nan_factor_is_refused(checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(checkpoint / "model.safetensors")
+    (key,) = [k for k in tensors if k.endswith("embed_tokens.weight")]
+    tensors[key][VOCAB - 1, 0] = float("nan")  # a token outside the band
+    save_file(tensors, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        AutoModelForCausalLM.from_pretrained(checkpoint)
+
+
+def test_an_integer_product_coded_checkpoint_with_a_band_id_out_of_range_is_refused(tmp_path):
+    """The band's ids are checked before the integers are read back through them (once a bare IndexError)."""
+    from safetensors.torch import load_file, save_file
+    from test_product_tail import pq_model
+
+    folder = tmp_path / "pq"
+    model = pq_model()
+    vocab = model.get_input_embeddings().num_embeddings
+    hfe.densify(model)
+    method = hfe.factorize.banded.BandedMethod(0.5, tail="pq", tail_sub_dim=8, tail_rank=4, tail_exact_columns=4)
+    hfe.patch_model(model, rank=8, method=method, calibration=torch.arange(100, 140).repeat(20), bits=4)
+    model.save_pretrained(folder)
+    tensors = load_file(folder / "model.safetensors")
+    (key,) = [k for k in tensors if k.endswith("dense_index")]
+    tensors[key][-1] = vocab
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=f"holds {vocab}, outside the vocabulary"):
+        AutoModelForCausalLM.from_pretrained(folder)
+
+
+def test_a_folder_left_by_an_interrupted_run_is_refused_on_load(checkpoint):
+    (checkpoint / INCOMPLETE).write_text(json.dumps({"command": "recover ckpt"}))
+    with pytest.raises(CheckpointError, match=r"interrupted run \(recover ckpt\)"):
+        AutoModelForCausalLM.from_pretrained(checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("calibration", "message"),
+    [
+        ({"a": 123}, "got int"),
+        ([1, 2, 3], "got list"),
+        (torch.rand(100) * 300, "must be an integer tensor"),
+    ],
+)
+def test_calibration_of_the_wrong_kind_is_one_clear_error(calibration, message):
+    with pytest.raises(FactorEmbedError, match=message):
+        hfe.patch_model(tiny_llama(), rank=8, calibration=calibration, tokenizer=tiny_tokenizer())
+
+
+def test_model_tokens_zero_is_refused_before_calibrating():
+    with pytest.raises(FactorEmbedError, match=r"model_tokens=0 \(--model-tokens\)"):
+        hfe.patch_model(
+            tiny_llama(), rank=8, calibration={"t": tiny_words(300)}, tokenizer=tiny_tokenizer(), model_tokens=0
+        )
+
+
+def test_a_foreign_tokenizer_of_the_same_size_is_refused(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path / "dense"
+    tiny_llama().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    permuted = {"[UNK]": 0, **{f"w{i}": VOCAB - 1 - i for i in range(1, VOCAB - 1)}, "</s>": VOCAB - 1}
+    backend = Tokenizer(models.WordLevel(permuted, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    foreign = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>")
+    with pytest.raises(FactorEmbedError, match="not the one saved with the model"):
+        hfe.patch_model(model, rank=8, calibration={"t": tiny_words(300)}, tokenizer=foreign)
+
+
+def test_a_band_share_near_one_keeps_the_band_and_the_special_tokens():
+    from hf_factor_embed.factorize.banded import BandedMethod
+
+    model = hfe.patch_model(
+        tiny_llama(), rank=8, method=BandedMethod(0.99), calibration=torch.arange(100, 140).repeat(20)
+    )
+    layer = model.get_input_embeddings()
+    assert layer.num_dense_rows > 0 and 0 in layer.dense_index.tolist()  # pad, the special token, is exact
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
