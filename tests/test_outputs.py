@@ -224,3 +224,19 @@ def test_a_band_share_near_one_keeps_the_band_and_the_special_tokens():
     layer = model.get_input_embeddings()
     assert layer.num_dense_rows > 0 and 0 in layer.dense_index.tolist()  # pad, the special token, is exact
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+@pytest.mark.parametrize("edit", ["deleted", "unknown quant_method"])
+def test_factors_that_no_quantizer_claims_fail_loudly(tmp_path, edit):
+    """A factorized checkpoint whose config.json lost its plugin section would load as dense with random embeddings;
+    with hf_factor_embed installed its factor tensors are recognised and the load refused."""
+    folder = tmp_path / "q4"
+    hfe.patch_model(tiny_llama(), rank=8, calibration=torch.arange(100, 140).repeat(20), bits=4).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    if edit == "deleted":
+        del config["quantization_config"]
+    else:
+        config["quantization_config"]["quant_method"] = "mystery"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="holds hf_factor_embed factors"):
+        AutoModelForCausalLM.from_pretrained(folder)

@@ -280,3 +280,6 @@ def register() -> None:
         register_quantization_config(QUANT_METHOD)(FactorEmbedConfig)
     if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
         register_quantizer(QUANT_METHOD)(FactorEmbedHfQuantizer)
+    from .unclaimed import install
+
+    install()
