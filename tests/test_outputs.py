@@ -240,3 +240,45 @@ def test_factors_that_no_quantizer_claims_fail_loudly(tmp_path, edit):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="holds hf_factor_embed factors"):
         AutoModelForCausalLM.from_pretrained(folder)
+
+
+def test_save_pretrained_removes_what_a_killed_save_left(tmp_path):
+    model = hfe.patch_model(tiny_llama(), rank=8)
+    stale = tmp_path / ".ckpt.saving-999999999-abc"  # no such process
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    model.save_pretrained(tmp_path / "ckpt")
+    assert not stale.exists() and (tmp_path / "ckpt" / "model.safetensors").is_file()
+
+
+def test_a_product_coded_tail_without_a_sub_dimension_records_the_one_used(dense, tmp_path):
+    out = tmp_path / "pq"
+    assert main(_compress(dense, out, "--tail", "pq")) == 0
+    info = json.loads((out / "compression.json").read_text())
+    assert info["tail"] == "pq" and info["tail_sub_dim"] == 8
+    assert "one byte per None" not in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-bytes", "40MB", "--rank", "160"], "two sizes"),
+        (["--languages", ""], "a language is a gettext code"),
+        (["--languages", "../../../etc"], "a language is a gettext code"),
+    ],
+)
+def test_the_main_job_refuses_bad_arguments_before_loading(argv, message, tmp_path, monkeypatch):
+    import importlib.util
+
+    from transformers import PreTrainedModel
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model loaded before the bad argument was refused")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", no_load)
+    path = Path(__file__).resolve().parents[1] / "recipes" / "compress_gemma3.py"
+    spec = importlib.util.spec_from_file_location("compress_gemma3", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    with pytest.raises(FactorEmbedError, match=message):
+        recipe.main([*argv, "--out", str(tmp_path / "out")])

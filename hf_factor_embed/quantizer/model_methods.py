@@ -69,7 +69,8 @@ def _atomic_save(self: PreTrainedModel, save_directory: str | os.PathLike, *args
     if target.is_file():
         raise FactorEmbedError(f"save_pretrained: {target} is a file, not a directory")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    _remove_stale_saves(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-{os.getpid()}-", dir=target.parent))
     try:
         dense_save(self, staging, *args, **kwargs)
         target.mkdir(exist_ok=True)
@@ -82,6 +83,25 @@ def _atomic_save(self: PreTrainedModel, save_directory: str | os.PathLike, *args
                 old.unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_stale_saves(target: Path) -> None:
+    """Staging folders of earlier saves to ``target`` whose process is gone (killed mid-save): never cleaned
+    otherwise, they would pile up beside the checkpoint."""
+    for folder in target.parent.glob(f".{target.name}.saving-*"):
+        pid = folder.name.removeprefix(f".{target.name}.saving-").split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _is_weight_file(name: str) -> bool:
