@@ -24,9 +24,13 @@ BITS = (8, 4)
 TAILS = ("lowrank", "pq")
 
 
+#: Settings whose command-line flag is not their name: what a user serves is ``--calibration`` there.
+_FLAGS = {"serve": "--calibration"}
+
+
 def flag(name: str) -> str:
-    """The command-line flag of a setting: ``eval_tokens`` -> ``--eval-tokens``."""
-    return "--" + name.replace("_", "-")
+    """The command-line flag of a setting: ``eval_tokens`` -> ``--eval-tokens``, ``serve`` -> ``--calibration``."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def _named(name: str, value) -> str:

@@ -69,6 +69,7 @@ def prepare(
             raise FactorEmbedError(f"an evaluation text and a source share the name {clash[0]!r}; rename the file")
         eval_texts = {**served_evals, **eval_texts}
     _check_rank_fits(model_name, size.rank, gguf_file, method)
+    _check_peers(settings.sources.peers)
     if plan is not None:
         storage = settings.storage
         check_budget_fits(plan, embedding_shape(model_name, gguf_file), bits, storage.group_size, storage.band_bits)
@@ -139,6 +140,18 @@ def _check_rank_fits(model_name, rank: int | None, gguf_file: str | None, method
         from ..factorize.product import check_sub_dim
 
         check_sub_dim(method.tail_sub_dim, d)
+
+
+def _check_peers(peers) -> None:
+    """Peer names are known before the model loads (``peers=True``: all of them)."""
+    if isinstance(peers, bool):
+        return
+    from ..measure.peers import quantization_peers
+
+    known = [p.name for p in quantization_peers()]
+    unknown = sorted(set(peers) - set(known))
+    if unknown:
+        raise FactorEmbedError(f"unknown peers {unknown}; known: {known}")
 
 
 def _served_texts(settings: Settings):
