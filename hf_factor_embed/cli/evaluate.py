@@ -36,7 +36,7 @@ def evaluate(
     from ..calibration.model_text import describe_feed
     from ..calibration.sources import read_texts
     from ..errors import FactorEmbedError
-    from ..measure.texts import compare_to_dense, evaluate_text
+    from ..measure.texts import compare_to_dense, evaluate_text, token_ids
     from ..models.load import is_causal_lm, load_model
     from ..models.names import check_model_name
     from ..options import check_window
@@ -61,6 +61,7 @@ def evaluate(
         typer.echo(f"  {model}: {measured['perplexity']:.3f}")
         if other is not None:
             typer.echo(f"  {other_name}: {evaluate_text(other, tokenizer, body, max_tokens)['perplexity']:.3f}")
+            _echo_fidelity(other, subject, token_ids(body, tokenizer, "evaluation")[:max_tokens], measured, other_name)
         return
     agreement = compare_to_dense(evaluate_text(other, tokenizer, body, max_tokens), measured)
     typer.echo(
@@ -82,3 +83,15 @@ def _check_same_vocabulary(model, other, gguf_file) -> None:
             f"{model} has a vocabulary of {ours[0]:,} tokens and {other} one of {theirs[0]:,}: they read different "
             "token ids; compare a checkpoint with the dense model it came from"
         )
+
+
+def _echo_fidelity(reference, model, ids, measured: dict, reference_name: str) -> None:
+    """The quantization world's figures beside perplexity: KL divergence from the reference and same-top share,
+    teacher-forced on the same windows (:mod:`hf_factor_embed.measure.fidelity`)."""
+    from ..measure.fidelity import fidelity
+
+    f = fidelity(reference, model, ids, measured["window"], measured["bos_id"])
+    typer.echo(
+        f"against {reference_name}, teacher-forced on the same windows: mean KL divergence {f.mean_kld:.4f} "
+        f"(99th percentile {f.p99_kld:.4f}); same top token at {f.same_top:.1%} of {f.positions} positions"
+    )
