@@ -282,3 +282,26 @@ def test_the_main_job_refuses_bad_arguments_before_loading(argv, message, tmp_pa
     spec.loader.exec_module(recipe)
     with pytest.raises(FactorEmbedError, match=message):
         recipe.main([*argv, "--out", str(tmp_path / "out")])
+
+
+def test_a_refusal_is_the_only_line_on_stderr_in_a_fresh_process(dense, tmp_path):
+    """Nothing an optional dependency prints at import time (torchao's extensions, torch's pytree notices) stands
+    before a refusal: the one line is all a user reads."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hf_factor_embed.cli",
+            "compress",
+            str(dense),
+            "--rank",
+            "0",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["hf-factor-embed: error: rank=0 (--rank) must be a whole number above 0"]
