@@ -327,15 +327,19 @@ def test_push_refuses_a_checkpoint_that_does_not_load_before_any_upload(
     assert hub.repos == [] and hub.commits == []
 
 
-def test_densify_in_place_leaves_no_factorized_card_or_report(compressed, tmp_path, capsys):
+def test_densify_never_writes_over_its_input_and_leaves_no_factorized_card(compressed, tmp_path, capsys):
     import shutil
 
     out, _ = compressed
     folder = tmp_path / "model"
     shutil.copytree(out, folder)
-    assert {"README.md", "compression.json", "spectrum.png"} <= {p.name for p in folder.iterdir()}
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
     code, _, err = run_cli(capsys, "densify", folder, "--out", folder, "--overwrite")
+    assert code == 2 and "would write over the input" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    code, _, err = run_cli(capsys, "densify", folder, "--out", tmp_path / "dense")
     assert code == 0, err
-    left = {p.name for p in folder.iterdir()}
+    left = {p.name for p in (tmp_path / "dense").iterdir()}
     assert not {"README.md", "compression.json", "spectrum.png"} & left and "model.safetensors" in left
-    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in json.loads((tmp_path / "dense" / "config.json").read_text())
+    assert not list(tmp_path.glob(".dense.staging-*"))

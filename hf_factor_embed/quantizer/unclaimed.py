@@ -4,12 +4,14 @@ initialise the embedding at random and only warn. With this package installed it
 
 transformers has no hook for "a load finished" outside a quantizer, so :func:`install` wraps
 ``PreTrainedModel._finalize_model_loading`` (where transformers itself reports unexpected keys); where a
-transformers version lacks it, nothing is wrapped and the old behaviour stays.
+transformers version lacks it, nothing is wrapped and the old behaviour stays. ``import hf_factor_embed`` stays
+light: the wrap waits for ``transformers.modeling_utils``, which loads before any model does.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 
 from ..errors import CheckpointError
 
@@ -25,6 +27,7 @@ FACTOR_SUFFIXES = (
     ".weight_scale",
     ".basis_q",
 )
+_TRIGGER = "transformers.modeling_utils"
 
 
 def unclaimed_factors(unexpected_keys) -> list[str]:
@@ -32,17 +35,27 @@ def unclaimed_factors(unexpected_keys) -> list[str]:
 
 
 def install() -> None:
+    """Wrap the load's last step now, or as soon as ``transformers.modeling_utils`` is imported."""
+    if _TRIGGER in sys.modules:
+        _wrap()
+    elif not any(isinstance(f, _AfterModelingUtils) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterModelingUtils())
+
+
+def _wrap() -> None:
     from transformers import PreTrainedModel
 
     original = PreTrainedModel.__dict__.get("_finalize_model_loading")
+    if original is None:
+        return
     finalize = original.__func__ if isinstance(original, staticmethod) else original
-    if original is None or getattr(finalize, "_hf_factor_embed", False):
+    if getattr(finalize, "_hf_factor_embed", False):
         return
 
     @functools.wraps(finalize)
     def finalize_model_loading(model, load_config, loading_info):
         factors = unclaimed_factors(getattr(loading_info, "unexpected_keys", ()) or ())
-        if factors and not _claimed(model):
+        if factors and not _claimed(model, load_config):
             raise CheckpointError(
                 f"this checkpoint holds hf_factor_embed factors ({', '.join(factors[:3])}, ...) but its config.json "
                 "does not say so (quantization_config missing, or its quant_method is not hf_factor_embed): the "
@@ -55,8 +68,40 @@ def install() -> None:
     PreTrainedModel._finalize_model_loading = staticmethod(finalize_model_loading)
 
 
-def _claimed(model) -> bool:
-    """Whether this package's quantizer loaded the model (then its factors are expected, never unexpected)."""
+def _claimed(model, load_config) -> bool:
+    """Whether this package's quantizer loads the model (its factors are then expected; a base model loading a
+    checkpoint with a head leaves the head's factors unused, rightly)."""
+    from ..config import FactorEmbedConfig
     from .hf_quantizer import FactorEmbedHfQuantizer
 
-    return isinstance(getattr(model, "hf_quantizer", None), FactorEmbedHfQuantizer)
+    quantizer = getattr(load_config, "hf_quantizer", None) or getattr(model, "hf_quantizer", None)
+    config = getattr(getattr(model, "config", None), "quantization_config", None)
+    return isinstance(quantizer, FactorEmbedHfQuantizer) or isinstance(config, FactorEmbedConfig)
+
+
+class _AfterModelingUtils:
+    """One-shot: runs :func:`_wrap` once ``transformers.modeling_utils`` has executed, then leaves ``sys.meta_path``."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != _TRIGGER:
+            return None
+        sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            spec = getattr(finder, "find_spec", lambda *a: None)(name, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _WrapAfterLoad(spec.loader)
+                return spec
+        return None
+
+
+class _WrapAfterLoad:
+    def __init__(self, loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        _wrap()
