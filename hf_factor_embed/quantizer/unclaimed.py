@@ -11,7 +11,6 @@ light: the wrap waits for ``transformers.modeling_utils``, which loads before an
 from __future__ import annotations
 
 import functools
-import sys
 
 from ..errors import CheckpointError
 
@@ -27,7 +26,6 @@ FACTOR_SUFFIXES = (
     ".weight_scale",
     ".basis_q",
 )
-_TRIGGER = "transformers.modeling_utils"
 
 
 def unclaimed_factors(unexpected_keys) -> list[str]:
@@ -35,11 +33,11 @@ def unclaimed_factors(unexpected_keys) -> list[str]:
 
 
 def install() -> None:
-    """Wrap the load's last step now, or as soon as ``transformers.modeling_utils`` is imported."""
-    if _TRIGGER in sys.modules:
-        _wrap()
-    elif not any(isinstance(f, _AfterModelingUtils) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterModelingUtils())
+    """Wrap the load's last step now, or as soon as ``transformers.modeling_utils`` is imported (the autoload
+    module's one-shot import hook, shipped beside the package)."""
+    from hf_factor_embed_autoload import TRIGGER, run_after_import
+
+    run_after_import(TRIGGER, _wrap)
 
 
 def _wrap() -> None:
@@ -77,31 +75,3 @@ def _claimed(model, load_config) -> bool:
     quantizer = getattr(load_config, "hf_quantizer", None) or getattr(model, "hf_quantizer", None)
     config = getattr(getattr(model, "config", None), "quantization_config", None)
     return isinstance(quantizer, FactorEmbedHfQuantizer) or isinstance(config, FactorEmbedConfig)
-
-
-class _AfterModelingUtils:
-    """One-shot: runs :func:`_wrap` once ``transformers.modeling_utils`` has executed, then leaves ``sys.meta_path``."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != _TRIGGER:
-            return None
-        sys.meta_path.remove(self)
-        for finder in sys.meta_path:
-            spec = getattr(finder, "find_spec", lambda *a: None)(name, path, target)
-            if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _WrapAfterLoad(spec.loader)
-                return spec
-        return None
-
-
-class _WrapAfterLoad:
-    def __init__(self, loader) -> None:
-        self._loader = loader
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self._loader.exec_module(module)
-        _wrap()
