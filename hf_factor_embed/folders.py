@@ -6,8 +6,8 @@ that could pass for a result.
 refuses in one line), removes staging folders that earlier, killed runs left there, writes everything into a
 fresh staging folder beside ``--out`` (marked :data:`INCOMPLETE` until it is whole) and then renames it into
 place; an existing ``--out`` is replaced only once the new one is complete. A folder that still holds the marker
-(a run that keeps its folder in place, like ``recover``, was interrupted) is recognised as such by loading,
-``push`` and a re-run.
+of another process (one pointed at a staging folder, or written in place by a tool of its own) is recognised as
+left by an interrupted run by loading, ``push``, ``export`` and a re-run.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from .quantizer.marker import INCOMPLETE, check_complete, marker_text  # noqa: F
 def check_output_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Refuse to write into a folder that already holds something, unless told to (``overwrite``) or continuing
     there (``resume``, which needs the folder's checkpoints)."""
-    if str(out).strip() == "":
-        raise FactorEmbedError("--out is empty; give the folder to write (e.g. --out out/my-model)")
+    check_out_named(out)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FactorEmbedError(f"{out} is a file; give a folder for --out")
@@ -42,6 +41,12 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False, resume: bool =
             )
         raise FactorEmbedError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     return out
+
+
+def check_out_named(out: str | Path) -> None:
+    """``--out`` names a folder (an empty string would be ".", the current folder, once made a Path)."""
+    if str(out).strip() == "":
+        raise FactorEmbedError("--out is empty; give the folder to write (e.g. --out out/my-model)")
 
 
 def check_not_input(out: str | Path, inputs: Iterable[str | Path | None]) -> None:

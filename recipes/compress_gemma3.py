@@ -46,26 +46,26 @@ LANGUAGES_MEASURED = ["de", "ru", "zh_CN"]
 
 def parser() -> argparse.ArgumentParser:
     """The main job's options (their defaults: those of hf-factor-embed compress, read from hf_factor_embed.options)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--languages", nargs="*", default=[], help="gettext language codes served beside English")
-    parser.add_argument("--max-bytes", help="the plan's budget: share of fp32 bytes, or e.g. 50MB (default 0.08)")
-    parser.add_argument(
+    options = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    options.add_argument("--languages", nargs="*", default=[], help="gettext language codes served beside English")
+    options.add_argument("--max-bytes", help="the plan's budget: share of fp32 bytes, or e.g. 50MB (default 0.08)")
+    options.add_argument(
         "--target", type=float, help="instead of --max-bytes: the smallest budget keeping served text within this"
     )
-    parser.add_argument("--rank", type=int, help="instead of the plan: the size of a rank-r factorization")
-    parser.add_argument(
+    options.add_argument("--rank", type=int, help="instead of the plan: the size of a rank-r factorization")
+    options.add_argument(
         "--band-share",
         type=float,
         default=default("band_share"),
         help="with --rank: share of the size in exact rows (default %(default)s, as hf-factor-embed compress)",
     )
-    parser.add_argument("--bits", type=int, default=4, help="bits of the codes A (the band and B: 8)")
-    parser.add_argument("--calibration-tokens", type=int, default=2048, help="tokens of each source the model reads")
-    parser.add_argument("--eval-tokens", type=int, default=512, help="evaluation tokens of each text")
-    parser.add_argument("--out", type=Path, default=Path("out/gemma3-factorized"))
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--export", choices=FORMATS, help="also write the checkpoint in this format, under OUT/FORMAT")
-    return parser
+    options.add_argument("--bits", type=int, default=4, help="bits of the codes A (the band and B: 8)")
+    options.add_argument("--calibration-tokens", type=int, default=2048, help="tokens of each source the model reads")
+    options.add_argument("--eval-tokens", type=int, default=512, help="evaluation tokens of each text")
+    options.add_argument("--out", type=Path, default=Path("out/gemma3-factorized"))
+    options.add_argument("--overwrite", action="store_true")
+    options.add_argument("--export", choices=FORMATS, help="also write the checkpoint in this format, under OUT/FORMAT")
+    return options
 
 
 def main(argv: list[str] | None = None) -> dict:

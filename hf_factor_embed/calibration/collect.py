@@ -38,13 +38,6 @@ def tokenize_calibration(data, tokenizer, text_column: str = "text") -> torch.Te
                 "(or text with tokenizer=...)"
             )
         return data.reshape(-1).long()
-    if not isinstance(data, str) and not hasattr(data, "column_names") and not _texts(data):
-        raise FactorEmbedError(
-            f"calibration takes token ids (a tensor), text (a string, a list of strings, a datasets.Dataset) or "
-            f"name -> one of those; got {type(data).__name__}: {str(data)[:40]!r}"
-        )
-    if tokenizer is None:
-        raise FactorEmbedError("calibration text needs tokenizer=...; pass token ids (a tensor) to do without")
     if isinstance(data, str):
         texts = [data]
     elif hasattr(data, "column_names"):  # a datasets.Dataset
@@ -52,16 +45,18 @@ def tokenize_calibration(data, tokenizer, text_column: str = "text") -> torch.Te
             raise FactorEmbedError(f"the calibration dataset has no {text_column!r} column; it has {data.column_names}")
         texts = data[text_column]
     else:
-        texts = list(data)
+        texts = list(data) if isinstance(data, Iterable) else None
+        if texts is None or not all(isinstance(t, str) for t in texts):
+            raise FactorEmbedError(
+                f"calibration takes token ids (a tensor), text (a string, a list of strings, a datasets.Dataset) or "
+                f"name -> one of those; got {type(data).__name__}: {str(data)[:40]!r}"
+            )
+    if tokenizer is None:
+        raise FactorEmbedError("calibration text needs tokenizer=...; pass token ids (a tensor) to do without")
     pieces = [torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"], dtype=torch.long) for t in texts if t]
     if not pieces:
         raise FactorEmbedError("the calibration data holds no text; give a non-empty string, list or dataset")
     return torch.cat(pieces)
-
-
-def _texts(data) -> bool:
-    """A list or tuple of strings (what a tokenizer takes as a batch of texts)."""
-    return isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data)
 
 
 #: Every how many positions the head's full distribution is computed for ``expected_probs``: the mean over a

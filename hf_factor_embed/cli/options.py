@@ -18,10 +18,9 @@ def option(name: str, *flags: str, **kwargs) -> typer.models.OptionInfo:
 
 def output_path(out: str) -> Path:
     """``--out`` as a path; an empty one is refused (a Path of "" is ".", the current folder)."""
-    from ..errors import FactorEmbedError
+    from ..folders import check_out_named
 
-    if not out.strip():
-        raise FactorEmbedError("--out is empty; give the folder to write (e.g. --out out/my-model)")
+    check_out_named(out)
     return Path(out)
 
 

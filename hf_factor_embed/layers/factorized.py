@@ -39,6 +39,9 @@ from .layout import SIZE_KEYS, LayerLayout
 HEAD_LAYOUT_TENSORS = ("weight", "dense_rows")
 #: The tensors of every factorized layer, and of its band.
 LAYOUT_TENSORS = ("weight", "basis", "dense_rows", "dense_index")
+#: Float tensors that never train: a tail's exact outlier columns (W's columns; fp16, or float32 once read back from
+#: the int8 a checkpoint with integer factors stores: quantizer.rounding.TAIL_COLUMN_TENSOR).
+FIXED_TENSORS = ("tail_column_values",)
 #: The tensors of a product-coded tail (:mod:`hf_factor_embed.factorize.product`), stored as they are.
 TAIL_CODE_TENSORS = ("tail_codes", "codebooks", "tail_rotation", "tail_columns", "tail_column_values")
 #: Positions up to which the tail's codes are read by table lookup (each gathers V * m entries), and the rows per
@@ -147,11 +150,8 @@ class FactorizedLayer(nn.Module):
             else:
                 value = torch.zeros(shape, device=device, dtype=dtype_of)
             # Integers that never train are Parameters all the same, not buffers: transformers ties Parameters only.
-            self.register_parameter(name, nn.Parameter(value, requires_grad=dtype_of.is_floating_point))
-        # A tail's exact outlier columns (W's columns) never train either: fp16, or float32 once read back from the
-        # int8 a checkpoint with integer factors stores (quantizer.rounding.TAIL_COLUMN_TENSOR).
-        if self.tail_column_values is not None:
-            self.tail_column_values.requires_grad_(False)
+            trains = dtype_of.is_floating_point and name not in FIXED_TENSORS
+            self.register_parameter(name, nn.Parameter(value, requires_grad=trains))
 
     @property
     def layout(self) -> LayerLayout:

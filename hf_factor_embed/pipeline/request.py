@@ -4,7 +4,7 @@ user gives, or the plan's budget or target), the sources' texts read, and the ou
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -54,7 +54,7 @@ def prepare(
     second); what the plan cannot go with is refused here too."""
     size, tail = settings.size, settings.tail
     if size == type(size)() and settings.sources.serve is not None and method in (None, "banded"):
-        settings = _replace(settings, size=type(size)(max_bytes=DEFAULT_MAX_BYTES))
+        settings = replace(settings, size=type(size)(max_bytes=DEFAULT_MAX_BYTES))
         size = settings.size
     plan = check_plan_arguments(size.max_bytes, settings.sources.serve, method, *_tail_given(tail), size.target)
     bits = settings.storage.bits if plan is None or settings.storage.bits is not None else 4
@@ -73,16 +73,9 @@ def prepare(
     if plan is not None:
         storage = settings.storage
         check_budget_fits(plan, embedding_shape(model_name, gguf_file), bits, storage.group_size, storage.band_bits)
-    out = check_output_dir(out, overwrite=overwrite)
     return CompressRequest(
-        model_name, out, settings, method, plan, bits, calibration, eval_texts, served, origins, gguf_file, dtype
+        model_name, Path(out), settings, method, plan, bits, calibration, eval_texts, served, origins, gguf_file, dtype
     )
-
-
-def _replace(settings: Settings, **groups) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, **groups)
 
 
 def _tail_given(tail) -> tuple:
