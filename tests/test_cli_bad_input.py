@@ -178,6 +178,8 @@ CASES = {
     "export out unwritable": (["export", "{root}/factorized", "--out", "/proc/foo"], "cannot be written"),
     "export out taken": (["export", "{root}/factorized", "--out", "{root}/taken"], "--overwrite"),
     "export out is a file": (["export", "{root}/factorized", "--out", "{root}/a-file"], "is a file"),
+    "export unknown body": (["export", "{root}/factorized", "--out", "{out}", "--body", "int3"], "fp32, int8"),
+    "export encoder body": (["export", "{root}/encoder", "--out", "{out}", "--body", "int4"], "--body fp32"),
     "export encoder to executorch": (
         ["export", "{root}/encoder", "--out", "{out}", "--format", "executorch"],
         "exports decoders",

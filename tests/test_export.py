@@ -71,6 +71,39 @@ def test_decoder_greedy_tokens_match_transformers(family, bits, tmp_path):
     assert (tmp_path / "onnx" / "tokenizer.json").is_file() and (tmp_path / "onnx" / "export.json").is_file()
 
 
+def _body_linears(model) -> int:
+    return sum(isinstance(m, torch.nn.Linear) for m in model.model.layers.modules())
+
+
+@pytest.mark.parametrize(
+    ("family", "body", "op"), [("llama", "int4", "MatMulNBits"), ("gemma3", "int8", "MatMulInteger")]
+)
+def test_onnx_body_is_quantized_by_onnx_runtime_and_the_factors_keep_their_integers(family, body, op, tmp_path):
+    model = tiny_llama() if family == "llama" else tiny_gemma3()
+    linears = _body_linears(model)
+    folder = _saved(model, tmp_path / "ckpt", 4)
+
+    report = export(folder, tmp_path / "onnx", body=body, prompts=PROMPTS)
+
+    assert report.identical and report.body == body and 0 <= report.body_agreement <= 1
+    graph = onnx.load(report.file).graph
+    assert report.quantized_linears == linears == sum(n.op_type == op for n in graph.node)
+    assert not any(n.op_type == "MatMul" and n.input[1] in _initializers(report.file) for n in graph.node)
+    codes = [i for i in graph.initializer if i.name.endswith("codes.q")]
+    assert len(codes) == 1 and codes[0].data_type == onnx.TensorProto.UINT8  # the factors' own integers, as stored
+    assert report.embedding_bytes == report.checkpoint_embedding_bytes
+    assert report.file_bytes < export(folder, tmp_path / "fp32", prompts=PROMPTS).file_bytes
+
+
+def test_onnx_body_int4_decodes_after_the_cli(tmp_path, capsys):
+    folder = _saved(tiny_llama(), tmp_path / "ckpt", 8)
+    capsys.readouterr()
+    assert main(["export", str(folder), "--out", str(tmp_path / "onnx"), "--body", "int4"]) == 0
+    assert "body int4: 14 linears quantized" in capsys.readouterr().out
+    tokens = OnnxDecoder(tmp_path / "onnx" / "model.onnx").greedy([1, 5, 9], 4)
+    assert len(tokens) == 4 and all(0 <= t < VOCAB for t in tokens)
+
+
 def test_decoder_continues_from_its_cache(tmp_path):
     """Tokens fed one at a time through the cache give the logits of the whole sequence fed at once."""
     report = export(_saved(tiny_gemma3(), tmp_path / "ckpt", 4), tmp_path / "onnx", prompts=PROMPTS)
@@ -122,6 +155,21 @@ def test_executorch_program_decodes_like_transformers(family, tmp_path):
     report = export(_saved(model, tmp_path / "ckpt", 4), tmp_path / "pte", format="executorch", prompts=PROMPTS)
     assert report.identical and report.file.endswith(".pte")
     assert report.embedding_bytes == report.checkpoint_embedding_bytes
+
+
+def test_executorch_body_is_quantized_as_executorch_quantizes_llms(tmp_path):
+    pytest.importorskip("executorch.runtime")
+    model = tiny_llama()
+    linears = _body_linears(model)
+    body_fp32_bytes = sum(m.weight.numel() * 4 for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    folder = _saved(model, tmp_path / "ckpt", 4)
+
+    report = export(folder, tmp_path / "pte", format="executorch", body="int4", prompts=PROMPTS)
+
+    assert report.quantized_linears == linears and report.body == "int4" and 0 <= report.body_agreement <= 1
+    assert report.embedding_bytes == report.checkpoint_embedding_bytes
+    assert report.identical or report.notes  # XNNPACK may round a near-tie apart from torchao's eager kernels
+    assert report.file_bytes < body_fp32_bytes / 2  # 4-bit weights and their group scales, not floats
 
 
 def test_the_onnx_runtime_snippet_of_the_docs_runs_as_written(tmp_path, monkeypatch, capsys):

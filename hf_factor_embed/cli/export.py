@@ -14,6 +14,7 @@ from .options import output_path
 @app.command(
     epilog=(
         "Example:\n\n  hf-factor-embed export out/gemma3-en --format onnx --out out/gemma3-en-onnx\n\n"
+        "  hf-factor-embed export out/gemma3-en --body int4 --out out/gemma3-en-int4\n\n"
         'Needs: pip install "hf-factor-embed\\[export]"'  # \\[: rich markup would eat [export]
     ),
 )
@@ -23,6 +24,14 @@ def export(
     format: Annotated[
         str, typer.Option(help="onnx (model.onnx, for ONNX Runtime) or executorch (model.pte, XNNPACK-lowered).")
     ] = "onnx",
+    body: Annotated[
+        str,
+        typer.Option(
+            help="fp32 (as trained), int8 or int4: the transformer body's linears quantized by the runtime's own "
+            "tools (ONNX Runtime: quantize_dynamic / MatMulNBits block 32; ExecuTorch: 8da8w / 8da4w); the "
+            "factors keep their own integers."
+        ),
+    ] = "fp32",
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
 ) -> None:
     """Export FOLDER with its integers kept, then check the file against transformers in its runtime (greedy
@@ -30,4 +39,4 @@ def export(
     out = output_path(out)
     from ..export import export as export_folder  # it checks everything it can before the model loads
 
-    typer.echo(export_folder(folder, out, format=format, overwrite=overwrite))
+    typer.echo(export_folder(folder, out, format=format, body=body, overwrite=overwrite))

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..arguments import check_writable_folder, one_of
 from ..errors import FactorEmbedError
 from ..folders import check_complete, check_not_input, check_output_dir, is_factorized_checkpoint, staged_folder
+from .body import BODIES
 
 FORMATS = ("onnx", "executorch")
 #: Modules each format needs -> the line that installs them.
@@ -50,20 +51,29 @@ class ExportReport:
     embedding_bytes: int  # the stored factors in the file
     checkpoint_embedding_bytes: int  # the same factors in the checkpoint's safetensors
     checked_prompts: int
-    identical: bool
+    identical: bool  # the factors' check: greedy tokens (or hidden states) of the file = transformers', same body
     max_abs_difference: float | None
     seconds: float
+    body: str = "fp32"
+    quantized_linears: int = 0  # body linears the file runs quantized (counted from the file or the program)
+    body_agreement: float | None = None  # quantized body: share of greedy tokens in common with the fp32 body's
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def __str__(self) -> str:
+        same = "identical to" if self.identical else "differ from"
         check = (
-            f"greedy tokens identical to transformers on {self.checked_prompts} prompts"
+            f"greedy tokens {same} transformers' on {self.checked_prompts} prompts"
             if self.kind == "decoder"
             else f"hidden states within {self.max_abs_difference:.1e} of transformers'"
         )
+        if self.body != "fp32":
+            check += (
+                f"; body {self.body}: {self.quantized_linears} linears quantized, "
+                f"{self.body_agreement:.0%} of greedy tokens as the fp32 body's"
+            )
         return (
             f"wrote {self.file} ({self.file_bytes / 1e6:.1f} MB; "
             f"embedding factors {self.embedding_bytes / 1e6:.1f} MB, "
@@ -76,11 +86,18 @@ def export(
     out: str | Path,
     *,
     format: str = "onnx",
+    body: str = "fp32",
     overwrite: bool = False,
     prompts: Sequence[str] = CHECK_PROMPTS,
 ) -> ExportReport:
     """Export the factorized checkpoint ``folder`` to ``out`` (a new folder) in ``format`` and check it on
     ``prompts`` (fed as the tokenizer feeds them): greedy tokens for a decoder, hidden states for an encoder.
+
+    ``body`` "int8" or "int4" quantizes the transformer body's linears with the runtime's own quantizer
+    (:mod:`.body`); the factors keep their own integers. The factors are checked against transformers on the same
+    body: for ONNX on the file before its body is quantized, for ExecuTorch against transformers running the same
+    torchao-quantized body. ``body_agreement`` then says how far the quantized file's greedy tokens follow the
+    fp32 body's (a quantized body changes numerics: reported, never refused).
 
     Raises :class:`FactorEmbedError` before anything loads for a folder that is not a factorized checkpoint, an
     unknown format, an unwritable ``out`` or a missing extra; after writing, when the file disagrees with
@@ -88,21 +105,33 @@ def export(
     """
     started = time.perf_counter()
     folder, out = Path(folder), Path(out)
-    kind = check_export(folder, out, format=format, overwrite=overwrite)
+    kind = check_export(folder, out, format=format, body=body, overwrite=overwrite)
     from ..models.load import load_model
     from ..quantizer.structure import factorized_layers
+    from .body import quantize_onnx_body, quantize_torch_body
     from .decoder import use_stored_factors
 
     model, tokenizer = load_model(folder)
-    reference = _reference(model, tokenizer, kind, prompts)
+    reference = fp32_reference = _reference(model, tokenizer, kind, prompts)
     modules = list(factorized_layers(model))
     use_stored_factors(model)
-    with staged_folder(out, overwrite=overwrite, inputs=[folder], command=f"export {folder} --out {out}") as staging:
+    quantized = 0
+    if body != "fp32" and format == "executorch":  # quantized before tracing; the reference runs the same body
+        quantized = quantize_torch_body(model, body)
+        reference = _reference(model, tokenizer, kind, prompts)
+    command = f"export {folder} --out {out}"
+    with staged_folder(out, overwrite=overwrite, inputs=[folder], command=command) as staging:
         path = _write(model, staging, format, kind)
         for name in _BESIDE:
             if (folder / name).is_file():
                 shutil.copy2(folder / name, staging / name)
         identical, difference = _check(path, tokenizer, kind, prompts, reference)
+        notes = []
+        if not identical and body != "fp32":  # XNNPACK's quantized kernels round apart from torchao's eager ones
+            notes.append(f"greedy tokens differ from transformers running the same {body} body (near-ties)")
+        if body != "fp32" and format == "onnx":  # the factors were checked above, on the fp32 body
+            quantized = quantize_onnx_body(path, body)
+        agreement = None if body == "fp32" else _agreement(path, tokenizer, prompts, fp32_reference)
         report = ExportReport(
             format=format,
             file=str(out / path.relative_to(staging)),
@@ -114,18 +143,23 @@ def export(
             identical=identical,
             max_abs_difference=difference,
             seconds=time.perf_counter() - started,
+            body=body,
+            quantized_linears=quantized,
+            body_agreement=agreement,
+            notes=notes,
         )
         (staging / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    if not identical:
+    if not identical and (body == "fp32" or format == "onnx"):
         raise FactorEmbedError(
             f"the exported file disagrees with transformers (see {out / REPORT_FILE}); please report it"
         )
     return report
 
 
-def check_export(folder: Path, out: Path, *, format: str, overwrite: bool = False) -> str:
+def check_export(folder: Path, out: Path, *, format: str, body: str = "fp32", overwrite: bool = False) -> str:
     """Every check that needs no weights; returns the kind of graph ("decoder" or "encoder")."""
     one_of("--format", format, FORMATS)
+    one_of("--body", body, BODIES)
     if not is_factorized_checkpoint(folder):
         raise FactorEmbedError(
             f"{folder} is a dense checkpoint; export exports factorized ones (run hf-factor-embed compress first)"
@@ -136,6 +170,10 @@ def check_export(folder: Path, out: Path, *, format: str, overwrite: bool = Fals
         raise FactorEmbedError(
             f"{folder} is an encoder ({config.get('model_type')}); --format executorch exports decoders (causal "
             "LMs) with their cache; export an encoder with --format onnx"
+        )
+    if body != "fp32" and kind == "encoder":
+        raise FactorEmbedError(
+            f"--body {body} quantizes a decoder's body; {folder} is an encoder: export it with --body fp32"
         )
     check_format(format)
     check_complete(folder, "the checkpoint")
@@ -183,16 +221,22 @@ def _write(model, out: Path, format: str, kind: str) -> Path:
     return export_onnx(model, out, kind)
 
 
+def _runtime(path: Path):
+    """A greedy decoder over the exported file ``path``, in its runtime."""
+    if path.suffix == ".pte":
+        from .executorch import ExecuTorchDecoder
+
+        return ExecuTorchDecoder(path)
+    from .runtime import OnnxDecoder
+
+    return OnnxDecoder(path)
+
+
 def _check(path: Path, tokenizer, kind: str, prompts: Sequence[str], reference) -> tuple[bool, float | None]:
-    from .runtime import OnnxDecoder, OnnxEncoder
+    from .runtime import OnnxEncoder
 
     if kind == "decoder":
-        if path.suffix == ".pte":
-            from .executorch import ExecuTorchDecoder
-
-            runtime = ExecuTorchDecoder(path)
-        else:
-            runtime = OnnxDecoder(path)
+        runtime = _runtime(path)
         ours = [runtime.greedy(tokenizer(p).input_ids, CHECK_TOKENS) for p in prompts]
         return ours == reference, None
     runtime = OnnxEncoder(path)
@@ -201,6 +245,14 @@ def _check(path: Path, tokenizer, kind: str, prompts: Sequence[str], reference) 
         for p, ref in zip(prompts, reference, strict=True)
     )
     return difference < 1e-3, difference
+
+
+def _agreement(path: Path, tokenizer, prompts: Sequence[str], reference: list[list[int]]) -> float:
+    """Share of the file's greedy tokens that follow ``reference`` (each prompt's common prefix, over all tokens)."""
+    from ..measure.continuations import common_prefix
+
+    tokens = [_runtime(path).greedy(tokenizer(p).input_ids, CHECK_TOKENS) for p in prompts]
+    return sum(common_prefix(a, b) for a, b in zip(tokens, reference, strict=True)) / (CHECK_TOKENS * len(prompts))
 
 
 def _factor_bytes(model) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .body import BODY_LINEARS, body_linear_nodes
 from .decoder import CachedDecoder, HiddenStates, cache_shape
 
 #: Values up to which the optimizer may fold constants: shapes and index tables, never a stored matrix.
@@ -44,6 +45,7 @@ def export_onnx(model, out: Path, kind: str = "decoder") -> Path:
             verbose=False,
         )
     program.model = onnxscript.optimizer.optimize(program.model, input_size_limit=_FOLD_LIMIT)
+    program.model.metadata_props[BODY_LINEARS] = ",".join(body_linear_nodes(program.model))
     for node in program.model.graph.all_nodes():  # the exporter's per-node stack traces: megabytes, no use
         node.metadata_props.clear()
     path = out / MODEL_FILE

@@ -65,7 +65,7 @@ def compare(tokenizer, groups: dict[str, str], dense: list[list[int]], ours: lis
     """``groups``: prompt -> its group (English kind, a language); ``dense``/``ours``: their continuations."""
     rows = []
     for (prompt, group), d, o in zip(groups.items(), dense, ours, strict=True):
-        prefix = next((i for i, (a, b) in enumerate(zip(d, o, strict=False)) if a != b), min(len(d), len(o)))
+        prefix = common_prefix(d, o)
         d_text, o_text = tokenizer.decode(d), tokenizer.decode(o)
         script = dominant_script(prompt)
         rows.append(
@@ -83,6 +83,11 @@ def compare(tokenizer, groups: dict[str, str], dense: list[list[int]], ours: lis
             )
         )
     return rows
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens ``a`` and ``b`` share before they part."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def repeats(tokens: list[int]) -> bool:
