@@ -200,15 +200,21 @@ def test_product_coded_tail_exports_with_its_codes(format, tmp_path):
     from test_product_tail import pq_model
 
     folder = tmp_path / "ckpt"
-    pq_model().save_pretrained(folder)
+    model = pq_model()
+    model.save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
+    body = "int4" if format == "onnx" else "fp32"  # ONNX: the body quantizer must leave the tail's matmuls alone
 
-    report = export(folder, tmp_path / format, format=format, prompts=PROMPTS)
+    report = export(folder, tmp_path / format, format=format, body=body, prompts=PROMPTS)
 
     assert report.identical and report.embedding_bytes == report.checkpoint_embedding_bytes
     if format == "onnx":
         codes = [i for n, i in _initializers(report.file).items() if n.endswith("tail_codes")]
         assert len(codes) == 1 and codes[0].data_type == onnx.TensorProto.UINT8
+        quantized = [n.name for n in onnx.load(report.file).graph.node if n.op_type == "MatMulNBits"]
+        assert report.quantized_linears == len(quantized) == _body_linears(model)
+        inputs = [i for n in onnx.load(report.file).graph.node if n.name in quantized for i in n.input]
+        assert not any("factors" in i for i in inputs)
 
 
 def test_integer_product_coded_tail_exports_with_int8_columns(tmp_path):

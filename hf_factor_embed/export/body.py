@@ -21,6 +21,8 @@ import contextlib
 import io
 from pathlib import Path
 
+from ..errors import FactorEmbedError
+
 BODIES = ("fp32", "int8", "int4")
 #: ExecuTorch's name for each body precision (``quantize_model_``'s ``qlinear_config``).
 EXECUTORCH_CONFIG = {"int8": "8da8w", "int4": "8da4w"}
@@ -51,15 +53,18 @@ def quantize_onnx_body(path: Path, body: str) -> int:
     the written file runs quantized (counted from the file)."""
     import onnx
 
-    metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    model = onnx.load(str(path))
+    metadata = {p.key: p.value for p in model.metadata_props}
     nodes = [name for name in metadata.get(BODY_LINEARS, "").split(",") if name]
+    if not nodes:  # quantize_dynamic would read an empty list as "every MatMul"
+        raise FactorEmbedError(f"{path} names no body linears in its metadata ({BODY_LINEARS}); export it again")
     with _quiet():
         if body == "int4":
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-            quantizer = MatMulNBitsQuantizer(
-                onnx.load(str(path)), block_size=INT4_BLOCK, is_symmetric=True, nodes_to_include=nodes
-            )
+            # its nodes_to_include adds to the op types it quantizes; excluding every other node is what limits it
+            others = [node.name for node in model.graph.node if node.name not in set(nodes)]
+            quantizer = MatMulNBitsQuantizer(model, block_size=INT4_BLOCK, is_symmetric=True, nodes_to_exclude=others)
             quantizer.process()
             quantizer.model.save_model_to_file(str(path), use_external_data_format=False)
         else:
@@ -93,8 +98,14 @@ def quantize_torch_body(model, body: str) -> int:
 
 @contextlib.contextmanager
 def _quiet():
+    """The quantizers' progress: prints, warnings and a log line per node (ONNX Runtime's, at INFO)."""
+    import logging
     import warnings
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        yield
+        logging.disable(logging.INFO)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
