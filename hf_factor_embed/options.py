@@ -77,6 +77,16 @@ def check_target(name: str, value) -> None:
         raise FactorEmbedError(f"{_named(name, value)} is a perplexity ratio to the dense model: a number >= 1")
 
 
+def check_kld(name: str, value) -> None:
+    """A KL divergence from the dense model, in nats: a finite number > 0."""
+    if value is None:
+        return
+    if not is_number(value) or not math.isfinite(value) or value <= 0:
+        raise FactorEmbedError(
+            f"{_named(name, value)} is a KL divergence from the dense model: a number > 0 (e.g. 0.01)"
+        )
+
+
 def check_bits(bits, group_size=None) -> None:
     """``bits`` in :data:`BITS` (or None: float factors); a group size is even and needs bits."""
     if bits is not None and (isinstance(bits, bool) or bits not in BITS):
@@ -162,6 +172,13 @@ class Size(_Checked):
         "the smallest budget at which every served source's held-back part stays within it; otherwise the rank is "
         "searched.",
         check_target,
+    )
+    target_kld: float | None = setting(
+        None,
+        "Instead of --rank, with served sources: largest mean KL divergence from dense's next-token distributions "
+        "(nats, e.g. 0.01) on every served source's held-back part; the plan searches the smallest budget that "
+        "keeps it.",
+        check_kld,
     )
     max_bytes: str | None = setting(
         None,

@@ -65,6 +65,17 @@ CASES = {
     ),
     "compress budget negative": (_without(_compress("--budget", "-0.1"), "--rank"), "must be a share"),
     "compress target below 1": (_without(_compress("--target", "0.5"), "--rank"), "target=0.5 (--target)"),
+    "compress target-kld 0": (_without(_compress("--target-kld", "0"), "--rank"), "target_kld=0.0 (--target-kld)"),
+    "compress target-kld nan": (_without(_compress("--target-kld", "nan"), "--rank"), "a number > 0"),
+    "compress target-kld and rank": (_compress("--target-kld", "0.01"), "exactly one of"),
+    "compress target-kld and target": (
+        _without(_compress("--target-kld", "0.01", "--target", "1.01"), "--rank"),
+        "without --max-bytes or --target",
+    ),
+    "compress target-kld no sources": (
+        ["compress", "{dense}", "--target-kld", "0.01", "--out", "{out}"],
+        "--target-kld is measured on served sources",
+    ),
     "compress two sizes": (_compress("--budget", "0.3"), "exactly one of"),
     "compress no size": (_without(_without(_compress(), "--rank"), "--calibration"), "exactly one of"),
     # compress: the plan

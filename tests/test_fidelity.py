@@ -9,7 +9,8 @@ from conftest import tiny_llama, tiny_tokenizer, tiny_words
 import hf_factor_embed as hfe
 from hf_factor_embed.calibration.model_text import model_windows
 from hf_factor_embed.cli import main
-from hf_factor_embed.measure.fidelity import fidelity
+from hf_factor_embed.measure.fidelity import FidelityMeter, fidelity
+from hf_factor_embed.measure.perplexity import perplexity
 
 
 def test_the_statistics_equal_a_direct_computation():
@@ -27,6 +28,22 @@ def test_the_statistics_equal_a_direct_computation():
     assert got.same_top == float((p.argmax(-1) == q.argmax(-1)).double().mean())
     same = fidelity(dense, dense, ids, window=64, bos_id=1)
     assert same.mean_kld < 1e-6 and same.same_top == 1.0
+
+
+def test_the_meter_over_dense_top_tokens_bounds_the_full_sum_from_below_and_keeps_same_top_exact():
+    """compress keeps dense's 64 most likely tokens a position (and the rest as one outcome), not V-wide logits:
+    its KL divergence is a lower bound, close to the full one; its same-top share is the full one's."""
+    dense, ours = tiny_llama(), hfe.patch_model(tiny_llama(), rank=4)
+    ids = torch.randint(1, 300, (200,), generator=torch.Generator().manual_seed(0))
+    record = FidelityMeter()
+    dense_ppl = perplexity(dense, ids, window=64, bos_id=1, observe=record)
+    meter = FidelityMeter(record.recorded())
+    perplexity(ours, ids, window=64, bos_id=1, observe=meter)
+
+    full, kept = fidelity(dense, ours, ids, window=64, bos_id=1), meter.fidelity()
+    assert dense_ppl == perplexity(dense, ids, window=64, bos_id=1)  # observing changes nothing
+    assert kept.positions == full.positions and kept.same_top == full.same_top
+    assert full.mean_kld * 0.9 <= kept.mean_kld <= full.mean_kld + 1e-6
 
 
 def test_eval_compare_prints_kl_divergence_and_same_top(tmp_path, capsys):

@@ -36,7 +36,7 @@ def test_the_command_line_options_are_the_settings_fields():
             assert param.default == (list(f.default) if isinstance(f.default, tuple) else f.default), f.name
             assert param.help == f.metadata["help"], f.name
             checked += 1
-    assert checked == 16
+    assert checked == 17
 
 
 def test_patch_model_and_the_recipe_take_the_same_defaults():

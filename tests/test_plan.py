@@ -15,7 +15,7 @@ from hf_factor_embed import FactorEmbedError
 from hf_factor_embed.factorize.ranks import largest_saving_rank
 from hf_factor_embed.pipeline.budget import budget_bytes, candidates, check_budget, parse_max_bytes
 from hf_factor_embed.pipeline.compress import compress
-from hf_factor_embed.pipeline.plan import choose
+from hf_factor_embed.pipeline.plan import choose, metric_of
 from hf_factor_embed.quantizer.sizes import embedding_bytes
 
 
@@ -76,6 +76,46 @@ def test_choice_takes_the_guard_then_served_text_then_what_is_not_served():
     assert chosen["name"] == "one"  # and then served text
 
 
+def test_choice_judges_served_text_by_kl_divergence_where_every_candidate_has_it():
+    """Perplexity ratios and KL divergence can rank two candidates apart: a ratio averages over the text's own
+    tokens, KL divergence over dense's whole distribution. Where KL divergence is measured, it decides."""
+
+    def record(name, ratio, kld, unserved_kld):
+        fidelity = {"a": {"kld": kld, "same_top": 0.9}, "x": {"kld": unserved_kld, "same_top": 0.8}}
+        return {"name": name, "ratio": {"a": ratio, "x": 2.0}, "fidelity": fidelity, "worse_than_trim": []}
+
+    # "ratio" is 10% better in perplexity and 0.1 nats worse in KL divergence on the served source
+    by_ratio, by_kld = record("ratio", 1.00, 0.15, 0.3), record("kld", 1.10, 0.05, 0.3)
+    chosen, reason = choose([by_ratio, by_kld], ["a"])
+    assert chosen["name"] == "kld" and "KL divergence 0.0500" in reason
+    assert metric_of([by_ratio, by_kld]) == "kld"
+    without = [{k: v for k, v in c.items() if k != "fidelity"} for c in (by_ratio, by_kld)]
+    assert choose(without, ["a"])[0]["name"] == "ratio" and metric_of(without) == "ratio"  # the perplexity rule
+    # within ln 1.02 of the best on served text, the sources not served decide (mean KL divergence)
+    close = [record("close", 1.0, 0.05, 0.9), record("near", 1.0, 0.06, 0.2)]
+    assert choose(close, ["a"])[0]["name"] == "near"
+    # a KL divergence target: those meeting it are eligible
+    assert choose(close, ["a"], target_kld=0.055)[0]["name"] == "close"
+
+
+def test_target_kld_searches_the_smallest_budget_that_keeps_it():
+    from hf_factor_embed.pipeline.plan import describe, run_target
+
+    model = tiny_llama(vocab=3000)
+    stub = _stub_plan(model, lambda share: 1.0)
+    ratios = stub["measure"]
+    # KL divergence from dense falls as the budget grows; the perplexity ratio says nothing (always 1.0)
+    stub["measure"] = lambda m: {
+        n: {"perplexity": r, "kld": 0.0015 / (stub["stored_bytes_of"](m) / stub["fp32_bytes"])}
+        for n, r in ratios(m).items()
+    }
+    _, record = run_target(model, target_kld=0.01, **stub)
+    assert record["target_met"] and record["target_kld"] == 0.01 and "target" not in record
+    assert record["judged_by"] == "kld" and 0.15 <= record["budget_share"] <= 0.2  # 0.0015 / 0.15 = 0.01
+    assert all(p["met"] == (p["worst_served"] <= 0.01) for p in record["search"])
+    assert "--target-kld 0.01" in describe(record)[0] and "KL divergence" in record["reason"]
+
+
 @pytest.fixture
 def served(tmp_path):
     tiny_llama().save_pretrained(tmp_path / "dense")
@@ -108,6 +148,12 @@ def test_compress_plans_by_default_with_sources_and_records_every_candidate(serv
     card = (served / "out" / "README.md").read_text()
     assert "What a user reads" in card and info["continuations"][0]["prompt"] in card
     assert "How the bytes were spent" in card and plan["chosen"] in card
+    # fidelity as quantization is judged: every candidate and every text, the chosen candidate's in the evaluation
+    assert all(set(c["fidelity"]) == {"served", "other"} for c in plan["candidates"])
+    chosen = next(c for c in plan["candidates"] if c["name"] == plan["chosen"])
+    for name, e in info["evaluation"].items():
+        assert e["kld"] == chosen["fidelity"][name]["kld"] >= 0 and 0 <= e["same_top"] <= 1
+    assert "KL divergence" in card
 
 
 def test_the_guard_ignores_sources_kept_within_5_percent_of_dense():

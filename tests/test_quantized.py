@@ -224,3 +224,29 @@ def test_balancing_keeps_the_product_and_evens_the_columns_of_a():
         torch.testing.assert_close(layer.dense_weight(), before, rtol=1e-5, atol=1e-6)
     rms = layer.weight.pow(2).mean(0).sqrt()
     torch.testing.assert_close(rms, torch.ones_like(rms))
+
+
+def test_a_body_quantized_by_torchao_after_loading_composes_and_is_refused_at_save(tmp_path, input_ids):
+    """The order that works: factorize, save, load, quantize the body with torchao (which leaves the factorized
+    layers alone); saving that model is refused in one line, naming the order and the export, and writes nothing."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    model = tiny_llama()
+    hfe.patch_model(model, rank=16, calibration=calibration(), bits=8)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    with torch.no_grad():
+        before = loaded(input_ids=input_ids).logits
+
+    quantize_(loaded, Int8WeightOnlyConfig())
+
+    layers = dict(factorized_layers(loaded))
+    assert layers and all(type(p) is torch.nn.Parameter for m in layers.values() for p in m.parameters())
+    assert type(loaded.model.layers[0].mlp.up_proj.weight) is not torch.nn.Parameter  # the body: torchao's
+    with torch.no_grad():
+        after = loaded(input_ids=input_ids).logits
+    assert torch.allclose(after, before, atol=0.1) and not torch.equal(after, before)
+    assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+    with pytest.raises(FactorEmbedError, match="save the factorized model before quantizing its body"):
+        loaded.save_pretrained(tmp_path / "quantized")
+    assert not (tmp_path / "quantized").exists()

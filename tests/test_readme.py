@@ -93,6 +93,8 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, capsys, rea
     for folder in ("out/smollm2-r256-onnx", "out/smollm2-r256-pte"):
         report = json.loads(Path(folder, "export.json").read_text())
         assert report["identical"] and report["embedding_bytes"] == report["checkpoint_embedding_bytes"], report
+    # SmolLM2's 30 layers of 7 linears each, quantized by ONNX Runtime's MatMulNBits; its factors as they were
+    assert json.loads(Path("out/smollm2-r256-onnx/export.json").read_text())["quantized_linears"] == 30 * 7
 
     # the plan's command ran on SmolLM2: within its budget, every candidate recorded, the chosen one saved
     info = json.loads(Path("out/smollm2-plan/compression.json").read_text())

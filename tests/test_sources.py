@@ -197,11 +197,16 @@ def test_compress_lists_served_and_not_served_in_json_and_card(served_run, capsy
     assert {n: e["served"] for n, e in info["evaluation"].items()} == {"low": True, "high": True, "other": False}
     assert info["report"]["calibration_sources"].keys() == {"low", "high"}
     assert set(info["peers"]) >= {"int8", "int4 g32"} and set(info["peers"]["int8"]["ratio"]) == set(info["evaluation"])
+    # KL divergence and same-top for ours and every peer on every text; int8 of the embedding stays closer than int4
+    for name, e in info["evaluation"].items():
+        assert e["kld"] >= 0 and 0 <= e["same_top"] <= 1 and e["kld_p99"] >= e["kld"]
+        assert info["peers"]["int8"]["kld"][name] < info["peers"]["int4 g32"]["kld"][name]
+        assert set(info["peers"]["int4 g32"]["same_top"]) == set(info["evaluation"])
     assert info["embedding_bytes"]["stored"] < info["embedding_bytes"]["dense_fp32"]
     card = (root / "out" / "README.md").read_text()
     assert "| low | yes (held back) |" in card and "| other | **no** |" in card and "int4 g32" in card
     out = capsys.readouterr().out
-    assert "held back" in out and "other" in out
+    assert "held back" in out and "other" in out and "KL divergence from dense / same top token" in out
 
 
 def test_a_source_far_outside_is_a_warning_in_the_report_and_card(served_run, monkeypatch):

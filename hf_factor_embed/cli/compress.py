@@ -35,6 +35,7 @@ def compress(
     rank: Annotated[int | None, option("rank")] = default("rank"),
     budget: Annotated[float | None, option("budget")] = default("budget"),
     target: Annotated[float | None, option("target")] = default("target"),
+    target_kld: Annotated[float | None, option("target_kld")] = default("target_kld"),
     max_bytes: Annotated[str | None, option("max_bytes")] = default("max_bytes"),
     method: Annotated[
         str | None, typer.Option(help="Factorization method (default: banded with text, else svd).")
@@ -89,6 +90,7 @@ def compress(
         rank=rank,
         budget=budget,
         target=target,
+        target_kld=target_kld,
         max_bytes=max_bytes,
         method=method,
         bits=bits,

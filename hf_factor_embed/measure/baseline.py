@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -11,7 +11,8 @@ from ..calibration.model_text import bos_prefix
 from ..errors import FactorEmbedError
 from ..models.load import is_causal_lm
 from .continuations import greedy_of_prompts, text_prompts
-from .texts import eval_ids, evaluate_text
+from .fidelity import FidelityMeter
+from .texts import eval_ids, evaluate_text, fidelity_figures
 
 
 @dataclass
@@ -26,6 +27,7 @@ class DenseBaseline:
     spectrum: dict | None  # role -> singular values of the dense embedding (for the card's plot)
     param_bytes: int
     bos_id: int | None
+    references: dict = field(default_factory=dict)  # text name -> dense's top next tokens (causal LMs)
 
 
 def measure_dense(
@@ -34,10 +36,14 @@ def measure_dense(
     """Measure ``texts`` (name -> text or token ids) on the dense ``model``, with the quantization ``peers`` and
     the greedy continuations a user reads."""
     ids = {name: eval_ids(text, tokenizer, eval_tokens, model) for name, text in texts.items()}
-    evaluation = {name: evaluate_text(model, tokenizer, text, eval_tokens) for name, text in ids.items()}
-    bos_id = bos_prefix(tokenizer)
     causal = is_causal_lm(model)
-    peer_results = measure_peers(model, ids, evaluation, peers, bos_id) if peers and causal else None
+    meters = {name: FidelityMeter() for name in ids} if causal else {}
+    evaluation = {
+        name: evaluate_text(model, tokenizer, text, eval_tokens, observe=meters.get(name)) for name, text in ids.items()
+    }
+    references = {name: meter.recorded() for name, meter in meters.items()}
+    bos_id = bos_prefix(tokenizer)
+    peer_results = measure_peers(model, ids, evaluation, peers, bos_id, references) if peers and causal else None
     prompts = text_prompts(ids, tokenizer) if causal and tokenizer is not None else {}
     return DenseBaseline(
         eval_ids=ids,
@@ -48,11 +54,15 @@ def measure_dense(
         spectrum=_spectrum(model) if plots else None,
         param_bytes=param_bytes(model),
         bos_id=bos_id,
+        references=references,
     )
 
 
-def measure_peers(model, eval_ids: dict, dense_eval: dict, names: bool | Sequence[str], bos_id=None) -> dict:
-    """Quantizing the dense embedding instead: bytes and perplexity ratio per text, measured on the same windows."""
+def measure_peers(
+    model, eval_ids: dict, dense_eval: dict, names: bool | Sequence[str], bos_id=None, references=None
+) -> dict:
+    """Quantizing the dense embedding instead: bytes and perplexity ratio per text, measured on the same windows,
+    with KL divergence and same-top against dense's ``references`` (text name -> :class:`.fidelity.ReferenceTop`)."""
     from .analysis import embedding_weights
     from .peers import quantization_peers
 
@@ -63,14 +73,20 @@ def measure_peers(model, eval_ids: dict, dense_eval: dict, names: bool | Sequenc
         if unknown:
             raise FactorEmbedError(f"unknown peers {sorted(unknown)}; known: {[p.name for p in chosen]}")
         chosen = [p for p in chosen if p.name in names]
+    references = references or {}
     results = {}
     for peer in chosen:
-        ratios = {}
+        figures: dict[str, dict] = {"ratio": {}, "kld": {}, "same_top": {}}
         for name, ids in eval_ids.items():
             window = dense_eval[name]["window"]
-            ppl = peer.perplexity(model, ids, window, bos_id=bos_id)
-            ratios[name] = round(ppl / dense_eval[name]["perplexity"], 4)
-        results[peer.name] = {"embedding_bytes": sum(peer.stored_bytes(*s) for s in shapes), "ratio": ratios}
+            meter = FidelityMeter(references[name]) if name in references else None
+            ppl = peer.perplexity(model, ids, window, bos_id=bos_id, observe=meter)
+            figures["ratio"][name] = round(ppl / dense_eval[name]["perplexity"], 4)
+            for key, value in fidelity_figures(meter and meter.fidelity()).items():
+                if key != "kld_p99":
+                    figures[key][name] = value
+        results[peer.name] = {"embedding_bytes": sum(peer.stored_bytes(*s) for s in shapes)}
+        results[peer.name] |= {key: values for key, values in figures.items() if values}
     return results
 
 

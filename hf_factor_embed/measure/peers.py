@@ -39,9 +39,9 @@ class QuantizedPeer:
         groups = rows * (1 if self.group is None else -(-cols // self.group))
         return rows * cols * self.bits // 8 + groups * 2 * (1 if self.symmetric else 2)
 
-    def perplexity(self, model, token_ids: torch.Tensor, window: int, bos_id: int | None = None) -> float:
+    def perplexity(self, model, token_ids: torch.Tensor, window: int, bos_id: int | None = None, observe=None) -> float:
         with _swapped(model, lambda w: fake_quantize(w, self.bits, self.group, self.symmetric)):
-            return perplexity(model, token_ids, window=window, bos_id=bos_id)
+            return perplexity(model, token_ids, window=window, bos_id=bos_id, observe=observe)
 
 
 @dataclass(frozen=True)

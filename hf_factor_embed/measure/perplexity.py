@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -19,6 +20,7 @@ def perplexity(
     keep: torch.Tensor | None = None,
     unk_id: int | None = None,
     bos_id: int | None = None,
+    observe: Callable[[torch.Tensor], None] | None = None,
 ) -> float:
     """exp(mean next-token loss) over consecutive, non-overlapping ``window``-token windows of ``token_ids``.
 
@@ -31,6 +33,9 @@ def perplexity(
     ``keep`` (a boolean per token id) and ``unk_id`` score a vocabulary-trimmed model as vocabtrimmer leaves it:
     ids outside ``keep`` are read as ``unk_id``, cannot be predicted (their logits are dropped), and as targets
     count as ``unk_id``, the one way the trimmed model can name them.
+
+    ``observe``: called with each batch's scored logits (batch, window - 1, V), in order (e.g. a
+    :class:`.fidelity.FidelityMeter`): what else is measured on the same windows costs no second pass.
     """
     ids = token_ids.reshape(-1)
     if keep is not None:
@@ -55,6 +60,8 @@ def perplexity(
         logits = model(input_ids=batch).logits[:, :-1].float()
         if keep is not None:
             logits[..., ~keep.to(logits.device)] = float("-inf")
+        if observe is not None:
+            observe(logits)
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
         )

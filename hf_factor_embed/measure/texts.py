@@ -29,9 +29,10 @@ def eval_ids(text, tokenizer, eval_tokens: int, model):
     return token_ids(text[: 16 * eval_tokens], tokenizer, "evaluation")[:eval_tokens]
 
 
-def evaluate_text(model, tokenizer, text: str | torch.Tensor, eval_tokens: int) -> dict:
+def evaluate_text(model, tokenizer, text: str | torch.Tensor, eval_tokens: int, observe=None) -> dict:
     """For a causal LM its perplexity (with the tokens and window used), for an encoder its sentence embeddings
-    (compared by :func:`compare_to_dense`)."""
+    (compared by :func:`compare_to_dense`). ``observe``: sees the perplexity pass's logits (a
+    :class:`.fidelity.FidelityMeter`)."""
     from .perplexity import perplexity, sentence_embeddings, sentences_of
 
     if is_causal_lm(model):
@@ -40,12 +41,23 @@ def evaluate_text(model, tokenizer, text: str | torch.Tensor, eval_tokens: int) 
         if window < 16:
             raise FactorEmbedError("the evaluation text is too short; give at least a few hundred tokens")
         bos_id = bos_prefix(tokenizer)
-        ppl = perplexity(model, ids, window=window, progress=True, bos_id=bos_id)
+        ppl = perplexity(model, ids, window=window, progress=True, bos_id=bos_id, observe=observe)
         return {"perplexity": ppl, "tokens": int(ids.numel()), "window": window, "bos_id": bos_id}
     sentences = sentences_of(text)
     if not sentences:
         raise FactorEmbedError("the evaluation text has no lines of 20 characters or more; give real sentences")
     return {"embeddings": sentence_embeddings(model, tokenizer, sentences)}
+
+
+def fidelity_figures(fidelity) -> dict:
+    """A :class:`.fidelity.Fidelity` as compression.json records it beside the perplexity ratio ({} for none)."""
+    if fidelity is None:
+        return {}
+    return {
+        "kld": round(fidelity.mean_kld, 5),
+        "kld_p99": round(fidelity.p99_kld, 4),
+        "same_top": round(fidelity.same_top, 4),
+    }
 
 
 def compare_to_dense(dense: dict, factorized: dict) -> dict:
@@ -54,7 +66,8 @@ def compare_to_dense(dense: dict, factorized: dict) -> dict:
 
     if "perplexity" in dense:
         d, f = dense["perplexity"], factorized["perplexity"]
-        return {"metric": "perplexity", "dense": round(d, 3), "factorized": round(f, 3), "ratio": round(f / d, 4)}
+        out = {"metric": "perplexity", "dense": round(d, 3), "factorized": round(f, 3), "ratio": round(f / d, 4)}
+        return out | fidelity_figures(factorized.get("fidelity"))
     return {
         "metric": "cosine agreement with the dense model's sentence embeddings",
         "dense": 1.0,

@@ -181,7 +181,7 @@ def check_budget(budget: int, v: int, d: int, fp32_bytes: int, **sizes) -> None:
 def check_budget_fits(spec, shape: tuple[int, int, bool] | None, bits, group_size, band_bits) -> None:
     """A budget no candidate fits is refused from the model's shape (``(V, d, tied)`` from its config, read by
     :func:`hf_factor_embed.models.names.embedding_shape`; None: checked once the model loads), before it loads."""
-    if shape is None or spec[0] == "target":
+    if shape is None or spec[0] in ("target", "target_kld"):
         return
     v, d, tied = shape
     matrices = 1 if tied else 2

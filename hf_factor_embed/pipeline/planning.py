@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from ..calibration.model_text import bos_prefix, special_token_ids
 from ..errors import FactorEmbedError
 from ..measure.baseline import DenseBaseline
-from ..measure.texts import evaluate_text, token_ids
+from ..measure.fidelity import FidelityMeter
+from ..measure.texts import evaluate_text, fidelity_figures, token_ids
 from ..models.load import is_causal_lm
 from .patch import patch_model
 from .request import CompressRequest
@@ -76,8 +77,13 @@ def plan_model(model, tokenizer, request: CompressRequest, calibration, dense: D
         copy.factor_embed_report.sources = dict(gathered)  # ready statistics carry no source names
         return copy
 
-    def measure(m) -> dict[str, float]:
-        return {n: evaluate_text(m, tokenizer, ids, sources.eval_tokens)["perplexity"] for n, ids in texts.items()}
+    def measure(m) -> dict[str, dict]:
+        figures = {}
+        for n, ids in texts.items():
+            meter = FidelityMeter(dense.references[n]) if n in dense.references else None
+            ppl = evaluate_text(m, tokenizer, ids, sources.eval_tokens, observe=meter)["perplexity"]
+            figures[n] = {"perplexity": ppl, **fidelity_figures(meter and meter.fidelity())}
+        return figures
 
     def measure_trim(rows: int) -> dict[str, float]:
         trim = TrimmedPeer.ranked(stats, special, rows, tokenizer.unk_token_id)
@@ -85,8 +91,9 @@ def plan_model(model, tokenizer, request: CompressRequest, calibration, dense: D
         return {n: trim.perplexity(model, ids, windows[n], bos_id=bos_id) for n, ids in texts.items()}
 
     spec = request.plan
-    size = {"target": spec[1]} if spec[0] == "target" else {"budget": budget_bytes(spec, fp32)}
-    return (run_target if spec[0] == "target" else run_plan)(
+    searched = spec[0] in ("target", "target_kld")
+    size = {spec[0]: spec[1]} if searched else {"budget": budget_bytes(spec, fp32)}
+    return (run_target if searched else run_plan)(
         model,
         **size,
         fp32_bytes=fp32,

@@ -41,7 +41,9 @@ class CompressRequest:
     def size(self) -> dict:
         """The size as the report records it."""
         if self.plan is not None:
-            return {"target": self.plan[1]} if self.plan[0] == "target" else {"max_bytes": self.settings.size.max_bytes}
+            if self.plan[0] in ("target", "target_kld"):
+                return {self.plan[0]: self.plan[1]}
+            return {"max_bytes": self.settings.size.max_bytes}
         s = self.settings.size
         name = next(n for n in ("rank", "budget", "target") if getattr(s, n) is not None)
         return {name: getattr(s, name)}
@@ -56,7 +58,9 @@ def prepare(
     if size == type(size)() and settings.sources.serve is not None and method in (None, "banded"):
         settings = replace(settings, size=type(size)(max_bytes=DEFAULT_MAX_BYTES))
         size = settings.size
-    plan = check_plan_arguments(size.max_bytes, settings.sources.serve, method, *_tail_given(tail), size.target)
+    plan = check_plan_arguments(
+        size.max_bytes, settings.sources.serve, method, *_tail_given(tail), size.target, size.target_kld
+    )
     bits = settings.storage.bits if plan is None or settings.storage.bits is not None else 4
     method = _check_size_and_method(model_name, out, method, settings, plan, dtype, overwrite, gguf_file)
     served, origins, eval_texts = {}, {}, dict(eval_texts or {})
@@ -91,14 +95,15 @@ def _check_size_and_method(model_name, out, method, settings: Settings, plan, dt
     from ..models.load import DTYPES
 
     size = settings.size
-    given = [x for x in (size.rank, size.budget, size.target) if x is not None]
+    given = [x for x in (size.rank, size.budget, size.target, size.target_kld) if x is not None]
     if plan is None:
         one = len(given) == 1
-    else:  # the plan's target is --target itself; a budget goes alone
-        one = size.rank is None and size.budget is None and (plan[0] == "target" or not given)
+    else:  # the plan's target is --target (or --target-kld) itself; a budget goes alone
+        one = size.rank is None and size.budget is None and (plan[0] in ("target", "target_kld") or not given)
     if not one:
         raise FactorEmbedError(
-            "give exactly one of --rank, --budget, --target or --max-bytes (the plan, for served --calibration sources)"
+            "give exactly one of --rank, --budget, --target, --target-kld or --max-bytes (the plan, for served "
+            "--calibration sources)"
         )
     if dtype not in DTYPES:
         raise FactorEmbedError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")

@@ -11,6 +11,7 @@ import torch
 from ..calibration.model_text import describe_feed, special_token_ids
 from ..measure.baseline import DenseBaseline, param_bytes
 from ..measure.continuations import beside_dense
+from ..measure.fidelity import FidelityMeter
 from ..measure.texts import compare_to_dense, evaluate_text
 from ..options import DEFAULT_TAIL_SUB_DIM
 from ..quantizer.sizes import embedding_bytes
@@ -76,14 +77,17 @@ def _tail_record(request: CompressRequest, plan: dict | None) -> dict:
 
 def _evaluation(model, tokenizer, request: CompressRequest, dense: DenseBaseline, plan: dict | None) -> dict:
     """Each measured text's figures beside dense's (the plan measured its chosen candidate already)."""
-    measured = chosen_candidate(plan)["perplexity"] if plan is not None else {}
+    measured = chosen_candidate(plan) if plan is not None else {"perplexity": {}}
     eval_tokens = request.settings.sources.eval_tokens
     out = {}
     for name, text in dense.eval_ids.items():
-        ours = (
-            {"perplexity": measured[name]} if name in measured else evaluate_text(model, tokenizer, text, eval_tokens)
-        )
-        out[name] = compare_to_dense(dense.evaluation[name], ours)
+        if name in measured["perplexity"]:
+            ours = {"perplexity": measured["perplexity"][name]}
+            out[name] = compare_to_dense(dense.evaluation[name], ours) | measured.get("fidelity", {}).get(name, {})
+        else:
+            meter = FidelityMeter(dense.references[name]) if name in dense.references else None
+            ours = evaluate_text(model, tokenizer, text, eval_tokens, observe=meter)
+            out[name] = compare_to_dense(dense.evaluation[name], ours | {"fidelity": meter and meter.fidelity()})
         if request.settings.sources.serve is not None:
             out[name] |= {"served": name in request.served, "origin": request.origins.get(name)}
     return out
@@ -110,9 +114,12 @@ def _warnings(evaluation: dict, served: dict, plan: dict | None) -> list[str]:
             logger.warning("%s", out[-1])
     if plan is not None and plan.get("target_met") is False:
         last = plan["search"][-1]
+        kld = "target_kld" in plan
+        goal = f"--target-kld {plan['target_kld']:g}" if kld else f"--target {plan['target']:g}"
+        worst = f"KL divergence {last['worst_served']:.4f}" if kld else f"{last['worst_served']:.3f}x dense"
         out.append(
-            f"--target {plan['target']:g} was not met at any budget searched: kept the largest, "
-            f"{plan['budget_share']:.0%} of the fp32 embedding (worst served source {last['worst_served']:.3f}x "
-            f"dense; behind trimming at equal bytes: {', '.join(last['worse_than_trim']) or 'none'})"
+            f"{goal} was not met at any budget searched: kept the largest, {plan['budget_share']:.0%} of the fp32 "
+            f"embedding (worst served source {worst}; behind trimming at equal bytes: "
+            f"{', '.join(last['worse_than_trim']) or 'none'})"
         )
     return out

@@ -32,6 +32,7 @@ def summary_table(result: dict) -> str:
         row += f"{_ratio(e.get('ratio')):>11}"
         row += "".join(f"{_ratio(p['ratio'][name]):>12}" for p in peers.values() if name in p["ratio"])
         lines.append(row)
+    lines.extend(_fidelity_rows(result["evaluation"], peers))
     rows = result.get("continuations") or []
     if rows:
         same, bad = sum(r["identical"] for r in rows), [r["group"] for r in rows if r["degenerate"]]
@@ -40,6 +41,29 @@ def summary_table(result: dict) -> str:
             f"to dense's; degenerate: {', '.join(bad) if bad else 'none'}"
         )
     return "\n".join(lines)
+
+
+def _fidelity_rows(evaluation: dict, peers: dict) -> list[str]:
+    """KL divergence from dense and same-top share per text, ours then each peer's (where they were measured)."""
+    names = [name for name, e in evaluation.items() if "kld" in e]
+    if not names:
+        return []
+    lines = [
+        "KL divergence from dense / same top token (teacher-forced, the same windows)",
+        f"{'text':<28}{'factorized':>18}" + "".join(f"{name.split(' (')[0]:>18}" for name in peers),
+    ]
+    for name in names:
+        e = evaluation[name]
+        row = f"{name:<28}{_kld(e['kld'], e['same_top']):>18}"
+        row += "".join(
+            f"{_kld(p['kld'][name], p['same_top'][name]):>18}" for p in peers.values() if name in p.get("kld", {})
+        )
+        lines.append(row)
+    return lines
+
+
+def _kld(kld: float, same_top: float) -> str:
+    return f"{kld:.4f} / {same_top:.1%}"
 
 
 def _figure(value: float) -> str:

@@ -37,12 +37,26 @@ def install_methods(model: PreTrainedModel) -> None:
 
 
 def check_saveable(model: PreTrainedModel) -> None:
+    check_plain_body(model)
     for name, layer in model.named_modules():
         if isinstance(layer, FactorizedLayer) and layer.rank >= layer.embedding_dim:
             raise FactorEmbedError(
                 f"{name} has rank {layer.rank} = its width d: its factor A has the dense shape, so the checkpoint "
                 f"would load silently wrong in a Python without hf_factor_embed, and it stores more than the dense "
                 f"matrix anyway. Save a smaller rank, or call hf_factor_embed.densify(model) and save a dense model."
+            )
+
+
+def check_plain_body(model: PreTrainedModel) -> None:
+    """A body quantized in memory (torchao's ``quantize_`` swaps weights for tensor subclasses) cannot be saved: a
+    checkpoint holds one ``quantization_config``, and this one is the factors'."""
+    for name, parameter in model.named_parameters():
+        if type(parameter) not in (torch.Tensor, torch.nn.Parameter):
+            raise FactorEmbedError(
+                f"{name} is quantized in memory ({type(parameter).__name__}) and a checkpoint holds one "
+                "quantization_config, the factors': save the factorized model before quantizing its body, and "
+                "quantize the body again after loading (torchao.quantize_ leaves the factorized layers alone), or "
+                "ship it quantized with hf-factor-embed export --body int8|int4"
             )
 
 
