@@ -8,9 +8,12 @@ Rows (each an ONNX file, written here in a scratch folder):
 - ``fp32``: the dense model as trained;
 - ``int8`` / ``int4``: the whole dense model quantized by ONNX Runtime's own tools, what a user would ship
   instead: the body's linears and the (tied) head as ``--body`` quantizes them (:mod:`hf_factor_embed.export.body`:
-  ``quantize_dynamic`` int8 per channel / ``MatMulNBits`` int4 block 32), the embedding table by ``MatMulNBits``'s
-  quantizer at the same bits, block 32 (``GatherBlockQuantized``). The head and the embedding are two tables in
-  the file (ONNX Runtime's quantizer does not tie them);
+  ``quantize_dynamic`` int8 per channel / ``MatMulNBits`` int4 block 32), the embedding table by the same tools
+  (``quantize_dynamic``'s Gather for int8; ``MatMulNBits``'s quantizer at block 32, ``GatherBlockQuantized``, for
+  int4: it takes Gather at 4 bits only). The head and the embedding are two tables in the file (ONNX Runtime's
+  quantizer does not tie them);
+- ``body-int8`` / ``body-int4``: the dense file with only its body quantized (the embedding and head stay fp32):
+  the same body as ours, with a dense embedding;
 - ``ours-fp32`` / ``ours-int8`` / ``ours-int4``: ``hf-factor-embed export CKPT --body fp32|int8|int4``.
 
 Each file is measured in a fresh process (so peak memory is its own): its bytes; load (an ONNX Runtime session,
@@ -43,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
-ROWS = ("fp32", "int8", "int4", "ours-fp32", "ours-int8", "ours-int4")
+ROWS = ("fp32", "int8", "int4", "body-int8", "body-int4", "ours-fp32", "ours-int8", "ours-int4")
 TEXTS = {"pydoc (served, held back)": "pydoc", "licenses (never seen)": "licenses"}
 LANGUAGES = ("de", "ru", "zh_CN")
 PREFILL, DECODE, REPEATS, WINDOW, NEW_TOKENS = 128, 32, 3, 128, 32
@@ -88,30 +91,32 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _write_files(checkpoint: Path, dense_name: str, rows: list[str], folder: Path) -> dict[str, Path]:
-    """Each row's ONNX file: the dense one exported once and quantized per row; ours exported by the product."""
+    """Each row's ONNX file: the dense one exported once and quantized per row; ours exported by the product. A
+    file already in ``folder`` (``--keep`` of an earlier run) is measured again as it is."""
     from hf_factor_embed.export import export
     from hf_factor_embed.export.body import quantize_onnx_body
     from hf_factor_embed.export.onnx import MODEL_FILE, export_onnx
     from hf_factor_embed.models.load import load_model
 
-    files = {row: folder / row / MODEL_FILE for row in rows}
-    if all(path.is_file() for path in files.values()):  # --keep of an earlier run: measure those files again
-        return files
-    files = {}
-    dense, _ = load_model(dense_name)
-    files["fp32"] = export_onnx(dense, _mkdir(folder / "fp32"))
-    del dense
-    if any(row.startswith("ours-") for row in rows):
+    files = {row: folder / row / MODEL_FILE for row in ROWS}
+    if not files["fp32"].is_file():
+        dense, _ = load_model(dense_name)
+        export_onnx(dense, _mkdir(folder / "fp32"))
+        del dense
+    if any(r.startswith("ours-") for r in rows) and not files["ours-fp32"].is_file():
         if (folder / "ours-fp32").exists():
             shutil.rmtree(folder / "ours-fp32")
-        files["ours-fp32"] = Path(export(checkpoint, folder / "ours-fp32").file)
-    for body in ("int8", "int4"):
-        if body in rows:
-            files[body] = _whole_model(files["fp32"], body, _mkdir(folder / body))
-        if f"ours-{body}" in rows:  # what `export --body` does after its check: the fp32 file, its body quantized
-            files[f"ours-{body}"] = _mkdir(folder / f"ours-{body}") / files["ours-fp32"].name
-            shutil.copy2(files["ours-fp32"], files[f"ours-{body}"])
-            quantize_onnx_body(files[f"ours-{body}"], body)
+        export(checkpoint, folder / "ours-fp32")
+    for row in rows:
+        if files[row].is_file():
+            continue
+        body = row.rsplit("-", 1)[-1]
+        if row in ("int8", "int4"):
+            _whole_model(files["fp32"], body, _mkdir(folder / row))
+        else:  # "body-*": the dense file with its body quantized; "ours-*": what `export --body` does after its check
+            source = files["fp32" if row.startswith("body-") else "ours-fp32"]
+            shutil.copy2(source, _mkdir(folder / row) / MODEL_FILE)
+            quantize_onnx_body(files[row], body)
     return {row: files[row] for row in rows}
 
 
@@ -128,8 +133,19 @@ def _whole_model(fp32_file: Path, body: str, out: Path) -> Path:
     _fold_head_transpose(model)  # the quantizers need the head's weight as an initializer, not Transpose(table)
     onnx.save(model, str(path))
     quantize_onnx_body(path, body)
+    if body == "int8":  # MatMulNBits's quantizer takes Gather at 4 bits only: its int8 scheme, on the table
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        graph = onnx.load(str(path)).graph
+        sizes = {i.name: int(np.prod(i.dims)) for i in graph.initializer}
+        table = max((n for n in graph.node if n.op_type == "Gather"), key=lambda n: sizes.get(n.input[0], 0)).name
+        quantize_dynamic(
+            path, path, op_types_to_quantize=["Gather"], nodes_to_quantize=[table], weight_type=QuantType.QInt8,
+            per_channel=True,
+        )  # fmt: skip
+        return path
     config = DefaultWeightOnlyQuantConfig(
-        block_size=INT4_BLOCK, is_symmetric=True, bits=int(body[3:]), op_types_to_quantize=("Gather",),
+        block_size=INT4_BLOCK, is_symmetric=False, bits=int(body[3:]), op_types_to_quantize=("Gather",),
         quant_axes=(("Gather", 1),),
     )  # fmt: skip
     quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), algo_config=config)

@@ -19,11 +19,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_factor_embed as hfe
+from hf_factor_embed.calibration.sampling import GenerationConfig, sample_texts
 from hf_factor_embed.calibration.sources import load_source
 from hf_factor_embed.measure.perplexity import perplexity
 from hf_factor_embed.models.bundled import resolve
 from hf_factor_embed.recovery import CheapRefitConfig, cheap_refit, collect_teacher_signals
-from hf_factor_embed.recovery.generate import GenerationConfig, _sample
+from hf_factor_embed.recovery.generate import starts
 
 KINDS = ("licenses", "changelogs", "lang:de", "lang:ru")
 SETTINGS = ((0.7, 50, 0.95), (1.0, 50, 0.95), (1.0, 0, 1.0), (1.3, 100, 0.95))  # temperature, top-k, top-p
@@ -41,7 +42,7 @@ def main() -> None:
     print(rows[-1], flush=True)
     for temperature, top_k, top_p in SETTINGS:
         config = GenerationConfig(64, 128, temperature, top_k, top_p, seed=2)
-        texts, stats = _sample(dense, tok, 8000, config, progress=False)
+        texts, stats = sample_texts(dense, tok, 8000, config, starts, progress=False)
         ids = torch.tensor([i for t in texts for i in tok(t).input_ids])[:8192]
         student = copy.deepcopy(start)
         cheap_refit(student, collect_teacher_signals(dense, ids, progress=False), CheapRefitConfig(steps=150))

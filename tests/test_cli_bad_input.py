@@ -65,6 +65,14 @@ CASES = {
     ),
     "compress budget negative": (_without(_compress("--budget", "-0.1"), "--rank"), "must be a share"),
     "compress target below 1": (_without(_compress("--target", "0.5"), "--rank"), "target=0.5 (--target)"),
+    "compress generated bad size": (
+        ["compress", "{dense}", "--calibration", "generated:lots", "--out", "{out}"],
+        "e.g. generated:8192",
+    ),
+    "compress generated twice": (
+        ["compress", "{dense}", "--calibration", "generated", "--calibration", "generated:512", "--out", "{out}"],
+        "'generated' is named twice",
+    ),
     "compress target-kld 0": (_without(_compress("--target-kld", "0"), "--rank"), "target_kld=0.0 (--target-kld)"),
     "compress target-kld nan": (_without(_compress("--target-kld", "nan"), "--rank"), "a number > 0"),
     "compress target-kld and rank": (_compress("--target-kld", "0.01"), "exactly one of"),

@@ -220,3 +220,36 @@ def test_a_source_far_outside_is_a_warning_in_the_report_and_card(served_run, mo
     )
     assert info["warnings"] and info["warnings"][0].startswith("other (not served)")
     assert "> **Warning:** other (not served)" in (root / "out" / "README.md").read_text()
+
+
+def test_the_generated_source_is_the_models_own_text_reproducible_by_its_seed():
+    from hf_factor_embed.calibration.generated import GeneratedSource, english_starts, generated_text
+
+    model, tokenizer = tiny_llama(), tiny_tokenizer()
+    first = generated_text(model, tokenizer, GeneratedSource(seed=0), 400, progress=False)
+    assert first == generated_text(model, tokenizer, GeneratedSource(seed=0), 400, progress=False)
+    assert first != generated_text(model, tokenizer, GeneratedSource(seed=1), 400, progress=False)
+    assert len(tokenizer(first, add_special_tokens=False).input_ids) >= 300 and first.count("\n") >= 2
+    starts = english_starts(tokenizer, 8, torch.Generator().manual_seed(0))
+    assert all(s[0] == tokenizer.bos_token_id for s in starts if tokenizer.bos_token_id is not None)
+
+
+@pytest.mark.parametrize("spec", ["generated:0", "generated:abc", "generated:-5", "generated:1.5", "generated:10"])
+def test_a_bad_generated_size_is_one_line_naming_the_form(spec):
+    from hf_factor_embed.calibration.generated import parse_generated
+
+    with pytest.raises(FactorEmbedError, match="generated:8192"):
+        parse_generated(spec)
+
+
+def test_compress_serves_generated_text_held_back_and_measured(served_run):
+    from hf_factor_embed.pipeline.compress import compress
+
+    root = served_run
+    info = compress(
+        root / "dense", root / "out", rank=4, serve=["generated", root / "low.txt"], measure=[root / "other.txt"],
+        plots=False, eval_tokens=128, calibration_tokens=512,
+    )  # fmt: skip
+    assert info["served"]["generated"].startswith("the model's own text")
+    assert info["evaluation"]["generated"]["served"] and info["evaluation"]["generated"]["kld"] >= 0
+    assert "generated" in info["report"]["calibration_sources"]

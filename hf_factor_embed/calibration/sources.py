@@ -103,7 +103,7 @@ def load_source(spec: str | Path) -> TextSource:
         if not text.strip():
             raise FactorEmbedError(f"{path} is empty; give a file with text in it")
         return TextSource(path.stem, text, str(path))
-    known = f"one of {', '.join(ENGLISH_KINDS)}, or lang:<code> (e.g. lang:de)"
+    known = f"one of {', '.join(ENGLISH_KINDS)}, generated (the model's own text), or lang:<code> (e.g. lang:de)"
     if path.suffix or len(path.parts) > 1:
         raise FactorEmbedError(f"text file not found: {spec}; give an existing plain-text file, or {known}")
     raise FactorEmbedError(f"{spec!r} is neither a file nor a known source; give a text file, {known}")

@@ -108,8 +108,8 @@ class FidelityMeter:
     :class:`ReferenceTop` (the dense model's pass), with one it compares each window against it (any other
     model's pass on the same windows), so fidelity costs no forward pass of its own."""
 
-    def __init__(self, reference: ReferenceTop | None = None) -> None:
-        self.reference = reference
+    def __init__(self, reference: ReferenceTop | None = None, k: int = TOP_K) -> None:
+        self.reference, self.k = reference, k
         self._recorded: list[ReferenceTop] = []
         self._kld: list[torch.Tensor] = []
         self._same: list[torch.Tensor] = []
@@ -118,7 +118,7 @@ class FidelityMeter:
     def __call__(self, logits: torch.Tensor) -> None:
         flat = logits.reshape(-1, logits.shape[-1])
         if self.reference is None:
-            self._recorded.append(ReferenceTop.of(flat))
+            self._recorded.append(ReferenceTop.of(flat, self.k))
             return
         kld, same = self.reference.part(self._seen, self._seen + flat.shape[0]).compare(flat)
         self._seen += flat.shape[0]

@@ -23,7 +23,7 @@ from ..models.load import load_model
 from ..options import Settings
 from ..quantizer.structure import factorized_layers
 from .planning import calibration_ids, factorize
-from .request import prepare
+from .request import prepare, sample_generated
 from .result import build_result
 from .save import COMPRESSION_FILE, save_folder
 from .summary import summary_table
@@ -81,6 +81,7 @@ def compress(
         if factorized_layers(model):
             raise AlreadyPatchedError(f"{model_name} is already factorized; give the dense model")
         sources = request.settings.sources
+        sample_generated(request, model, tokenizer)  # the model's own text, where a source asks for it
         calibration = calibration_ids(request.calibration, tokenizer, sources.calibration_tokens)
         dense = measure_dense(
             model, tokenizer, request.eval_texts, eval_tokens=sources.eval_tokens, peers=sources.peers, plots=plots

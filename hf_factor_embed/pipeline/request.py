@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from ..arguments import check_writable_folder
-from ..calibration.sources import load_sources, unserved_defaults
+from ..calibration.generated import GENERATED, GeneratedSource, generated_text, is_generated, parse_generated
+from ..calibration.sources import TextSource, load_sources, unserved_defaults
 from ..errors import FactorEmbedError
 from ..folders import check_not_input, check_output_dir
 from ..models.names import check_gguf_file, check_model_name, embedding_shape
@@ -152,17 +153,46 @@ def _check_peers(peers) -> None:
         raise FactorEmbedError(f"unknown peers {unknown}; known: {known}")
 
 
+def _generated(specs) -> list[GeneratedSource]:
+    """The ``generated`` source among ``specs`` (checked now: a bad size fails before the model loads)."""
+    found = [parse_generated(s) for s in specs if is_generated(s)]
+    if len(found) > 1:
+        raise FactorEmbedError("'generated' is named twice; give it once (generated or generated:<tokens>)")
+    return found
+
+
+def sample_generated(request: CompressRequest, model, tokenizer) -> None:
+    """Replace a :class:`GeneratedSource` among ``request``'s texts by the text the loaded ``model`` samples: split
+    into a calibration and a held-back part where it is served, whole where it is only measured."""
+    sources = request.settings.sources
+    pending = request.eval_texts.get(GENERATED)
+    if not isinstance(pending, GeneratedSource):
+        return
+    served = isinstance(request.calibration, Mapping) and GENERATED in request.calibration
+    held_back = sources.held_back if served else None
+    tokens = pending.tokens_needed(sources.calibration_tokens, sources.eval_tokens, held_back)
+    text = TextSource(GENERATED, generated_text(model, tokenizer, pending, tokens), pending.origin)
+    if served:
+        request.calibration[GENERATED], request.eval_texts[GENERATED] = text.split(held_back)
+    else:
+        request.eval_texts[GENERATED] = text.text
+
+
 def _served_texts(settings: Settings):
     """(calibration part per served source, texts to measure, served source -> origin, every text's origin)."""
     serve, measure, held_back = settings.sources.serve, settings.sources.measure, settings.sources.held_back
     if not serve:
         raise FactorEmbedError("serve=[] names nothing to serve; name at least one source (a file, pydoc, lang:de)")
-    sources = load_sources(serve)
+    served_generated, serve = _generated(serve), [s for s in serve if not is_generated(s)]
+    sources = [*load_sources(serve), *served_generated]
     others = unserved_defaults(s.name for s in sources) if measure is None else list(measure)
-    measured = [m for m in load_sources(others) if m.name not in {s.name for s in sources}]
+    measured_generated = [g for g in _generated(others) if not served_generated]
+    others = [s for s in others if not is_generated(s)]
+    measured = [*[m for m in load_sources(others) if m.name not in {s.name for s in sources}], *measured_generated]
     calibration, evals = {}, {}
-    for source in sources:
-        calibration[source.name], evals[source.name] = source.split(held_back)
-    evals.update({m.name: m.text for m in measured})
+    for source in sources:  # the model's own text is sampled once it loads (GeneratedSource stands for it)
+        generated = isinstance(source, GeneratedSource)
+        calibration[source.name], evals[source.name] = (source, source) if generated else source.split(held_back)
+    evals.update({m.name: m if isinstance(m, GeneratedSource) else m.text for m in measured})
     origins = {s.name: s.origin for s in (*sources, *measured)}
     return calibration, evals, {s.name: s.origin for s in sources}, origins
