@@ -4,7 +4,7 @@ windows: equal to a direct computation, zero against itself, and printed by ``ev
 from __future__ import annotations
 
 import torch
-from conftest import VOCAB, tiny_llama, tiny_tokenizer, tiny_words
+from conftest import tiny_llama, tiny_tokenizer, tiny_words
 
 import hf_factor_embed as hfe
 from hf_factor_embed.calibration.model_text import model_windows
@@ -30,24 +30,31 @@ def test_the_statistics_equal_a_direct_computation():
     assert same.mean_kld < 1e-6 and same.same_top == 1.0
 
 
-def test_the_meter_over_dense_top_tokens_bounds_the_full_sum_from_below_and_keeps_same_top_exact():
-    """compress keeps dense's 64 most likely tokens a position (and the rest as one outcome), not V-wide logits:
-    its KL divergence is a lower bound, close to the full one; its same-top share is the full one's."""
+def test_the_meter_keeps_dense_exact_in_hidden_states_and_falls_back_to_its_top_tokens():
+    """compress keeps dense's final hidden states and a copy of its head, not V-wide logits: its KL divergence is
+    the full one. Where the logits are not the head's plain output it keeps dense's most likely tokens instead
+    (the rest as one outcome): a lower bound; same-top is exact either way."""
+    from hf_factor_embed.measure.fidelity import DenseHead, ReferenceTop
+
     dense, ours = tiny_llama(), hfe.patch_model(tiny_llama(), rank=4)
     ids = torch.randint(1, 300, (200,), generator=torch.Generator().manual_seed(0))
     full = fidelity(dense, ours, ids, window=64, bos_id=1)
-    for k in (VOCAB, 64):  # every token (the full sum), then 64 of the tiny model's near-uniform 320
-        record = FidelityMeter(k=k)
+    for record, kind in ((FidelityMeter.recording(dense), DenseHead), (FidelityMeter(k=64), ReferenceTop)):
         dense_ppl = perplexity(dense, ids, window=64, bos_id=1, observe=record)
-        meter = FidelityMeter(record.recorded())
+        reference = record.recorded()
+        meter = FidelityMeter(reference)
         perplexity(ours, ids, window=64, bos_id=1, observe=meter)
         kept = meter.fidelity()
-        assert dense_ppl == perplexity(dense, ids, window=64, bos_id=1)  # observing changes nothing
+        assert isinstance(reference, kind) and dense_ppl == perplexity(dense, ids, window=64, bos_id=1)
         assert kept.positions == full.positions and kept.same_top == full.same_top
-        if k == VOCAB:
+        if kind is DenseHead:
             assert abs(kept.mean_kld - full.mean_kld) < 1e-5 * max(1.0, full.mean_kld)
-        else:
+        else:  # 64 of the tiny model's near-uniform 320 tokens: a loose bound
             assert 0 < kept.mean_kld <= full.mean_kld + 1e-6
+    # logits changed after the head (a scale, as Cohere's logit_scale): the meter notices and keeps the top tokens
+    scaled = FidelityMeter.recording(dense)
+    perplexity(dense, ids, window=64, bos_id=1, observe=lambda logits: scaled(logits * 2))
+    assert isinstance(scaled.recorded(), ReferenceTop)
 
 
 def test_eval_compare_prints_kl_divergence_and_same_top(tmp_path, capsys):

@@ -11,7 +11,7 @@ from ..calibration.model_text import bos_prefix
 from ..errors import FactorEmbedError
 from ..models.load import is_causal_lm
 from .continuations import greedy_of_prompts, text_prompts
-from .fidelity import FidelityMeter
+from .fidelity import FidelityMeter, head_copy
 from .texts import eval_ids, evaluate_text, fidelity_figures
 
 
@@ -37,7 +37,8 @@ def measure_dense(
     the greedy continuations a user reads."""
     ids = {name: eval_ids(text, tokenizer, eval_tokens, model) for name, text in texts.items()}
     causal = is_causal_lm(model)
-    meters = {name: FidelityMeter() for name in ids} if causal else {}
+    head = head_copy(model) if causal else None  # one copy of dense's head serves every text's reference
+    meters = {name: FidelityMeter.recording(model, head) for name in ids} if causal else {}
     evaluation = {
         name: evaluate_text(model, tokenizer, text, eval_tokens, observe=meters.get(name)) for name, text in ids.items()
     }
