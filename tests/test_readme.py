@@ -109,4 +109,7 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, capsys, rea
     ]
     assert all(c["stored_bytes"] <= plan["budget_bytes"] for c in plan["candidates"])
     assert info["embedding_bytes"]["stored"] <= plan["budget_bytes"] and info["reload"]["identical"]
+    # SmolLM2's own English served beside the file and German; judged by KL divergence from dense, exact
+    assert info["served"]["generated"].startswith("the model's own text") and plan["judged_by"] == "kld"
+    assert all(0 <= e["kld"] and 0 <= e["same_top"] <= 1 for e in info["evaluation"].values())
     assert info["tail"] == next(c["tail"] for c in plan["candidates"] if c["name"] == plan["chosen"])
