@@ -137,9 +137,14 @@ def _prompt_ids(tokenizer, length: int) -> np.ndarray:
 
 
 def _decoder_speed(path: Path, tokenizer) -> dict:
+    return decoder_speed(path, _prompt_ids(tokenizer, PREFILL))[0]
+
+
+def decoder_speed(path: Path, prompt: np.ndarray) -> tuple[dict, OnnxDecoder]:
+    """Load (best of 3), prefill of ``prompt`` (1, n) and 32 greedy tokens after it (best of 3), in tokens/s; and
+    the session measured, for what else the caller measures."""
     load = _best(lambda: OnnxDecoder(path))
     runtime = OnnxDecoder(path)
-    prompt = _prompt_ids(tokenizer, PREFILL)
     prefill = _best(lambda: runtime.step(prompt, runtime.empty_cache()))
     logits, cache = runtime.step(prompt, runtime.empty_cache())
 
@@ -148,7 +153,8 @@ def _decoder_speed(path: Path, tokenizer) -> dict:
         for _ in range(DECODE):
             step_logits, step_cache = runtime.step(step_logits.argmax(-1)[:, None], step_cache)
 
-    return {"load_s": load, "prefill_tok_s": PREFILL / prefill, "decode_tok_s": DECODE / _best(decode)}
+    speed = {"load_s": load, "prefill_tok_s": prompt.shape[1] / prefill, "decode_tok_s": DECODE / _best(decode)}
+    return speed, runtime
 
 
 def _encoder_speed(path: Path, tokenizer) -> dict:
