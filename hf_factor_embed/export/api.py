@@ -125,13 +125,14 @@ def export(
         for name in _BESIDE:
             if (folder / name).is_file():
                 shutil.copy2(folder / name, staging / name)
-        identical, difference = _check(path, tokenizer, kind, prompts, reference)
+        identical, difference, tokens = _check(path, tokenizer, kind, prompts, reference)
         notes = []
         if not identical and body != "fp32":  # XNNPACK's quantized kernels round apart from torchao's eager ones
             notes.append(f"greedy tokens differ from transformers running the same {body} body (near-ties)")
         if body != "fp32" and format == "onnx":  # the factors were checked above, on the fp32 body
             quantized = quantize_onnx_body(path, body)
-        agreement = None if body == "fp32" else _agreement(path, tokenizer, prompts, fp32_reference)
+            tokens = _file_greedy(path, tokenizer, prompts)  # the file changed: decode it again
+        agreement = None if body == "fp32" else _agreement(tokens, fp32_reference)
         report = ExportReport(
             format=format,
             file=str(out / path.relative_to(staging)),
@@ -221,38 +222,40 @@ def _write(model, out: Path, format: str, kind: str) -> Path:
     return export_onnx(model, out, kind)
 
 
-def _runtime(path: Path):
-    """A greedy decoder over the exported file ``path``, in its runtime."""
+def _file_greedy(path: Path, tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """The exported decoder's greedy tokens after each prompt, in its runtime."""
     if path.suffix == ".pte":
         from .executorch import ExecuTorchDecoder
 
-        return ExecuTorchDecoder(path)
-    from .runtime import OnnxDecoder
+        runtime = ExecuTorchDecoder(path)
+    else:
+        from .runtime import OnnxDecoder
 
-    return OnnxDecoder(path)
+        runtime = OnnxDecoder(path)
+    return [runtime.greedy(tokenizer(p).input_ids, CHECK_TOKENS) for p in prompts]
 
 
-def _check(path: Path, tokenizer, kind: str, prompts: Sequence[str], reference) -> tuple[bool, float | None]:
+def _check(path: Path, tokenizer, kind: str, prompts: Sequence[str], reference):
+    """(whether the file does what transformers does, the hidden states' largest difference for an encoder, the
+    file's greedy tokens for a decoder)."""
     from .runtime import OnnxEncoder
 
     if kind == "decoder":
-        runtime = _runtime(path)
-        ours = [runtime.greedy(tokenizer(p).input_ids, CHECK_TOKENS) for p in prompts]
-        return ours == reference, None
+        tokens = _file_greedy(path, tokenizer, prompts)
+        return tokens == reference, None, tokens
     runtime = OnnxEncoder(path)
     difference = max(
         float(abs(runtime.hidden_states(tokenizer(p, return_tensors="np")) - ref.numpy()).max())
         for p, ref in zip(prompts, reference, strict=True)
     )
-    return difference < 1e-3, difference
+    return difference < 1e-3, difference, None
 
 
-def _agreement(path: Path, tokenizer, prompts: Sequence[str], reference: list[list[int]]) -> float:
-    """Share of the file's greedy tokens that follow ``reference`` (each prompt's common prefix, over all tokens)."""
+def _agreement(tokens: list[list[int]], reference: list[list[int]]) -> float:
+    """Share of the file's greedy ``tokens`` that follow ``reference`` (each prompt's common prefix, over all)."""
     from ..measure.continuations import common_prefix
 
-    tokens = [_runtime(path).greedy(tokenizer(p).input_ids, CHECK_TOKENS) for p in prompts]
-    return sum(common_prefix(a, b) for a, b in zip(tokens, reference, strict=True)) / (CHECK_TOKENS * len(prompts))
+    return sum(common_prefix(a, b) for a, b in zip(tokens, reference, strict=True)) / (CHECK_TOKENS * len(tokens))
 
 
 def _factor_bytes(model) -> int:

@@ -68,15 +68,16 @@ def quantize_onnx_body(path: Path, body: str) -> int:
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
             # its nodes_to_include adds to the op types it quantizes; excluding every other node is what limits it
-            others = [node.name for node in model.graph.node if node.name not in set(nodes)]
+            body_nodes = set(nodes)
+            others = [node.name for node in model.graph.node if node.name not in body_nodes]
             quantizer = MatMulNBitsQuantizer(model, block_size=INT4_BLOCK, is_symmetric=False, nodes_to_exclude=others)
             quantizer.process()
             quantizer.model.save_model_to_file(str(path), use_external_data_format=False)
         else:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(
-                path, path, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+            quantize_dynamic(  # the model already read: the file is read once
+                model, path, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
                 weight_type=QuantType.QInt8, per_channel=True,
             )  # fmt: skip
     return count_ops(path, QUANTIZED_OPS[body])

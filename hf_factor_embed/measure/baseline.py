@@ -27,7 +27,15 @@ class DenseBaseline:
     spectrum: dict | None  # role -> singular values of the dense embedding (for the card's plot)
     param_bytes: int
     bos_id: int | None
-    references: dict = field(default_factory=dict)  # text name -> dense's top next tokens (causal LMs)
+    references: dict = field(default_factory=dict)  # text name -> dense's next-token reference (causal LMs)
+
+    def evaluate(self, model, tokenizer, name: str, eval_tokens: int) -> dict:
+        """``model`` on the measured text ``name``, on dense's windows: :func:`.texts.evaluate_text`'s figures and
+        ``fidelity`` against dense's reference (None where none was kept: encoders)."""
+        reference = self.references.get(name)
+        meter = FidelityMeter(reference) if reference is not None else None
+        figures = evaluate_text(model, tokenizer, self.eval_ids[name], eval_tokens, observe=meter)
+        return figures | {"fidelity": meter and meter.fidelity()}
 
 
 def measure_dense(

@@ -114,6 +114,12 @@ def metric_of(measured: list[Mapping]) -> str:
     )
 
 
+def judged_by(measured: list[Mapping], target_kld: float | None = None) -> str:
+    """The figure :func:`choose` judges served text by: KL divergence under a ``target_kld``, else
+    :func:`metric_of` the candidates."""
+    return "kld" if target_kld is not None else metric_of(measured)
+
+
 def worth(candidate: Mapping, source: str, metric: str) -> float:
     """A candidate's figure on one source: its KL divergence from dense, or its perplexity ratio to dense."""
     return candidate["fidelity"][source]["kld"] if metric == "kld" else candidate["ratio"][source]
@@ -137,7 +143,7 @@ def choose(
     ln 1.05 = 0.049 nats more cross-entropy). With a ``target`` (a perplexity ratio) or ``target_kld`` the
     candidates that meet it on every served source are eligible (where one does), and the user's target replaces
     the preference for the best on served text."""
-    metric = "kld" if target_kld is not None else metric_of(measured)
+    metric = judged_by(measured, target_kld)
     goal = target_kld if target_kld is not None else target
     tolerance, preference = (
         (math.log1p(SERVED_TOLERANCE), math.log1p(SERVED_PREFERENCE))
@@ -251,8 +257,7 @@ def run_plan(
             best_model, chosen_name = patched, chosen["name"]
         del patched
     chosen, reason = choose(record["candidates"], served, target, target_kld)
-    metric = "kld" if target_kld is not None else metric_of(record["candidates"])
-    record |= {"chosen": chosen["name"], "reason": reason, "judged_by": metric}
+    record |= {"chosen": chosen["name"], "reason": reason, "judged_by": judged_by(record["candidates"], target_kld)}
     return best_model, record
 
 

@@ -8,8 +8,7 @@ from collections.abc import Mapping
 from ..calibration.model_text import bos_prefix, special_token_ids
 from ..errors import FactorEmbedError
 from ..measure.baseline import DenseBaseline
-from ..measure.fidelity import FidelityMeter
-from ..measure.texts import evaluate_text, fidelity_figures, token_ids
+from ..measure.texts import fidelity_figures, token_ids
 from ..models.load import is_causal_lm
 from .patch import patch_model
 from .request import CompressRequest
@@ -78,12 +77,8 @@ def plan_model(model, tokenizer, request: CompressRequest, calibration, dense: D
         return copy
 
     def measure(m) -> dict[str, dict]:
-        figures = {}
-        for n, ids in texts.items():
-            meter = FidelityMeter(dense.references[n]) if n in dense.references else None
-            ppl = evaluate_text(m, tokenizer, ids, sources.eval_tokens, observe=meter)["perplexity"]
-            figures[n] = {"perplexity": ppl, **fidelity_figures(meter and meter.fidelity())}
-        return figures
+        figures = {n: dense.evaluate(m, tokenizer, n, sources.eval_tokens) for n in texts}
+        return {n: {"perplexity": f["perplexity"], **fidelity_figures(f["fidelity"])} for n, f in figures.items()}
 
     def measure_trim(rows: int) -> dict[str, float]:
         trim = TrimmedPeer.ranked(stats, special, rows, tokenizer.unk_token_id)

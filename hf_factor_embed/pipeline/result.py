@@ -11,8 +11,7 @@ import torch
 from ..calibration.model_text import describe_feed, special_token_ids
 from ..measure.baseline import DenseBaseline, param_bytes
 from ..measure.continuations import beside_dense
-from ..measure.fidelity import FidelityMeter
-from ..measure.texts import compare_to_dense, evaluate_text
+from ..measure.texts import compare_to_dense
 from ..options import DEFAULT_TAIL_SUB_DIM
 from ..quantizer.sizes import embedding_bytes
 from ..quantizer.structure import factorized_layers
@@ -80,14 +79,12 @@ def _evaluation(model, tokenizer, request: CompressRequest, dense: DenseBaseline
     measured = chosen_candidate(plan) if plan is not None else {"perplexity": {}}
     eval_tokens = request.settings.sources.eval_tokens
     out = {}
-    for name, text in dense.eval_ids.items():
+    for name in dense.eval_ids:
         if name in measured["perplexity"]:
             ours = {"perplexity": measured["perplexity"][name]}
             out[name] = compare_to_dense(dense.evaluation[name], ours) | measured.get("fidelity", {}).get(name, {})
         else:
-            meter = FidelityMeter(dense.references[name]) if name in dense.references else None
-            ours = evaluate_text(model, tokenizer, text, eval_tokens, observe=meter)
-            out[name] = compare_to_dense(dense.evaluation[name], ours | {"fidelity": meter and meter.fidelity()})
+            out[name] = compare_to_dense(dense.evaluation[name], dense.evaluate(model, tokenizer, name, eval_tokens))
         if request.settings.sources.serve is not None:
             out[name] |= {"served": name in request.served, "origin": request.origins.get(name)}
     return out
