@@ -14,7 +14,11 @@ Rows (each an ONNX file, written here in a scratch folder):
   quantizer does not tie them);
 - ``body-int8`` / ``body-int4``: the dense file with only its body quantized (the embedding and head stay fp32):
   the same body as ours, with a dense embedding;
-- ``ours-fp32`` / ``ours-int8`` / ``ours-int4``: ``hf-factor-embed export CKPT --body fp32|int8|int4``.
+- ``ours-fp32`` / ``ours-int8`` / ``ours-int4``: ``hf-factor-embed export CKPT --body fp32|int8|int4``;
+- ``shortlist-fp32`` / ``-int8`` / ``-int4``: the same with ``--head shortlist`` (:mod:`hf_factor_embed.export.head`:
+  the band's and 16,384 listed tail tokens' logits, the rest -inf). Its logits are a greedy head's, so its quality
+  is its greedy continuations against the full-head file with the same body (perplexity and KL divergence are that
+  file's).
 
 Each file is measured in a fresh process (so peak memory is its own): its bytes; load (an ONNX Runtime session,
 best of 3); prefill tokens/s (a 128-token prompt of held-back pydoc text, ``<bos>`` first) and decode tokens/s (32
@@ -46,7 +50,11 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
-ROWS = ("fp32", "int8", "int4", "body-int8", "body-int4", "ours-fp32", "ours-int8", "ours-int4")
+BODIES = ("fp32", "int8", "int4")
+ROWS = (
+    "fp32", "int8", "int4", "body-int8", "body-int4",
+    *(f"{kind}-{body}" for kind in ("ours", "shortlist") for body in BODIES),
+)  # fmt: skip
 TEXTS = {"pydoc (served, held back)": "pydoc", "licenses (never seen)": "licenses"}
 LANGUAGES = ("de", "ru", "zh_CN")
 PREFILL, WINDOW, NEW_TOKENS = 128, 128, 32
@@ -103,18 +111,19 @@ def _write_files(checkpoint: Path, dense_name: str, rows: list[str], folder: Pat
         dense, _ = load_model(dense_name)
         export_onnx(dense, _mkdir(folder / "fp32"))
         del dense
-    if any(r.startswith("ours-") for r in rows) and not files["ours-fp32"].is_file():
-        if (folder / "ours-fp32").exists():
-            shutil.rmtree(folder / "ours-fp32")
-        export(checkpoint, folder / "ours-fp32")
+    for kind, head in (("ours", "full"), ("shortlist", "shortlist")):
+        if any(r.startswith(kind + "-") for r in rows) and not files[f"{kind}-fp32"].is_file():
+            if (folder / f"{kind}-fp32").exists():
+                shutil.rmtree(folder / f"{kind}-fp32")
+            export(checkpoint, folder / f"{kind}-fp32", head=head)
     for row in rows:
         if files[row].is_file():
             continue
         body = row.rsplit("-", 1)[-1]
         if row in ("int8", "int4"):
             _whole_model(files["fp32"], body, _mkdir(folder / row))
-        else:  # "body-*": the dense file with its body quantized; "ours-*": what `export --body` does after its check
-            source = files["fp32" if row.startswith("body-") else "ours-fp32"]
+        else:  # "body-*": the dense file with its body quantized; ours: what `export --body` does after its check
+            source = files["fp32" if row.startswith("body-") else row.split("-")[0] + "-fp32"]
             shutil.copy2(source, _mkdir(folder / row) / MODEL_FILE)
             quantize_onnx_body(files[row], body)
     return {row: files[row] for row in rows}
@@ -219,9 +228,11 @@ def _measure(path: Path, inputs_file: Path) -> dict:
     row, runtime = decoder_speed(path, np.array([inputs["prompt"]]))
     row["peak_rss_mb"] = _peak_rss_mb()
     row["greedy"] = [runtime.greedy(ids, NEW_TOKENS) for ids in inputs["prompts"]]
+    row["texts"] = {}
+    if path.parent.name.startswith("shortlist-"):  # -inf outside the list: a greedy head, judged by its tokens
+        return row
     reference = Path(inputs["reference"])
     writes = not any(reference.iterdir())  # the first row (fp32) writes the reference the others read
-    row["texts"] = {}
     for index, (label, ids) in enumerate(inputs["windows"].items()):
         logprobs = _log_softmax(_teacher_forced(runtime, ids).astype(np.float64))
         stats = {
@@ -266,10 +277,15 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _compare(rows: dict) -> None:
-    """Greedy continuations against the fp32 file's: identical ones and the mean common prefix."""
+    """Greedy continuations against the fp32 file's: identical ones and the mean common prefix; a shortlist head's
+    also against the full head's with the same body (``greedy_as_full``: identical continuations)."""
     from hf_factor_embed.measure.continuations import common_prefix
 
     dense = rows["fp32"]["greedy"]
+    for name, row in rows.items():
+        full = rows.get(name.replace("shortlist-", "ours-")) if name.startswith("shortlist-") else None
+        if full is not None:
+            row["greedy_as_full"] = sum(a == b for a, b in zip(row["greedy"], full["greedy"], strict=True))
     for row in rows.values():
         ours = row.pop("greedy")
         row["greedy_identical"] = sum(a == b for a, b in zip(ours, dense, strict=True))
@@ -290,21 +306,23 @@ def _mkdir(path: Path) -> Path:
 
 def render(name: str, result: dict) -> str:
     rows = result["rows"]
-    labels = list(next(iter(rows.values()))["texts"])
+    labels = list(rows["fp32"]["texts"])
     lines = [
         f"{name}: ONNX Runtime, this CPU; perplexity / KL divergence from fp32 / same-top on {WINDOW}-token windows",
-        f"{'file':<11}{'MB':>7}{'peak MB':>9}{'load s':>8}{'prefill':>9}{'decode':>8}{'greedy =':>10}  "
+        f"{'file':<15}{'MB':>7}{'peak MB':>9}{'load s':>8}{'prefill':>9}{'decode':>8}{'greedy =':>10}  "
         + "  ".join(f"{label[:22]:>24}" for label in labels),
     ]
     for label, r in rows.items():
-        quality = []
-        for text in labels:
+        quality = (
+            [] if r["texts"] else [f"greedy as the full head's: {r.get('greedy_as_full', '?')}/{r['greedy_prompts']}"]
+        )
+        for text in labels if r["texts"] else ():
             s = r["texts"][text]
             quality.append(
                 f"{s['perplexity']:>8.2f}" + (f" {s['kld']:.3f} {s['same_top']:.1%}" if "kld" in s else " " * 15)
             )
         lines.append(
-            f"{label:<11}{r['file_bytes'] / 1e6:>7.0f}{r['peak_rss_mb']:>9.0f}{r['load_s']:>8.2f}"
+            f"{label:<15}{r['file_bytes'] / 1e6:>7.0f}{r['peak_rss_mb']:>9.0f}{r['load_s']:>8.2f}"
             f"{r['prefill_tok_s']:>9.1f}{r['decode_tok_s']:>8.1f}"
             f"{r['greedy_identical']:>4}/{r['greedy_prompts']} {r['greedy_prefix']:>4.1f}  " + "  ".join(quality)
         )

@@ -4,6 +4,7 @@
     python benchmarks/export.py --checkpoint out/smollm2-r256 --dense bundled:smollm2
     python benchmarks/export.py --checkpoint out/minilm-r64 --dense PATH/TO/all-MiniLM-L6-v2   # an encoder
     python benchmarks/export.py --checkpoint out/gemma3-en --dense bundled:gemma3 --executorch   # .pte files
+    python benchmarks/export.py --checkpoint out/gemma3-en --dense bundled:gemma3 --head shortlist   # either format
 
 Both models are exported the same way (:mod:`hf_factor_embed.export`: torch's exporter, the cache as tensors, the
 last position's logits); the factorized one through ``hf_factor_embed.export.export``, with its integers kept and
@@ -12,7 +13,10 @@ Runtime session (best of 3), prefill tokens/s (a 128-token prompt of held-back p
 tokenizer adds it) and greedy decode tokens/s (32 tokens after it), best of 3, on every core ONNX Runtime uses by
 default. Decoders are then checked on every prompt of ``benchmarks/generation.py`` (32 greedy tokens): the file's
 tokens against transformers' on the same checkpoint. Encoders: sentences/s and the largest difference from
-transformers' hidden states. Writes ``benchmarks/results/export_<checkpoint name>.json``.
+transformers' hidden states. ``--head shortlist`` exports the factorized file with that head
+(:mod:`hf_factor_embed.export.head`) and checks its greedy tokens against transformers' full head on every prompt, in
+either format. Writes ``benchmarks/results/export_<checkpoint name>.json`` (``export_executorch_...``; a shortlist
+head adds ``_shortlist``).
 """
 
 from __future__ import annotations
@@ -50,15 +54,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dense", required=True, help="its dense model: a folder or bundled:NAME")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per prompt in the check")
     parser.add_argument("--executorch", action="store_true", help="ExecuTorch .pte files instead of ONNX ones")
+    parser.add_argument("--head", default="full", help="the factorized file's head: full or shortlist[:K]")
     args = parser.parse_args(argv)
     if not (args.checkpoint / "config.json").is_file():
         sys.exit(f"export.py: error: no checkpoint at {args.checkpoint}")
     check_model_name(args.dense, "--dense model")
     result = {"command": "python benchmarks/export.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
+    suffix = "" if args.head == "full" else "_shortlist"
     if args.executorch:
-        return _executorch(args.checkpoint, args.dense, result)
+        return _executorch(args.checkpoint, args.dense, result, args.head, args.new_tokens, suffix)
     with tempfile.TemporaryDirectory() as scratch:
-        report = export(args.checkpoint, Path(scratch, "factorized"))
+        report = export(args.checkpoint, Path(scratch, "factorized"), head=args.head)
         dense, tokenizer = load_model(args.dense)
         dense_file = export_onnx(dense, _mkdir(Path(scratch, "dense")), report.kind)
         dense_embedding = dense.get_input_embeddings().weight.numel() * 4
@@ -70,20 +76,22 @@ def main(argv: list[str] | None = None) -> dict:
         }
         result["export"] = report.to_dict()
         if report.kind == "decoder":
-            result["greedy_check"] = _greedy_check(args.checkpoint, Path(report.file), tokenizer, args.new_tokens)
+            runtime = OnnxDecoder(report.file)
+            result["greedy_check"] = _greedy_check(args.checkpoint, runtime, tokenizer, args.new_tokens)
     print(render(args.checkpoint.name, result))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"export_{args.checkpoint.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"export_{args.checkpoint.name}{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
-def _executorch(checkpoint: Path, dense_name: str, result: dict) -> dict:
+def _executorch(checkpoint: Path, dense_name: str, result: dict, head: str, new_tokens: int, suffix: str) -> dict:
     """Both models as ``.pte`` programs (XNNPACK-lowered), run by ExecuTorch's Python runtime one token a call:
-    bytes, load (best of 3), and tokens/s over a 32-token prompt and 32 greedy tokens after it (best of 3)."""
+    bytes, load (best of 3), and tokens/s over a 32-token prompt and 32 greedy tokens after it (best of 3); then
+    the factorized program's greedy tokens against transformers' on every prompt."""
     from hf_factor_embed.export.executorch import ExecuTorchDecoder, export_executorch
 
     with tempfile.TemporaryDirectory() as scratch:
-        report = export(checkpoint, Path(scratch, "factorized"), format="executorch")
+        report = export(checkpoint, Path(scratch, "factorized"), format="executorch", head=head)
         dense, tokenizer = load_model(dense_name)
         dense_file = export_executorch(dense, _mkdir(Path(scratch, "dense")))
         files = {
@@ -99,15 +107,18 @@ def _executorch(checkpoint: Path, dense_name: str, result: dict) -> dict:
             row = {**_bytes(path, embedding), "load_s": _best(lambda path=path: ExecuTorchDecoder(path))}
             result["rows"][name] = row | {"tok_s": (len(prompt) + DECODE - 1) / seconds}
         result["export"] = report.to_dict()
+        runtime = ExecuTorchDecoder(Path(report.file))
+        result["greedy_check"] = check = _greedy_check(checkpoint, runtime, tokenizer, new_tokens)
     lines = [f"{checkpoint.name}: ExecuTorch (XNNPACK), one token a call, this CPU"]
     lines += [
         f"{name:<12}{r['file_bytes'] / 1e6:>9.1f} MB{r['embedding_bytes'] / 1e6:>9.1f} MB embedding"
         f"{r['load_s']:>8.2f} s load{r['tok_s']:>9.1f} tok/s"
         for name, r in result["rows"].items()
     ]
+    lines.append(f"greedy tokens identical to transformers: {check['identical']} of {check['prompts']} prompts")
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"export_executorch_{checkpoint.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"export_executorch_{checkpoint.name}{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -166,14 +177,14 @@ def _encoder_speed(path: Path, tokenizer) -> dict:
     return {"load_s": load, "sentences_s": len(sentences) / seconds}
 
 
-def _greedy_check(checkpoint: Path, file: Path, tokenizer, new_tokens: int) -> dict:
-    """Every generation-benchmark prompt: the file's greedy tokens against transformers' on the same checkpoint."""
+def _greedy_check(checkpoint: Path, runtime, tokenizer, new_tokens: int) -> dict:
+    """Every generation-benchmark prompt: the file's greedy tokens (``runtime``: its ONNX Runtime or ExecuTorch
+    decoder) against transformers' on the same checkpoint."""
     from transformers import AutoModelForCausalLM
 
     prompts = [p for group in PROMPTS.values() for p in group]
     torch.manual_seed(0)
     reference = greedy(AutoModelForCausalLM.from_pretrained(checkpoint).eval(), tokenizer, prompts, new_tokens)
-    runtime = OnnxDecoder(file)
     ours = [runtime.greedy(tokenizer(p).input_ids, new_tokens) for p in prompts]
     same = [a == b for a, b in zip(ours, reference, strict=True)]
     differing = [p for p, s in zip(prompts, same, strict=True) if not s]

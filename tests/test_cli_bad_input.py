@@ -199,6 +199,16 @@ CASES = {
     "export out is a file": (["export", "{root}/factorized", "--out", "{root}/a-file"], "is a file"),
     "export unknown body": (["export", "{root}/factorized", "--out", "{out}", "--body", "int3"], "fp32, int8"),
     "export encoder body": (["export", "{root}/encoder", "--out", "{out}", "--body", "int4"], "--body fp32"),
+    "export unknown head": (["export", "{root}/factorized", "--out", "{out}", "--head", "fast"], "shortlist:<tokens>"),
+    "export empty shortlist": (
+        ["export", "{root}/factorized", "--out", "{out}", "--head", "shortlist:0"],
+        "whole number",
+    ),
+    "export shortlist low-rank tail": (
+        ["export", "{root}/factorized", "--out", "{out}", "--head", "shortlist"],
+        "--head full",
+    ),
+    "export shortlist encoder": (["export", "{root}/encoder", "--out", "{out}", "--head", "shortlist"], "--head full"),
     "export encoder to executorch": (
         ["export", "{root}/encoder", "--out", "{out}", "--format", "executorch"],
         "exports decoders",

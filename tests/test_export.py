@@ -4,6 +4,7 @@ a tied pair stored once; bad input refused before anything loads."""
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import onnx
 import pytest
@@ -252,3 +253,51 @@ def test_stored_matrix_reads_what_was_stored(bits, group):
     torch.testing.assert_close(stored.linear(x), x @ values.T)
     if bits:
         assert stored.q.numel() * stored.q.element_size() == values.numel() * bits // 8  # the checkpoint's bytes
+
+
+def _shortlist_head(shortlist: int):
+    from test_product_tail import pq_model
+
+    model = pq_model()
+    full = model.get_output_embeddings()
+    use_stored_factors(model, shortlist)
+    return full, model.get_output_embeddings()
+
+
+def test_shortlist_head_is_exact_on_the_band_and_its_list():
+    full, head = _shortlist_head(shortlist=8)
+    hidden = torch.randn(2, 3, full.embedding_dim, generator=torch.Generator().manual_seed(0))
+    expected, logits = full(hidden), head(hidden)
+
+    listed = logits.isfinite()
+    assert (listed.sum(-1) == full.num_dense_rows + 8).all()  # the band and k tail tokens, the rest -inf
+    torch.testing.assert_close(logits[listed], expected[listed])
+    assert listed[..., full.dense_index].all()
+
+
+def test_shortlist_as_long_as_the_tail_is_the_full_head():
+    full, head = _shortlist_head(shortlist=10**6)
+    hidden = torch.randn(4, 1, full.embedding_dim, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(head(hidden), full(hidden))
+
+
+@pytest.mark.parametrize("format", ["onnx", "executorch"])
+def test_shortlist_head_exports_and_decodes_like_transformers(format, tmp_path, capsys):
+    """The file reads the codes of k listed tokens (TopK, then GatherElements of m x k), and its greedy tokens are
+    the full head's on the checked prompts; from the command line as from Python."""
+    if format == "executorch":
+        pytest.importorskip("executorch.runtime")
+    from test_product_tail import pq_model
+
+    folder = tmp_path / "ckpt"
+    pq_model().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+
+    main(["export", str(folder), "--out", str(tmp_path / format), "--format", format, "--head", "shortlist:64"])
+
+    report = json.loads((tmp_path / format / "export.json").read_text())
+    assert report["identical"] and report["head"] == "shortlist:64"
+    assert "head shortlist:64" in capsys.readouterr().out
+    if format == "onnx":
+        ops = {n.op_type for n in onnx.load(report["file"]).graph.node}
+        assert {"TopK", "GatherElements"} <= ops

@@ -15,6 +15,7 @@ from .options import output_path
     epilog=(
         "Example:\n\n  hf-factor-embed export out/gemma3-en --format onnx --out out/gemma3-en-onnx\n\n"
         "  hf-factor-embed export out/gemma3-en --body int4 --out out/gemma3-en-int4\n\n"
+        "  hf-factor-embed export out/gemma3-en --body int4 --head shortlist --out out/gemma3-en-fast\n\n"
         'Needs: pip install "hf-factor-embed\\[export]"'  # \\[: rich markup would eat [export]
     ),
 )
@@ -32,6 +33,14 @@ def export(
             "factors keep their own integers."
         ),
     ] = "fp32",
+    head: Annotated[
+        str,
+        typer.Option(
+            help="full (every token's logit) or shortlist[:K]: the band's exact logits and the full logits of the "
+            "K tail tokens (default 16384) the head's coarse part ranks highest, the rest -inf: a greedy head "
+            "cheaper than dense (a decoder with a product-coded tail)."
+        ),
+    ] = "full",
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
 ) -> None:
     """Export FOLDER with its integers kept, then check the file against transformers in its runtime (greedy
@@ -39,4 +48,4 @@ def export(
     out = output_path(out)
     from ..export import export as export_folder  # it checks everything it can before the model loads
 
-    typer.echo(export_folder(folder, out, format=format, body=body, overwrite=overwrite))
+    typer.echo(export_folder(folder, out, format=format, body=body, head=head, overwrite=overwrite))

@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..arguments import check_writable_folder, one_of
+from ..config import OUTPUT
 from ..errors import FactorEmbedError
 from ..folders import check_complete, check_not_input, check_output_dir, is_factorized_checkpoint, staged_folder
 from .body import BODIES
+from .head import HeadChoice, parse_head
 
 FORMATS = ("onnx", "executorch")
 #: Modules each format needs -> the line that installs them.
@@ -55,6 +57,7 @@ class ExportReport:
     max_abs_difference: float | None
     seconds: float
     body: str = "fp32"
+    head: str = "full"  # "full", or "shortlist:k" (:mod:`.head`)
     quantized_linears: int = 0  # body linears the file runs quantized (counted from the file or the program)
     body_agreement: float | None = None  # quantized body: share of greedy tokens in common with the fp32 body's
     notes: list[str] = field(default_factory=list)
@@ -69,6 +72,8 @@ class ExportReport:
             if self.kind == "decoder"
             else f"hidden states within {self.max_abs_difference:.1e} of transformers'"
         )
+        if self.head != "full":
+            check += f"; head {self.head}"
         if self.body != "fp32":
             check += (
                 f"; body {self.body}: {self.quantized_linears} linears quantized, "
@@ -87,6 +92,7 @@ def export(
     *,
     format: str = "onnx",
     body: str = "fp32",
+    head: str | HeadChoice = "full",
     overwrite: bool = False,
     prompts: Sequence[str] = CHECK_PROMPTS,
 ) -> ExportReport:
@@ -105,7 +111,8 @@ def export(
     """
     started = time.perf_counter()
     folder, out = Path(folder), Path(out)
-    kind = check_export(folder, out, format=format, body=body, overwrite=overwrite)
+    kind = check_export(folder, out, format=format, body=body, head=head, overwrite=overwrite)
+    head = parse_head(head)
     from ..models.load import load_model
     from ..quantizer.structure import factorized_layers
     from .body import quantize_onnx_body, quantize_torch_body
@@ -114,7 +121,7 @@ def export(
     model, tokenizer = load_model(folder)
     reference = fp32_reference = _reference(model, tokenizer, kind, prompts)
     modules = list(factorized_layers(model))
-    use_stored_factors(model)
+    use_stored_factors(model, head.shortlist)
     quantized = 0
     if body != "fp32" and format == "executorch":  # quantized before tracing; the reference runs the same body
         quantized = quantize_torch_body(model, body)
@@ -145,22 +152,37 @@ def export(
             max_abs_difference=difference,
             seconds=time.perf_counter() - started,
             body=body,
+            head=str(head),
             quantized_linears=quantized,
             body_agreement=agreement,
             notes=notes,
         )
         (staging / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     if not identical and (body == "fp32" or format == "onnx"):
+        if head.shortlist is not None:  # measured, not proven: a list too short for these prompts
+            raise FactorEmbedError(
+                f"the --head {head} file's greedy tokens differ from the full head's (see {out / REPORT_FILE}): "
+                "the full head's token was not in the shortlist; export with a longer one (e.g. shortlist:65536)"
+            )
         raise FactorEmbedError(
             f"the exported file disagrees with transformers (see {out / REPORT_FILE}); please report it"
         )
     return report
 
 
-def check_export(folder: Path, out: Path, *, format: str, body: str = "fp32", overwrite: bool = False) -> str:
+def check_export(
+    folder: Path,
+    out: Path,
+    *,
+    format: str,
+    body: str = "fp32",
+    head: str | HeadChoice = "full",
+    overwrite: bool = False,
+) -> str:
     """Every check that needs no weights; returns the kind of graph ("decoder" or "encoder")."""
     one_of("--format", format, FORMATS)
     one_of("--body", body, BODIES)
+    head = parse_head(head)
     if not is_factorized_checkpoint(folder):
         raise FactorEmbedError(
             f"{folder} is a dense checkpoint; export exports factorized ones (run hf-factor-embed compress first)"
@@ -176,6 +198,8 @@ def check_export(folder: Path, out: Path, *, format: str, body: str = "fp32", ov
         raise FactorEmbedError(
             f"--body {body} quantizes a decoder's body; {folder} is an encoder: export it with --body fp32"
         )
+    if head.shortlist is not None:
+        _check_shortlist(folder, config, kind, head)
     check_format(format)
     check_complete(folder, "the checkpoint")
     check_output_dir(out, overwrite=overwrite)
@@ -187,6 +211,21 @@ def check_export(folder: Path, out: Path, *, format: str, body: str = "fp32", ov
             "ships one: save the tokenizer beside the checkpoint (tokenizer.save_pretrained)"
         )
     return kind
+
+
+def _check_shortlist(folder: Path, config: dict, kind: str, head: HeadChoice) -> None:
+    """A shortlist head needs a decoder whose head is factorized with a product-coded tail."""
+    output = ((config.get("quantization_config") or {}).get("modules") or {}).get(OUTPUT) or {}
+    if kind == "encoder" or not output:
+        raise FactorEmbedError(
+            f"--head {head} shortlists a factorized output head; {folder} has none ({config.get('model_type')}): "
+            "export it with --head full"
+        )
+    if not output.get("tail_subvectors"):
+        raise FactorEmbedError(
+            f"--head {head} reads a product-coded tail; {folder}'s head has a low-rank tail, which is already "
+            "cheap to read whole: export it with --head full"
+        )
 
 
 #: Any of these makes a folder's tokenizer loadable.

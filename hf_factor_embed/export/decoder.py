@@ -75,9 +75,10 @@ class HiddenStates(nn.Module):
         return ["last_hidden_state"]
 
 
-def use_stored_factors(model) -> int:
+def use_stored_factors(model, shortlist: int | None = None) -> int:
     """Swap every factorized layer of ``model`` (in place) for its stored-factor twin; a tied pair keeps sharing
-    one set of factors. Returns how many layers were swapped."""
+    one set of factors; ``shortlist`` k: the head reads the tail's codes for k tokens a step (:mod:`.head`).
+    Returns how many layers were swapped."""
     config = getattr(model.config, "quantization_config", None)
     layers = factorized_layers(model)
     if config is None or not layers:
@@ -88,6 +89,11 @@ def use_stored_factors(model) -> int:
     for name, layer in layers.items():
         if id(layer.weight) not in shared:  # a tied head meets its embedding's factors here
             shared[id(layer.weight)] = ExportedFactors(layer, config, name)
-        swap = ExportedEmbedding if isinstance(layer, FactorizedEmbedding) else ExportedLMHead
-        model.set_submodule(name, swap(layer, shared[id(layer.weight)]))
+        factors = shared[id(layer.weight)]
+        swap = (
+            ExportedEmbedding(layer, factors)
+            if isinstance(layer, FactorizedEmbedding)
+            else ExportedLMHead(layer, factors, shortlist)
+        )
+        model.set_submodule(name, swap)
     return len(layers)
