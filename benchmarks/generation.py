@@ -2,6 +2,7 @@
 
     python benchmarks/generation.py --checkpoint out/gemma3-en            # the main job's checkpoint (~8 min)
     python benchmarks/generation.py --model smollm2 --checkpoint out/smollm2-r256 --new-tokens 16
+    python benchmarks/generation.py --checkpoint out/gemma3-en --shortlist 16384   # the shortlist head too
 
 Prompts (written for this benchmark, never used to calibrate or tune anything): English of several kinds, English
 with rare tokens (names with diacritics, emoji, symbols, code), and one prompt in each of eleven other languages.
@@ -9,7 +10,9 @@ Each is fed as the tokenizer feeds it (``<bos>`` first for Gemma) and continued 
 tokens by the dense model and by each checkpoint. Reported per group: the share of continuations identical to
 dense's, the mean common prefix in tokens, and degenerate continuations (:mod:`hf_factor_embed.measure.continuations`:
 a token or short sequence repeated, or another script, where dense's is not). Writes
-``benchmarks/results/generation.json`` with every continuation.
+``benchmarks/results/generation.json`` with every continuation. ``--shortlist K`` decodes each checkpoint again with
+its head's shortlist (``FactorizedLMHead.use_shortlist``: the codes of K tail tokens a step) and reports its
+seconds and the continuations identical to the full head's.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, action="append", required=True, help="repeat for several")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=RESULTS / "generation.json")
+    parser.add_argument("--shortlist", type=int, help="also decode with the head's shortlist of this many tokens")
     args = parser.parse_args(argv)
     missing = [str(c) for c in args.checkpoint if not (c / "config.json").is_file()]
     if missing or args.new_tokens < 1:
@@ -102,6 +106,21 @@ def main(argv: list[str] | None = None) -> None:
             "continuations": [r.as_dict() for r in rows],
         }
         print(render(str(checkpoint), rows), flush=True)
+        if args.shortlist:
+            model.get_output_embeddings().use_shortlist(args.shortlist)
+            started = time.perf_counter()
+            listed = greedy(model, tokenizer, list(groups), args.new_tokens)
+            same = sum(a == b for a, b in zip(listed, ours, strict=True))
+            seconds = time.perf_counter() - started
+            result["checkpoints"][str(checkpoint)]["shortlist"] = {
+                "size": args.shortlist, "seconds": seconds, "identical_to_full_head": same, "prompts": len(ours),
+            }  # fmt: skip
+            print(
+                f"shortlist {args.shortlist}: {same} of {len(ours)} continuations the full head's; {seconds:.1f} s "
+                f"against the full head's {result['checkpoints'][str(checkpoint)]['seconds']:.1f} s and dense's "
+                f"{result['dense_seconds']:.1f} s",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False))
 

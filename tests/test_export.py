@@ -301,3 +301,35 @@ def test_shortlist_head_exports_and_decodes_like_transformers(format, tmp_path, 
     if format == "onnx":
         ops = {n.op_type for n in onnx.load(report["file"]).graph.node}
         assert {"TopK", "GatherElements"} <= ops
+
+
+def test_transformers_head_reads_the_same_shortlist_on_decode_steps():
+    """use_shortlist: decode steps (few positions, no gradient) give the exported shortlist head's logits; many
+    positions keep the full head; greedy generation with a list as long as the tail is the full head's."""
+    from test_product_tail import pq_model
+
+    model = pq_model()
+    head = model.get_output_embeddings()
+    hidden = torch.randn(2, 1, head.embedding_dim, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = head(hidden)
+        head.use_shortlist(8)
+        listed, many = head(hidden), head(hidden.expand(2, 6, -1))
+    _, exported = _shortlist_head(shortlist=8)
+    torch.testing.assert_close(listed, exported(hidden))
+    torch.testing.assert_close(many, full.expand(2, 6, -1))
+    ids = torch.tensor([tiny_tokenizer()(PROMPTS[0]).input_ids])
+    head.use_shortlist(None)
+    expected = model.generate(ids, max_new_tokens=8, do_sample=False)
+    head.use_shortlist(10**6)
+    assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False), expected)
+
+
+@pytest.mark.parametrize("shortlist", [0, -3])
+def test_a_shortlist_needs_a_whole_number_of_tokens_and_a_coded_tail(shortlist):
+    from test_product_tail import pq_model
+
+    with pytest.raises(hfe.FactorEmbedError, match="whole number"):
+        pq_model().get_output_embeddings().use_shortlist(shortlist)
+    with pytest.raises(hfe.FactorEmbedError, match="low-rank tail"):
+        hfe.patch_model(tiny_llama(), rank=8).get_output_embeddings().use_shortlist(16)

@@ -90,9 +90,11 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, capsys, rea
         assert code == 0, f"hf-factor-embed {key}: {err[-1500:]}"
     assert hub.commits and hub.commits[0][0] == "my-org/SmolLM2-135M-Instruct-factorized-r256"
     # the export commands ran on the real SmolLM2 checkpoint: each file decodes like transformers, its factors as stored
-    for folder in ("out/smollm2-r256-onnx", "out/smollm2-r256-pte"):
-        report = json.loads(Path(folder, "export.json").read_text())
-        assert report["identical"] and report["embedding_bytes"] == report["checkpoint_embedding_bytes"], report
+    report = json.loads(Path("out/smollm2-r256-onnx/export.json").read_text())
+    assert report["identical"] and report["embedding_bytes"] == report["checkpoint_embedding_bytes"], report
+    # the shortlist head (a product-coded tail, `compress --tail pq`) in ExecuTorch: the full head's greedy tokens
+    report = json.loads(Path("out/smollm2-pq-pte/export.json").read_text())
+    assert report["identical"] and report["head"] == "shortlist:16384", report
     # SmolLM2's 30 layers of 7 linears each, quantized by ONNX Runtime's MatMulNBits; its factors as they were
     assert json.loads(Path("out/smollm2-r256-onnx/export.json").read_text())["quantized_linears"] == 30 * 7
 

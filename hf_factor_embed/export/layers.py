@@ -27,6 +27,7 @@ from ..layers.factorized import (
     FactorizedLMHead,
     band_slots,
     product_code_parts,
+    shortlist_tail_logits,
 )
 from ..quantizer.rounding import TAIL_COLUMN_TENSOR, _group, dequantize, quantize
 
@@ -181,31 +182,23 @@ class ExportedLMHead(nn.Module):
 
     def shortlist_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The band's exact logits and the full logits of the ``shortlist`` tail tokens whose coarse logits (the
-        low-rank part and the exact columns: V x (r + c) products) are highest; every other token -inf.
+        low-rank part and the exact columns: V x (r + c) products) are highest; every other token -inf
+        (:func:`~hf_factor_embed.layers.factorized.shortlist_tail_logits`, which transformers' head runs too).
 
         Greedy decoding reads the same token as the full head wherever the full head's winner is in the band or
         the shortlist; that is measured, not proven (``benchmarks/shortlist.py``): a bound on the codes' part that
-        a decode step can afford is tens of times too loose to exclude a token. The codes are read for k tokens
-        with one GatherElements of (k, m) entries from the (K, m) tables, the codes as stored, never transposed
-        (ONNX Runtime, Gemma-3's 16,384 x 128 listed codes: 6.5x faster than a Gather of flat offsets; a transposed
-        (m, k) int64 index cost 13.5 ms a step more), so the step costs the V-wide coarse products, a TopK and
-        k * m lookups.
+        a decode step can afford is tens of times too loose to exclude a token. The step costs the V-wide coarse
+        products, a TopK and k * m lookups.
         """
         f = self.factors
-        m, k, s = f.codebooks.shape
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])  # (n, d): n = batch x kept positions
         exact_columns = flat.index_select(-1, f.tail_columns)
         coarse = f.codes.linear(f.basis.linear(flat)) + f.tail_column_values.linear(exact_columns)
         if self.bias is not None:
             coarse = coarse + self.bias
-        candidates = coarse if f.band is None else coarse.index_fill(-1, f.dense_index, float("-inf"))
-        listed = candidates.topk(self.shortlist, dim=-1, sorted=False).indices  # (n, k)
-        rotated = F.linear(flat, self.factors.tail_rotation.float()).unflatten(-1, (m, s))
-        tables = torch.einsum("nms,mks->nkm", rotated, f.codebooks.float())  # (n, K, m): centroid by subspace
-        picked = f.tail_codes[listed].long()  # (n, k, m): each listed token's code in each subspace
-        # GatherElements along K: entry [t, s] reads tables[codes[t, s], s]
-        exact = coarse.gather(-1, listed) + tables.gather(1, picked).sum(-1)
-        logits = torch.full_like(coarse, float("-inf")).scatter(-1, listed, exact)
+        rotated = F.linear(flat, f.tail_rotation.float())
+        band_index = None if f.band is None else f.dense_index
+        logits = shortlist_tail_logits(coarse, rotated, f.tail_codes, f.codebooks, self.shortlist, band_index)
         if f.band is not None:
             band = f.band.linear(flat)
             if self.bias is not None:
