@@ -33,6 +33,9 @@ from hf_factor_embed.calibration.model_text import bos_prefix
 from hf_factor_embed.calibration.sources import load_source
 from hf_factor_embed.models.load import load_model
 
+sys.path.insert(0, str(Path(__file__).parent))
+from shortlist import head_input_and_logits  # noqa: E402  (the shortlist benchmark's hook on the head's input)
+
 RESULTS = Path(__file__).parent / "results"
 TEXTS = {"pydoc (served, held back)": ("pydoc", True), "licenses (never seen)": ("licenses", False)}
 TEXTS |= {"lang:de (not served)": ("lang:de", False)}
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         text = source.split(0.2)[1] if held_back else source.text
         ids = ([bos] if bos is not None else []) + tokenizer(text[:20000], add_special_tokens=False).input_ids
         ids = torch.tensor([ids[:WINDOW]])
-        hidden, logits = _head_input_and_logits(model, ids)
+        hidden, logits = head_input_and_logits(model, ids)
         with torch.no_grad():
             reference = dense(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
         row = _split(reference, logits[0, :-1].float().log_softmax(-1), band, hidden[0, :-1], columns)
@@ -69,15 +72,6 @@ def main(argv: list[str] | None = None) -> dict:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"kld_sources_{args.checkpoint.name}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
-
-
-def _head_input_and_logits(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    kept = []
-    hook = model.get_output_embeddings().register_forward_hook(lambda module, args, output: kept.append(args[0]))
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits
-    hook.remove()
-    return kept[0], logits
 
 
 def _split(p_log: torch.Tensor, q_log: torch.Tensor, band: torch.Tensor, hidden, columns) -> dict:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     bos = bos_prefix(tokenizer)
     for label, text in texts.items():
         ids = ([bos] if bos is not None else []) + tokenizer(text[:20000], add_special_tokens=False).input_ids
-        hidden = _final_hidden_states(model, torch.tensor([ids[:WINDOW]]))
+        hidden, _ = head_input_and_logits(model, torch.tensor([ids[:WINDOW]]))
         with torch.no_grad():
             top = head(hidden).argmax(-1)
             row = {"positions": top.numel(), "in_band": float(_in_band(head, top).float().mean())}
@@ -65,14 +65,14 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _final_hidden_states(model, ids: torch.Tensor) -> torch.Tensor:
-    """What the head reads at every position of ``ids`` (1, n): (1, n, d)."""
+def head_input_and_logits(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the head reads at every position of ``ids`` (1, n), (1, n, d), and the model's logits."""
     kept = []
     hook = model.get_output_embeddings().register_forward_hook(lambda module, args, output: kept.append(args[0]))
     with torch.no_grad():
-        model(input_ids=ids)
+        logits = model(input_ids=ids).logits
     hook.remove()
-    return kept[0]
+    return kept[0], logits
 
 
 def _in_band(head, top: torch.Tensor) -> torch.Tensor:
