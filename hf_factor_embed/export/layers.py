@@ -165,24 +165,28 @@ class ExportedLMHead(nn.Module):
         self.shortlist = None if shortlist is None else min(shortlist, tail_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.shortlist is not None:
-            return self.shortlist_logits(hidden_states)
         f = self.factors
-        logits = f.codes.linear(f.basis.linear(hidden_states))
-        if self.bias is not None:
-            logits = logits + self.bias
-        if f.has_tail_codes:
-            logits = logits + f.tail_logits(hidden_states)
-        if f.band is not None:
+        logits = self.shortlist_logits(hidden_states) if self.shortlist is not None else self.full_logits(hidden_states)
+        if f.band is not None:  # the band's exact logits overwrite either head's columns there
             band = f.band.linear(hidden_states)
             if self.bias is not None:
                 band = band + self.bias[f.dense_index]
             logits = logits.index_copy(-1, f.dense_index, band)
         return logits
 
+    def full_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Every token's logit from the low-rank part and the tail's codes (the band's columns written after)."""
+        f = self.factors
+        logits = f.codes.linear(f.basis.linear(hidden_states))
+        if self.bias is not None:
+            logits = logits + self.bias
+        if f.has_tail_codes:
+            logits = logits + f.tail_logits(hidden_states)
+        return logits
+
     def shortlist_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The band's exact logits and the full logits of the ``shortlist`` tail tokens whose coarse logits (the
-        low-rank part and the exact columns: V x (r + c) products) are highest; every other token -inf
+        """The full logits of the ``shortlist`` tail tokens whose coarse logits (the low-rank part and the exact
+        columns: V x (r + c) products) are highest; every other token -inf, the band's columns written after
         (:func:`~hf_factor_embed.layers.factorized.shortlist_tail_logits`, which transformers' head runs too).
 
         Greedy decoding reads the same token as the full head wherever the full head's winner is in the band or
@@ -199,9 +203,4 @@ class ExportedLMHead(nn.Module):
         rotated = F.linear(flat, f.tail_rotation.float())
         band_index = None if f.band is None else f.dense_index
         logits = shortlist_tail_logits(coarse, rotated, f.tail_codes, f.codebooks, self.shortlist, band_index)
-        if f.band is not None:
-            band = f.band.linear(flat)
-            if self.bias is not None:
-                band = band + self.bias[f.dense_index]
-            logits = logits.index_copy(-1, f.dense_index, band)
         return logits.reshape(*hidden_states.shape[:-1], -1)
