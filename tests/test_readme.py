@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import RecordingHub
+from test_cli import RecordingHub, png_size
+from transformers import AutoModelForCausalLM
 
 from hf_factor_embed.cli import main
+from hf_factor_embed.quantizer.structure import factorized_layers
 
 pytestmark = pytest.mark.real_model
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +25,7 @@ PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 #: Appended per subcommand so that each reads a few hundred tokens, not the README's amounts.
 LIMITS = {
-    "compress": ["--eval-tokens", "512", "--calibration-tokens", "512"],
+    "compress": ["--eval-tokens", "256", "--calibration-tokens", "512"],
     "recover": ["--max-tokens", "2048", "--max-steps", "1", "--max-minutes", "0.2"],
 }
 
@@ -89,6 +91,28 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, capsys, rea
         err = capsys.readouterr().err
         assert code == 0, f"hf-factor-embed {key}: {err[-1500:]}"
     assert hub.commits and hub.commits[0][0] == "my-org/SmolLM2-135M-Instruct-factorized-r256"
+    assert hub.validated and hub.validated[0]["library_name"] == "transformers"  # the card the Hub would validate
+    # compress on the real SmolLM2: reloads identical and tied, smaller, served / not served measured apart
+    info = json.loads(Path("out/smollm2-r256/compression.json").read_text())
+    assert info["reload"] == {"identical": True, "tied": True, "factorized_layers": 2}
+    assert info["param_bytes_factorized"] < info["param_bytes_dense"]
+    assert info["evaluation"]["my_text"]["served"] and not info["evaluation"]["other_kind"]["served"]
+    assert all(e["factorized"] > 1 and e["dense"] > 1 for e in info["evaluation"].values())  # real perplexities
+    assert png_size(Path("out/smollm2-r256/spectrum.png"))[0] > 300
+    # recover on the real SmolLM2: cheap lowers the head's loss, distill trains a step; both reload factorized, tied
+    cheap = json.loads(Path("out/smollm2-r256-cheap/recovery.json").read_text())
+    assert cheap["after"]["head_kl"] < cheap["before"]["head_kl"]
+    distilled = json.loads(Path("out/smollm2-r256-distilled/recovery.json").read_text())
+    assert distilled["steps"] == 1 and distilled["evaluations"][-1]["eval_perplexity"] > 1
+    before = AutoModelForCausalLM.from_pretrained("out/smollm2-r256")
+    for folder in ("out/smollm2-r256-cheap", "out/smollm2-r256-distilled"):
+        after = AutoModelForCausalLM.from_pretrained(folder)
+        assert len(factorized_layers(after)) == 2 and after.lm_head.weight is after.model.embed_tokens.weight
+        assert not torch.equal(after.model.embed_tokens.basis, before.model.embed_tokens.basis), folder
+    # analyze: SmolLM2's 576 singular values and the rank its 30% budget buys
+    (embedding,) = json.loads(Path("out/a/summary.json").read_text())["embeddings"]
+    assert embedding["shape"] == [49152, 576] and len(embedding["singular_values"]) == 576
+    assert embedding["budget"]["rank"] == int(0.3 * 49152 * 576 // (49152 + 576))
     # the export commands ran on the real SmolLM2 checkpoint: each file decodes like transformers, its factors as stored
     report = json.loads(Path("out/smollm2-r256-onnx/export.json").read_text())
     assert report["identical"] and report["embedding_bytes"] == report["checkpoint_embedding_bytes"], report
