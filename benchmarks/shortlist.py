@@ -35,11 +35,7 @@ WINDOW = 256
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a factorized checkpoint with a coded tail")
-    args = parser.parse_args(argv)
-    model, tokenizer = load_model(args.checkpoint)
-    head = model.get_output_embeddings()
+    args, model, tokenizer, head = checkpoint_and_head(__doc__, argv)
     factors = ExportedFactors(head, model.config.quantization_config, "lm_head")
     command = "python benchmarks/shortlist.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     result = {"command": command, "band_rows": head.num_dense_rows, "vocab": head.num_embeddings, "texts": {}}
@@ -63,6 +59,15 @@ def main(argv: list[str] | None = None) -> dict:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"shortlist_{args.checkpoint.name}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def checkpoint_and_head(doc: str, argv: list[str] | None):
+    """What both shortlist benchmarks read from their command line: (arguments, model, tokenizer, its head)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a factorized checkpoint with a coded tail")
+    args = parser.parse_args(argv)
+    model, tokenizer = load_model(args.checkpoint)
+    return args, model, tokenizer, model.get_output_embeddings()
 
 
 def head_input_and_logits(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

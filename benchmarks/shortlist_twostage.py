@@ -17,7 +17,6 @@ pass, is the first row, as a floor for near-ties between the two passes. Writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -27,11 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from hf_factor_embed.measure.continuations import greedy
-from hf_factor_embed.models.load import load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from generation import PROMPTS  # noqa: E402
-from shortlist import head_input_and_logits  # noqa: E402
+from shortlist import checkpoint_and_head, head_input_and_logits  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 NEW_TOKENS = 32
@@ -41,11 +39,7 @@ TWO_STAGE = ((65536, 32, 8192), (65536, 32, 16384), (131072, 32, 16384))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a factorized checkpoint with a coded tail")
-    args = parser.parse_args(argv)
-    model, tokenizer = load_model(args.checkpoint)
-    head = model.get_output_embeddings()
+    args, model, tokenizer, head = checkpoint_and_head(__doc__, argv)
     prompts = [p for group in PROMPTS.values() for p in group]
     continuations = greedy(model.eval(), tokenizer, prompts, NEW_TOKENS)
     command = "python benchmarks/shortlist_twostage.py " + shlex.join(sys.argv[1:] if argv is None else argv)
