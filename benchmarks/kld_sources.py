@@ -93,7 +93,8 @@ def _window(tokenizer, text: str, length: int = WINDOW) -> torch.Tensor:
 def _offset_table(model, dense, tokenizer, band: torch.Tensor) -> dict:
     """KL divergence, same-top and tail mass with ``alpha * e^T S e / 2`` added to the tail's logits (see --offset)."""
     with torch.no_grad():
-        error = dense.get_output_embeddings().weight.float() - model.get_output_embeddings().dense_weight().float()
+        dense_rows = dense.get_output_embeddings().weight.float()
+        error = dense_rows - model.get_output_embeddings().dense_weight().float()
     hidden = []
     for name in ("pydoc", "changelogs"):
         calibration = load_source(name).split(0.2)[0]
@@ -105,11 +106,9 @@ def _offset_table(model, dense, tokenizer, band: torch.Tensor) -> dict:
     texts = {label: spec for label, spec in TEXTS.items()}
     texts |= {f"lang:{code} (not served)": (f"lang:{code}", False) for code in OFFSET_LANGUAGES}
     table = {"offset_mean": float(offset[~band].mean()), "offset_max": float(offset.max()), "texts": {}}
-    with torch.no_grad():  # how large the coded rows' error is against the rows themselves
-        rows = dense.get_output_embeddings().weight.float()[~band]
-    table |= {
+    table |= {  # how large the coded rows' error is against the rows themselves
         "tail_error_norm": float(error[~band].norm(dim=-1).mean()),
-        "tail_row_norm": float(rows.norm(dim=-1).mean()),
+        "tail_row_norm": float(dense_rows[~band].norm(dim=-1).mean()),
     }
     for label, (name, held_back) in texts.items():
         source = load_source(name)
@@ -117,16 +116,16 @@ def _offset_table(model, dense, tokenizer, band: torch.Tensor) -> dict:
         logits = head_input_and_logits(model, ids)[1][0, :-1].float()
         with torch.no_grad():
             p_log = dense(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
-        rows = {"tail_mass_dense": float(p_log[:, ~band].exp().sum(-1).mean())}
+        by_alpha = {"tail_mass_dense": float(p_log[:, ~band].exp().sum(-1).mean())}
         for alpha in ALPHAS:
             q_log = (logits + alpha * offset).log_softmax(-1)
-            rows[str(alpha)] = {
+            by_alpha[str(alpha)] = {
                 "kld": float((p_log.exp() * (p_log - q_log)).sum(-1).clamp_min(0).mean()),
                 "same_top": float((p_log.argmax(-1) == q_log.argmax(-1)).float().mean()),
                 "tail_mass": float(q_log[:, ~band].exp().sum(-1).mean()),
             }
-        table["texts"][label] = rows
-        print(label, json.dumps(rows), flush=True)
+        table["texts"][label] = by_alpha
+        print(label, json.dumps(by_alpha), flush=True)
     return table
 
 
