@@ -16,9 +16,9 @@ Rows (each an ONNX file, written here in a scratch folder):
   the same body as ours, with a dense embedding;
 - ``ours-fp32`` / ``ours-int8`` / ``ours-int4``: ``hf-factor-embed export CKPT --body fp32|int8|int4``;
 - ``shortlist-fp32`` / ``-int8`` / ``-int4``: the same with ``--head shortlist`` (:mod:`hf_factor_embed.export.head`:
-  the band's and 16,384 listed tail tokens' logits, the rest -inf). Its logits are a greedy head's, so its quality
-  is its greedy continuations against the full-head file with the same body (perplexity and KL divergence are that
-  file's).
+  the band's and 8,192 tail tokens' logits, picked in two stages, the rest -inf). Its logits are a greedy head's,
+  so its quality is its greedy continuations against the full-head file with the same body (perplexity and KL
+  divergence are that file's).
 
 Each file is measured in a fresh process (so peak memory is its own): its bytes; load (an ONNX Runtime session,
 best of 3); prefill tokens/s (a 128-token prompt of held-back pydoc text, ``<bos>`` first) and decode tokens/s (32

@@ -2,7 +2,7 @@
 
     python benchmarks/generation.py --checkpoint out/gemma3-en            # the main job's checkpoint (~8 min)
     python benchmarks/generation.py --model smollm2 --checkpoint out/smollm2-r256 --new-tokens 16
-    python benchmarks/generation.py --checkpoint out/gemma3-en --shortlist 16384   # the shortlist head too
+    python benchmarks/generation.py --checkpoint out/gemma3-en --shortlist 8192   # the shortlist head too
 
 Prompts (written for this benchmark, never used to calibrate or tune anything): English of several kinds, English
 with rare tokens (names with diacritics, emoji, symbols, code), and one prompt in each of eleven other languages.

@@ -2,10 +2,11 @@
 
     python benchmarks/shortlist_twostage.py --checkpoint out/gemma3-en        # ~12 min on this CPU
 
-A measurement for a head not built yet. The shortlist head (``export --head shortlist:K``, ``use_shortlist(K)``)
-lists the K tail tokens of highest coarse logit and reads all m code bytes of each. A two-stage list would read
-more tokens for less: the K1 best by coarse logit, then the first m1 of the m subspaces for each of them, then all
-of the subspaces for the K2 best by that partial logit. Either head is exact on the band and on its list.
+Which lists the shortlist head (``export --head shortlist:K``, ``use_shortlist(K)``) reads. One stage: the K tail
+tokens of highest coarse logit, all m code bytes of each (the head before 2026-12-06). Two stages (the head now,
+``layers.factorized.shortlist_tail_logits`` at K2 = 8,192): the K1 best by coarse logit, then the first m1 of the m
+subspaces for each of them, then all of the subspaces for the K2 best by that partial logit. Either head is exact
+on the band and on its list; the candidates here are computed apart from the library's function.
 
 For each of the generation benchmark's 31 prompts (fed as the tokenizer feeds them, ``<bos>`` first), the
 checkpoint's full head decodes 32 greedy tokens. The continuation is then fed back in one pass, and at each step
@@ -35,7 +36,15 @@ RESULTS = Path(__file__).parent / "results"
 NEW_TOKENS = 32
 ONE_STAGE = (16384, 32768, 65536)
 #: (K1 listed by coarse logit, m1 subspaces read for them, K2 read whole)
-TWO_STAGE = ((65536, 32, 8192), (65536, 32, 16384), (131072, 32, 16384))
+TWO_STAGE = (
+    (65536, 32, 8192),
+    (65536, 32, 4096),
+    (65536, 16, 8192),
+    (65536, 16, 4096),
+    (32768, 32, 4096),
+    (65536, 8, 8192),
+    (131072, 16, 8192),
+)
 
 
 def main(argv: list[str] | None = None) -> dict:

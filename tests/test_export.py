@@ -275,6 +275,34 @@ def test_shortlist_head_is_exact_on_the_band_and_its_list():
     assert listed[..., full.dense_index].all()
 
 
+def test_shortlist_reads_the_best_by_partial_logit_among_the_best_by_coarse_logit():
+    """The two stages, computed directly: the SHORTLIST_WIDEN * k best tail tokens by coarse logit (low-rank part
+    and exact columns), then the k best of those once the first 1 / SHORTLIST_PARTIAL of their subspaces is added."""
+    from hf_factor_embed.layers.factorized import SHORTLIST_PARTIAL, SHORTLIST_WIDEN
+
+    full, head = _shortlist_head(shortlist=8)
+    hidden = torch.randn(3, full.embedding_dim, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        coarse = (
+            hidden @ full.basis.T @ full.weight.T + hidden[:, full.tail_columns] @ full.tail_column_values.float().T
+        )
+        coarse[:, full.dense_index] = float("-inf")
+        m, _, s = full.codebooks.shape
+        first = m // SHORTLIST_PARTIAL
+        assert first >= 1 and full.num_embeddings - full.num_dense_rows > SHORTLIST_WIDEN * 8  # both stages run
+        rotated = (hidden @ full.tail_rotation.T).view(3, m, s)[:, :first]
+        parts = torch.einsum(
+            "nms,vms->nv", rotated, full.codebooks[torch.arange(first), full.tail_codes[:, :first].long()]
+        )
+        expected = []
+        for row in range(3):
+            listed = coarse[row].topk(SHORTLIST_WIDEN * 8).indices
+            expected.append(set(listed[(coarse[row, listed] + parts[row, listed]).topk(8).indices].tolist()))
+        tail = head(hidden).isfinite()
+        tail[:, full.dense_index] = False
+    assert [set(row.nonzero().flatten().tolist()) for row in tail] == expected
+
+
 def test_shortlist_as_long_as_the_tail_is_the_full_head():
     full, head = _shortlist_head(shortlist=10**6)
     hidden = torch.randn(4, 1, full.embedding_dim, generator=torch.Generator().manual_seed(1))

@@ -118,7 +118,7 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, capsys, rea
     assert report["identical"] and report["embedding_bytes"] == report["checkpoint_embedding_bytes"], report
     # the shortlist head (a product-coded tail, `compress --tail pq`) in ExecuTorch: the full head's greedy tokens
     report = json.loads(Path("out/smollm2-pq-pte/export.json").read_text())
-    assert report["identical"] and report["head"] == "shortlist:16384", report
+    assert report["identical"] and report["head"] == "shortlist:8192", report
     # SmolLM2's 30 layers of 7 linears each, quantized by ONNX Runtime's MatMulNBits; its factors as they were
     assert json.loads(Path("out/smollm2-r256-onnx/export.json").read_text())["quantized_linears"] == 30 * 7
 

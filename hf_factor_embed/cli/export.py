@@ -36,9 +36,9 @@ def export(
     head: Annotated[
         str,
         typer.Option(
-            help="full (every token's logit) or shortlist[:K]: the band's exact logits and the full logits of the "
-            "K tail tokens (default 16384) the head's coarse part ranks highest, the rest -inf: a greedy head "
-            "cheaper than dense (a decoder with a product-coded tail)."
+            help="full (every token's logit) or shortlist[:K]: the band's exact logits and the full logits of K "
+            "tail tokens (default 8192; the best of the 8K its coarse part ranks highest, once a quarter of their "
+            "codes is read), the rest -inf: a greedy head cheaper than dense (a decoder with a product-coded tail)."
         ),
     ] = "full",
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,

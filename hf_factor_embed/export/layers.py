@@ -185,14 +185,15 @@ class ExportedLMHead(nn.Module):
         return logits
 
     def shortlist_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The full logits of the ``shortlist`` tail tokens whose coarse logits (the low-rank part and the exact
-        columns: V x (r + c) products) are highest; every other token -inf, the band's columns written after
-        (:func:`~hf_factor_embed.layers.factorized.shortlist_tail_logits`, which transformers' head runs too).
+        """The full logits of ``shortlist`` tail tokens picked in two stages, by their coarse logits (the low-rank
+        part and the exact columns: V x (r + c) products), then with a quarter of their codes; every other token
+        -inf, the band's columns written after (:func:`~hf_factor_embed.layers.factorized.shortlist_tail_logits`,
+        which transformers' head runs too).
 
         Greedy decoding reads the same token as the full head wherever the full head's winner is in the band or
         the shortlist; that is measured, not proven (``benchmarks/shortlist.py``): a bound on the codes' part that
         a decode step can afford is tens of times too loose to exclude a token. The step costs the V-wide coarse
-        products, a TopK and k * m lookups.
+        products, a TopK of 8k, 8k * m / 4 lookups, a TopK of k and k * 3m / 4 lookups.
         """
         f = self.factors
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])  # (n, d): n = batch x kept positions

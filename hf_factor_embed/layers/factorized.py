@@ -49,6 +49,10 @@ TAIL_CODE_TENSORS = ("tail_codes", "codebooks", "tail_rotation", "tail_columns",
 #: block when more positions rebuild them instead (V x n logits either way).
 _LOOKUP_POSITIONS = 4
 _CODE_BLOCK = 16384
+#: The shortlist head's two stages (:func:`shortlist_tail_logits`): tokens listed by coarse logit per token read
+#: whole, and the share of the code subspaces read for every listed token.
+SHORTLIST_WIDEN = 8
+SHORTLIST_PARTIAL = 4
 #: Row-major copies handed to state dicts, alive while a state dict holds them (see ``_save_to_state_dict``).
 _ROW_MAJOR_COPIES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
@@ -119,23 +123,49 @@ def shortlist_tail_logits(
     shortlist: int,
     band_index: torch.Tensor | None,
 ) -> torch.Tensor:
-    """The tail's full logits for the ``shortlist`` tail tokens of highest ``coarse`` logit, -inf for every other
-    token (the band's columns included: the caller writes them): ``(n, V)``.
+    """The tail's full logits for ``shortlist`` tail tokens, -inf for every other token (the band's columns
+    included: the caller writes them): ``(n, V)``.
+
+    Two stages pick the tokens. The ``SHORTLIST_WIDEN * shortlist`` tail tokens of highest ``coarse`` logit are
+    listed, each gets the first ``1 / SHORTLIST_PARTIAL`` of its code subspaces added, and the ``shortlist`` best by
+    that partial logit get the rest of their codes. On Gemma-3 (the main job's checkpoint, the 31 prompts of
+    ``benchmarks/generation.py``) this found the full head's greedy continuation on all 31 at 8,192 read whole,
+    where a single list of 16,384 by coarse logit found 29 and needed 65,536 for all 31: 2.9M lookups a step
+    against 8.4M (``python benchmarks/shortlist_twostage.py``).
 
     ``coarse`` (n, V): each token's logit without its product-coded part (the low-rank part, the exact columns, the
     bias); ``rotated`` (n, m * sub_dim): the hidden states as the codebooks read them (``h @ tail_rotation.T``).
-    The codes of the k listed tokens are read with one gather along the centroids of the (K, m) tables: entry
-    [t, s] reads ``tables[codes[t, s], s]``, the codes as stored, never transposed (ONNX Runtime, Gemma-3's 16,384 x
-    128 listed codes: 6.5x faster than a gather of flat offsets; a transposed int64 index cost 13.5 ms a step more).
-    Plain tensor ops: transformers runs it, and torch's exporters trace it as it is (:mod:`hf_factor_embed.export`).
+    The codes are read with a gather along the centroids of the (K, m) tables: entry [t, s] reads
+    ``tables[codes[t, s], s]``, the codes as stored, never transposed (ONNX Runtime, Gemma-3's 16,384 x 128 listed
+    codes: 6.5x faster than a gather of flat offsets; a transposed int64 index cost 13.5 ms a step more). Plain
+    tensor ops: transformers runs it, and torch's exporters trace it as it is (:mod:`hf_factor_embed.export`).
     """
     m, _, sub_dim = codebooks.shape
-    candidates = coarse if band_index is None else coarse.index_fill(-1, band_index, float("-inf"))
-    listed = candidates.topk(min(shortlist, coarse.shape[-1]), dim=-1, sorted=False).indices  # (n, k)
     tables = torch.einsum("nms,mks->nkm", rotated.unflatten(-1, (m, sub_dim)), codebooks.to(rotated.dtype))
-    picked = codes[listed].long()  # (n, k, m): each listed token's code in each subspace
-    exact = coarse.gather(-1, listed) + tables.gather(1, picked).sum(-1)
-    return torch.full_like(coarse, float("-inf")).scatter(-1, listed, exact)
+    candidates = coarse if band_index is None else coarse.index_fill(-1, band_index, float("-inf"))
+    tail_size = coarse.shape[-1] - (0 if band_index is None else band_index.shape[0])
+    kept = min(shortlist, tail_size)
+    listed = candidates.topk(min(SHORTLIST_WIDEN * kept, tail_size), dim=-1, sorted=False).indices  # (n, k1)
+    logits = coarse.gather(-1, listed)
+    partial = m // SHORTLIST_PARTIAL if listed.shape[-1] > kept else 0
+    if partial:  # stage two: the first subspaces of every listed token's codes, then the best ``kept`` of them
+        logits = logits + _code_sum(tables[..., :partial], codes[:, :partial], listed)
+        best = logits.topk(kept, dim=-1, sorted=False).indices
+        listed, logits = listed.gather(-1, best), logits.gather(-1, best)
+    logits = logits + _code_sum(tables[..., partial:], codes, listed, partial)
+    return torch.full_like(coarse, float("-inf")).scatter(-1, listed, logits)
+
+
+def _code_sum(tables: torch.Tensor, codes: torch.Tensor, listed: torch.Tensor, skip: int = 0) -> torch.Tensor:
+    """Per listed token, the sum over subspaces of ``tables[:, codes[token, skip + s], s]``: ``(n, k)``.
+
+    The rows are gathered with one flat ``index_select`` (ONNX ``Gather``: a (n, k) index becomes ``GatherND``,
+    slower). A constant slice of the codes (``codes[:, :m1]``, the first stage) is folded by ONNX Runtime at load;
+    the second stage slices the k gathered rows instead, as it reads few.
+    """
+    n, k = listed.shape
+    picked = codes.index_select(0, listed.flatten()).view(n, k, -1)[..., skip:].long()  # (n, k, subspaces)
+    return tables.gather(1, picked).sum(-1)
 
 
 class FactorizedLayer(nn.Module):
@@ -400,9 +430,10 @@ class FactorizedLMHead(FactorizedLayer):
         self.shortlist: int | None = None
 
     def use_shortlist(self, shortlist: int | None) -> None:
-        """Decode steps (a few positions, no gradient) read the product-coded tail's codes for the ``shortlist``
-        tail tokens of highest coarse logit only, every other tail token's logit -inf: a greedy head cheaper than
-        the full one (:func:`shortlist_tail_logits`; ``hf-factor-embed export --head shortlist`` writes the same).
+        """Decode steps (a few positions, no gradient) read the product-coded tail's codes whole for ``shortlist``
+        tail tokens only (the best by a quarter of their codes among the 8x as many of highest coarse logit),
+        every other tail token's logit -inf: a greedy head cheaper than the full one (:func:`shortlist_tail_logits`;
+        ``hf-factor-embed export --head shortlist`` writes the same; 8192 is its default).
         Its greedy token is the full head's wherever the full head's winner is in the band or the list (measured,
         not proven). Many positions (perplexity, training) keep the full head. ``None`` turns it off."""
         if shortlist is not None and (not self.has_tail_codes or shortlist < 1):
