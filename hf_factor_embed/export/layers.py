@@ -103,6 +103,9 @@ class ExportedFactors(nn.Module):
             for tensor in TAIL_CODE_TENSORS:
                 if tensor != TAIL_COLUMN_TENSOR:
                     self.register_buffer(tensor, getattr(layer, tensor).detach().clone())
+            if self.band is not None:  # the band's rows are read from the band: their codes are not stored
+                in_tail = torch.ones(self.num_embeddings, dtype=torch.bool).index_fill(0, self.dense_index, False)
+                self.tail_codes = self.tail_codes[in_tail].contiguous()
             bits, group = config.precision(TAIL_COLUMN_TENSOR) if config.bits else (None, None)
             self.tail_column_values = StoredMatrix(layer.tail_column_values, bits, group, f"{name}.tail_column_values")
 
@@ -110,8 +113,23 @@ class ExportedFactors(nn.Module):
         """Token id -> its row in the band, or -1 (computed in the graph: V integers, no stored table)."""
         return band_slots(self.dense_index, self.num_embeddings)
 
+    def code_rows(self) -> torch.Tensor | None:
+        """Token id -> its row of ``tail_codes``, which holds the tail's rows only (a band token reads a tail
+        row it never uses); None without a band. Computed in the graph, as :meth:`band_slots`: the band's ids are
+        sorted, so a tail token's row is its id less the band tokens before it (Gemma-3's main job: 2.6 MB of the
+        band's codes not stored)."""
+        if self.band is None:
+            return None
+        in_band = torch.zeros(self.num_embeddings, dtype=torch.long).index_fill(0, self.dense_index, 1)
+        ids = torch.arange(self.num_embeddings, device=in_band.device)
+        return (ids - in_band.cumsum(0)).clamp_min(0)
+
+    def _code_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.code_rows()
+        return ids if rows is None else rows[ids]
+
     def tail_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = product_code_parts(ids, self.tail_codes, self.codebooks) @ self.tail_rotation.float()
+        rows = product_code_parts(self._code_ids(ids), self.tail_codes, self.codebooks) @ self.tail_rotation.float()
         return rows.index_copy(rows.dim() - 1, self.tail_columns, self.tail_column_values.rows(ids))
 
     def tail_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -125,6 +143,9 @@ class ExportedFactors(nn.Module):
         logits = tables[..., 0, :].index_select(-1, self.tail_codes[:, 0].long())
         for j in range(1, m):
             logits = logits + tables[..., j, :].index_select(-1, self.tail_codes[:, j].long())
+        rows = self.code_rows()
+        if rows is not None:  # the tail's rows to every token's column (the band's are overwritten after)
+            logits = logits.index_select(-1, rows)
         exact = hidden_states.index_select(-1, self.tail_columns)
         return logits + self.tail_column_values.linear(exact)
 
@@ -203,5 +224,7 @@ class ExportedLMHead(nn.Module):
             coarse = coarse + self.bias
         rotated = F.linear(flat, f.tail_rotation.float())
         band_index = None if f.band is None else f.dense_index
-        logits = shortlist_tail_logits(coarse, rotated, f.tail_codes, f.codebooks, self.shortlist, band_index)
+        logits = shortlist_tail_logits(
+            coarse, rotated, f.tail_codes, f.codebooks, self.shortlist, band_index, code_rows=f.code_rows()
+        )
         return logits.reshape(*hidden_states.shape[:-1], -1)

@@ -20,8 +20,11 @@ import torch
 from .body import BODY_LINEARS, body_linear_nodes
 from .decoder import CachedDecoder, HiddenStates, cache_shape
 
-#: Values up to which the optimizer may fold constants: shapes and index tables, never a stored matrix.
+#: Values up to which the optimizer may fold constants: shapes and index tables, never a stored matrix; and the
+#: largest result it may store folded, so that a vocabulary-long table computed from the factors (the band's slots,
+#: the codes' rows) stays a few nodes in the file (ONNX Runtime folds it at load: Gemma-3, 2.1 MB of file each).
 _FOLD_LIMIT = 64
+_FOLDED_LIMIT = 4096
 MODEL_FILE = "model.onnx"
 
 
@@ -44,7 +47,9 @@ def export_onnx(model, out: Path, kind: str = "decoder") -> Path:
             optimize=False,
             verbose=False,
         )
-    program.model = onnxscript.optimizer.optimize(program.model, input_size_limit=_FOLD_LIMIT)
+    program.model = onnxscript.optimizer.optimize(
+        program.model, input_size_limit=_FOLD_LIMIT, output_size_limit=_FOLDED_LIMIT
+    )
     program.model.metadata_props[BODY_LINEARS] = ",".join(body_linear_nodes(program.model))
     for node in program.model.graph.all_nodes():  # the exporter's per-node stack traces: megabytes, no use
         node.metadata_props.clear()

@@ -122,6 +122,7 @@ def shortlist_tail_logits(
     codebooks: torch.Tensor,
     shortlist: int,
     band_index: torch.Tensor | None,
+    code_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The tail's full logits for ``shortlist`` tail tokens, -inf for every other token (the band's columns
     included: the caller writes them): ``(n, V)``.
@@ -134,7 +135,8 @@ def shortlist_tail_logits(
     against 8.4M (``python benchmarks/shortlist_twostage.py``).
 
     ``coarse`` (n, V): each token's logit without its product-coded part (the low-rank part, the exact columns, the
-    bias); ``rotated`` (n, m * sub_dim): the hidden states as the codebooks read them (``h @ tail_rotation.T``).
+    bias); ``rotated`` (n, m * sub_dim): the hidden states as the codebooks read them (``h @ tail_rotation.T``);
+    ``code_rows`` (V,): token id -> its row of ``codes`` where those hold the tail's rows only (an exported file).
     The codes are read with a gather along the centroids of the (K, m) tables: entry [t, s] reads
     ``tables[codes[t, s], s]``, the codes as stored, never transposed (ONNX Runtime, Gemma-3's 16,384 x 128 listed
     codes: 6.5x faster than a gather of flat offsets; a transposed int64 index cost 13.5 ms a step more). Plain
@@ -147,24 +149,26 @@ def shortlist_tail_logits(
     kept = min(shortlist, tail_size)
     listed = candidates.topk(min(SHORTLIST_WIDEN * kept, tail_size), dim=-1, sorted=False).indices  # (n, k1)
     logits = coarse.gather(-1, listed)
+    rows = listed if code_rows is None else code_rows[listed]
     partial = m // SHORTLIST_PARTIAL if listed.shape[-1] > kept else 0
     if partial:  # stage two: the first subspaces of every listed token's codes, then the best ``kept`` of them
-        logits = logits + _code_sum(tables[..., :partial], codes[:, :partial], listed)
+        logits = logits + _code_sum(tables[..., :partial], codes[:, :partial], rows)
         best = logits.topk(kept, dim=-1, sorted=False).indices
-        listed, logits = listed.gather(-1, best), logits.gather(-1, best)
-    logits = logits + _code_sum(tables[..., partial:], codes, listed, partial)
+        listed, rows, logits = listed.gather(-1, best), rows.gather(-1, best), logits.gather(-1, best)
+    logits = logits + _code_sum(tables[..., partial:], codes, rows, partial)
     return torch.full_like(coarse, float("-inf")).scatter(-1, listed, logits)
 
 
-def _code_sum(tables: torch.Tensor, codes: torch.Tensor, listed: torch.Tensor, skip: int = 0) -> torch.Tensor:
-    """Per listed token, the sum over subspaces of ``tables[:, codes[token, skip + s], s]``: ``(n, k)``.
+def _code_sum(tables: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor, skip: int = 0) -> torch.Tensor:
+    """Per listed token (its row of ``codes``), the sum over subspaces of ``tables[:, codes[row, skip + s], s]``:
+    ``(n, k)``.
 
     The rows are gathered with one flat ``index_select`` (ONNX ``Gather``: a (n, k) index becomes ``GatherND``,
     slower). A constant slice of the codes (``codes[:, :m1]``, the first stage) is folded by ONNX Runtime at load;
     the second stage slices the k gathered rows instead, as it reads few.
     """
-    n, k = listed.shape
-    picked = codes.index_select(0, listed.flatten()).view(n, k, -1)[..., skip:].long()  # (n, k, subspaces)
+    n, k = rows.shape
+    picked = codes.index_select(0, rows.flatten()).view(n, k, -1)[..., skip:].long()  # (n, k, subspaces)
     return tables.gather(1, picked).sum(-1)
 
 
