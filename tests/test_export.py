@@ -208,13 +208,10 @@ def test_product_coded_tail_exports_with_its_codes(format, tmp_path):
 
     report = export(folder, tmp_path / format, format=format, body=body, prompts=PROMPTS)
 
-    # the band's rows are read from the band: the file holds the tail's codes only, this checkpoint every row's
-    assert report.identical and report.embedding_bytes < report.checkpoint_embedding_bytes
+    assert report.identical and report.embedding_bytes == report.checkpoint_embedding_bytes
     if format == "onnx":
         codes = [i for n, i in _initializers(report.file).items() if n.endswith("tail_codes")]
         assert len(codes) == 1 and codes[0].data_type == onnx.TensorProto.UINT8
-        layer = model.get_output_embeddings()
-        assert codes[0].dims[0] == layer.num_embeddings - layer.num_dense_rows
         quantized = [n.name for n in onnx.load(report.file).graph.node if n.op_type == "MatMulNBits"]
         assert report.quantized_linears == len(quantized) == _body_linears(model)
         inputs = [i for n in onnx.load(report.file).graph.node if n.name in quantized for i in n.input]
@@ -321,7 +318,8 @@ def test_shortlist_head_exports_and_decodes_like_transformers(format, tmp_path, 
     from test_product_tail import pq_model
 
     folder = tmp_path / "ckpt"
-    pq_model().save_pretrained(folder)
+    model = pq_model()
+    model.save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
 
     main(["export", str(folder), "--out", str(tmp_path / format), "--format", format, "--head", "shortlist:64"])
@@ -329,9 +327,14 @@ def test_shortlist_head_exports_and_decodes_like_transformers(format, tmp_path, 
     report = json.loads((tmp_path / format / "export.json").read_text())
     assert report["identical"] and report["head"] == "shortlist:64"
     assert "head shortlist:64" in capsys.readouterr().out
+    # the band's rows read the band: the file holds the tail's codes only, this (float) checkpoint every row's
+    assert report["embedding_bytes"] < report["checkpoint_embedding_bytes"]
     if format == "onnx":
-        ops = {n.op_type for n in onnx.load(report["file"]).graph.node}
-        assert {"TopK", "GatherElements"} <= ops
+        ops = [n.op_type for n in onnx.load(report["file"]).graph.node]
+        assert {"TopK", "GatherElements"} <= set(ops) and ops.count("TopK") == 2  # the two stages
+        (codes,) = [i for n, i in _initializers(report["file"]).items() if n.endswith("tail_codes")]
+        layer = model.get_output_embeddings()
+        assert codes.dims[0] == layer.num_embeddings - layer.num_dense_rows
 
 
 def test_transformers_head_reads_the_same_shortlist_on_decode_steps():

@@ -88,7 +88,7 @@ def use_stored_factors(model, shortlist: int | None = None) -> int:
     shared: dict[int, ExportedFactors] = {}
     for name, layer in layers.items():
         if id(layer.weight) not in shared:  # a tied head meets its embedding's factors here
-            shared[id(layer.weight)] = ExportedFactors(layer, config, name)
+            shared[id(layer.weight)] = ExportedFactors(layer, config, name, tail_rows_only=shortlist is not None)
         factors = shared[id(layer.weight)]
         swap = (
             ExportedEmbedding(layer, factors)

@@ -86,9 +86,15 @@ class StoredMatrix(nn.Module):
 
 
 class ExportedFactors(nn.Module):
-    """What a factorized layer (and its tied twin) reads: A, B, the band and the tail's product codes."""
+    """What a factorized layer (and its tied twin) reads: A, B, the band and the tail's product codes.
 
-    def __init__(self, layer: FactorizedLayer, config: FactorEmbedConfig, name: str) -> None:
+    ``tail_rows_only``: the codes of the tail's rows only (the band's rows read the band), for a file whose head
+    reads a shortlist. Not for the full head: it reads every subspace's column of the codes, and ONNX Runtime 1.32
+    folds each at load from a copy of the table when the table is under about 32 MB (Gemma-3's main job: 242,189 rows of
+    128 codes, a 4.6 GB peak at load against 1.7 GB with all 262,144 rows, whose table it leaves unfolded).
+    """
+
+    def __init__(self, layer: FactorizedLayer, config: FactorEmbedConfig, name: str, tail_rows_only: bool = False):
         super().__init__()
         self.num_embeddings = layer.num_embeddings
         precision = config.precision if config.bits else (lambda tensor: (None, None))
@@ -103,7 +109,7 @@ class ExportedFactors(nn.Module):
             for tensor in TAIL_CODE_TENSORS:
                 if tensor != TAIL_COLUMN_TENSOR:
                     self.register_buffer(tensor, getattr(layer, tensor).detach().clone())
-            if self.band is not None:  # the band's rows are read from the band: their codes are not stored
+            if tail_rows_only and self.band is not None:  # the band's rows read the band: their codes not stored
                 in_tail = torch.ones(self.num_embeddings, dtype=torch.bool).index_fill(0, self.dense_index, False)
                 self.tail_codes = self.tail_codes[in_tail].contiguous()
             bits, group = config.precision(TAIL_COLUMN_TENSOR) if config.bits else (None, None)
