@@ -264,6 +264,25 @@ def _shortlist_head(shortlist: int):
     return full, model.get_output_embeddings()
 
 
+@pytest.mark.parametrize("shortlist", [None, 10**6])
+def test_stored_factor_layers_compute_what_transformers_computes(shortlist):
+    """The exported embedding's rows and head's logits equal the layers', with every row's codes (the full head)
+    and with the tail's rows only (a shortlist file; a list as long as the tail is the full head)."""
+    from test_product_tail import pq_model
+
+    model = pq_model()
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    ids = torch.arange(embedding.num_embeddings)[None]
+    hidden = torch.randn(2, 3, head.embedding_dim, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        rows, logits = embedding(ids), head(hidden)
+        use_stored_factors(model, shortlist)
+        exported = model.get_output_embeddings()
+        assert exported.factors.tail_rows_only == (shortlist is not None)
+        torch.testing.assert_close(model.get_input_embeddings()(ids), rows)
+        torch.testing.assert_close(exported(hidden), logits)
+
+
 def test_shortlist_head_is_exact_on_the_band_and_its_list():
     full, head = _shortlist_head(shortlist=8)
     hidden = torch.randn(2, 3, full.embedding_dim, generator=torch.Generator().manual_seed(0))

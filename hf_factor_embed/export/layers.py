@@ -105,11 +105,12 @@ class ExportedFactors(nn.Module):
             self.band = StoredMatrix(layer.dense_rows, *precision("dense_rows"), f"{name}.dense_rows")
             self.register_buffer("dense_index", layer.dense_index.detach().clone())
         self.has_tail_codes = layer.has_tail_codes
+        self.tail_rows_only = tail_rows_only and self.has_tail_codes and self.band is not None
         if self.has_tail_codes:
             for tensor in TAIL_CODE_TENSORS:
                 if tensor != TAIL_COLUMN_TENSOR:
                     self.register_buffer(tensor, getattr(layer, tensor).detach().clone())
-            if tail_rows_only and self.band is not None:  # the band's rows read the band: their codes not stored
+            if self.tail_rows_only:  # the band's rows read the band: their codes are not stored
                 in_tail = torch.ones(self.num_embeddings, dtype=torch.bool).index_fill(0, self.dense_index, False)
                 self.tail_codes = self.tail_codes[in_tail].contiguous()
             bits, group = config.precision(TAIL_COLUMN_TENSOR) if config.bits else (None, None)
@@ -120,11 +121,11 @@ class ExportedFactors(nn.Module):
         return band_slots(self.dense_index, self.num_embeddings)
 
     def code_rows(self) -> torch.Tensor | None:
-        """Token id -> its row of ``tail_codes``, which holds the tail's rows only (a band token reads a tail
-        row it never uses); None without a band. Computed in the graph, as :meth:`band_slots`: the band's ids are
+        """Token id -> its row of ``tail_codes`` where those hold the tail's rows only (a band token reads a tail
+        row it never uses). Computed in the graph, as :meth:`band_slots`: the band's ids are
         sorted, so a tail token's row is its id less the band tokens before it (Gemma-3's main job: 2.6 MB of the
-        band's codes not stored)."""
-        if self.band is None:
+        band's codes not stored). None where the codes hold every row."""
+        if not self.tail_rows_only:
             return None
         in_band = torch.zeros(self.num_embeddings, dtype=torch.long).index_fill(0, self.dense_index, 1)
         ids = torch.arange(self.num_embeddings, device=in_band.device)
