@@ -143,16 +143,16 @@ class ExportedFactors(nn.Module):
         """Per position and subspace the state's dot products with the centroids, then a gather-sum per token, one
         subspace at a time: a (V, m) gather would cast all V * m codes to int64 and write a V * m float tensor every
         step (measured in ONNX Runtime on Gemma-3's 262,144 x 80 codes, this CPU, beside another job: 446 ms a step
-        against 206 ms one subspace at a time)."""
+        against 206 ms one subspace at a time). Reads every row's codes: only a shortlist file holds the tail's alone
+        (``tail_rows_only``), and its head never calls this."""
+        if self.tail_rows_only:
+            raise FactorEmbedError("the full head reads every row's codes; these factors hold the tail's rows only")
         m, k, s = self.codebooks.shape
         rotated = F.linear(hidden_states, self.tail_rotation.float())
         tables = torch.einsum("...ms,mks->...mk", rotated.unflatten(-1, (m, s)), self.codebooks.float())
         logits = tables[..., 0, :].index_select(-1, self.tail_codes[:, 0].long())
         for j in range(1, m):
             logits = logits + tables[..., j, :].index_select(-1, self.tail_codes[:, j].long())
-        rows = self.code_rows()
-        if rows is not None:  # the tail's rows to every token's column (the band's are overwritten after)
-            logits = logits.index_select(-1, rows)
         exact = hidden_states.index_select(-1, self.tail_columns)
         return logits + self.tail_column_values.linear(exact)
 
