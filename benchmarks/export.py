@@ -109,6 +109,9 @@ def _executorch(checkpoint: Path, dense_name: str, result: dict, head: str, new_
         result["export"] = report.to_dict()
         runtime = ExecuTorchDecoder(Path(report.file))
         result["greedy_check"] = check = _greedy_check(checkpoint, runtime, tokenizer, new_tokens)
+        # the control: how far XNNPACK's own float kernels part the dense program from transformers' dense model
+        control = _greedy_check(dense_name, ExecuTorchDecoder(dense_file), tokenizer, new_tokens)
+        result["dense_greedy_check"] = control
     lines = [f"{checkpoint.name}: ExecuTorch (XNNPACK), one token a call, this CPU"]
     lines += [
         f"{name:<12}{r['file_bytes'] / 1e6:>9.1f} MB{r['embedding_bytes'] / 1e6:>9.1f} MB embedding"
@@ -116,6 +119,7 @@ def _executorch(checkpoint: Path, dense_name: str, result: dict, head: str, new_
         for name, r in result["rows"].items()
     ]
     lines.append(f"greedy tokens identical to transformers: {check['identical']} of {check['prompts']} prompts")
+    lines.append(f"dense program's, to dense transformers': {control['identical']} of {control['prompts']} prompts")
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"export_executorch_{checkpoint.name}{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -177,14 +181,17 @@ def _encoder_speed(path: Path, tokenizer) -> dict:
     return {"load_s": load, "sentences_s": len(sentences) / seconds}
 
 
-def _greedy_check(checkpoint: Path, runtime, tokenizer, new_tokens: int) -> dict:
+def _greedy_check(checkpoint: Path | str, runtime, tokenizer, new_tokens: int) -> dict:
     """Every generation-benchmark prompt: the file's greedy tokens (``runtime``: its ONNX Runtime or ExecuTorch
-    decoder) against transformers' on the same checkpoint."""
+    decoder) against transformers' on the same checkpoint (a folder or ``bundled:NAME``)."""
     from transformers import AutoModelForCausalLM
+
+    from hf_factor_embed.models.bundled import resolve
 
     prompts = [p for group in PROMPTS.values() for p in group]
     torch.manual_seed(0)
-    reference = greedy(AutoModelForCausalLM.from_pretrained(checkpoint).eval(), tokenizer, prompts, new_tokens)
+    model = AutoModelForCausalLM.from_pretrained(resolve(str(checkpoint))).eval()
+    reference = greedy(model, tokenizer, prompts, new_tokens)
     ours = [runtime.greedy(tokenizer(p).input_ids, new_tokens) for p in prompts]
     same = [a == b for a, b in zip(ours, reference, strict=True)]
     differing = [p for p, s in zip(prompts, same, strict=True) if not s]

@@ -23,7 +23,18 @@ from transformers import (  # noqa: E402
 
 import hf_factor_embed  # noqa: E402,F401  (registers the integration)
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on the two cores (pyproject's addopts): a thread each
+    torch.set_num_threads(1)
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The README's commands are about a third of the suite's time: collected first, so that the other worker runs
+    the rest beside them instead of after."""
+    items.sort(key=lambda item: item.path.name != "test_readme.py")
+
+
 VOCAB = 320
 
 

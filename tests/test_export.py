@@ -155,7 +155,8 @@ def test_executorch_program_decodes_like_transformers(family, tmp_path):
     model = tiny_llama() if family == "llama" else tiny_gemma3()
     report = export(_saved(model, tmp_path / "ckpt", 4), tmp_path / "pte", format="executorch", prompts=PROMPTS)
     assert report.identical and report.file.endswith(".pte")
-    assert report.embedding_bytes == report.checkpoint_embedding_bytes
+    # the 4-bit matrices held as the fp32 values they stand for (XNNPACK's matmuls read floats)
+    assert report.embedding_bytes > 2 * report.checkpoint_embedding_bytes
 
 
 def test_executorch_body_is_quantized_as_executorch_quantizes_llms(tmp_path):
@@ -168,9 +169,10 @@ def test_executorch_body_is_quantized_as_executorch_quantizes_llms(tmp_path):
     report = export(folder, tmp_path / "pte", format="executorch", body="int4", prompts=PROMPTS)
 
     assert report.quantized_linears == linears and report.body == "int4" and 0 <= report.body_agreement <= 1
-    assert report.embedding_bytes == report.checkpoint_embedding_bytes
+    assert report.embedding_bytes > report.checkpoint_embedding_bytes  # the factors' matrices held as fp32
     assert report.identical or report.notes  # XNNPACK may round a near-tie apart from torchao's eager kernels
-    assert report.file_bytes < body_fp32_bytes / 2  # 4-bit weights and their group scales, not floats
+    # the body's 4-bit weights and their group scales, not floats
+    assert report.file_bytes - report.embedding_bytes < body_fp32_bytes / 2
 
 
 def test_the_onnx_runtime_snippet_of_the_docs_runs_as_written(tmp_path, monkeypatch, capsys):
@@ -208,8 +210,12 @@ def test_product_coded_tail_exports_with_its_codes(format, tmp_path):
 
     report = export(folder, tmp_path / format, format=format, body=body, prompts=PROMPTS)
 
-    assert report.identical and report.embedding_bytes == report.checkpoint_embedding_bytes
+    assert report.identical
+    if format == "executorch":  # float factors as the checkpoint holds them, and the token -> band slot table
+        vocab = model.get_input_embeddings().num_embeddings
+        assert report.embedding_bytes == report.checkpoint_embedding_bytes + vocab * 8
     if format == "onnx":
+        assert report.embedding_bytes == report.checkpoint_embedding_bytes
         codes = [i for n, i in _initializers(report.file).items() if n.endswith("tail_codes")]
         assert len(codes) == 1 and codes[0].data_type == onnx.TensorProto.UINT8
         quantized = [n.name for n in onnx.load(report.file).graph.node if n.op_type == "MatMulNBits"]
@@ -253,6 +259,34 @@ def test_stored_matrix_reads_what_was_stored(bits, group):
     torch.testing.assert_close(stored.linear(x), x @ values.T)
     if bits:
         assert stored.q.numel() * stored.q.element_size() == values.numel() * bits // 8  # the checkpoint's bytes
+    held_as_float = StoredMatrix(values, bits, group, "m", as_float=True)  # ExecuTorch's: products read fp32
+    assert held_as_float.values.dtype == torch.float32 and torch.equal(held_as_float.matrix(), values)
+    assert torch.equal(held_as_float.linear(x), x @ values.T) and torch.equal(held_as_float.rows(ids), values[ids])
+
+
+def test_precomputed_factors_keep_the_codes_as_codes():
+    """ExecuTorch's factors: the matrices as fp32 and the token maps as tables, the product-coded tail's codes still
+    uint8; the same rows and maps."""
+    from test_product_tail import wide_vocab_llama
+
+    from hf_factor_embed.export.layers import ExportedFactors
+
+    calibration = torch.randint(1, 300, (4000,), generator=torch.Generator().manual_seed(1))
+    method = BandedMethod(0.5, tail="pq", tail_sub_dim=8, tail_rank=4, tail_exact_columns=4)
+    model = hfe.patch_model(wide_vocab_llama(), rank=16, method=method, calibration=calibration, bits=4)
+    layer = model.model.embed_tokens
+    stored, floats = (
+        ExportedFactors(layer, model.config.quantization_config, "embed", precomputed=f) for f in (False, True)
+    )
+    ids = torch.arange(layer.num_embeddings)
+    assert floats.tail_codes.dtype == torch.uint8 and stored.band.q.dtype == torch.int8
+    assert floats.band.values.dtype == floats.codes.values.dtype == torch.float32
+    assert torch.equal(floats.codes.rows(ids), stored.codes.rows(ids))
+    assert torch.equal(floats.tail_rows(ids), stored.tail_rows(ids))
+    assert torch.equal(floats.band_slot_table, stored.band_slots())
+    config = model.config.quantization_config
+    shortlisted = ExportedFactors(layer, config, "embed", tail_rows_only=True, precomputed=True)
+    assert shortlisted.code_rows() is None and torch.equal(shortlisted.tail_codes, stored.tail_codes)  # every row's
 
 
 def _shortlist_head(shortlist: int):
@@ -346,9 +380,9 @@ def test_shortlist_head_exports_and_decodes_like_transformers(format, tmp_path, 
     report = json.loads((tmp_path / format / "export.json").read_text())
     assert report["identical"] and report["head"] == "shortlist:64"
     assert "head shortlist:64" in capsys.readouterr().out
-    # the band's rows read the band: the file holds the tail's codes only, this (float) checkpoint every row's
-    assert report["embedding_bytes"] < report["checkpoint_embedding_bytes"]
     if format == "onnx":
+        # the band's rows read the band: the file holds the tail's codes only, this (float) checkpoint every row's
+        assert report["embedding_bytes"] < report["checkpoint_embedding_bytes"]
         ops = [n.op_type for n in onnx.load(report["file"]).graph.node]
         assert {"TopK", "GatherElements"} <= set(ops) and ops.count("TopK") == 2  # the two stages
         (codes,) = [i for n, i in _initializers(report["file"]).items() if n.endswith("tail_codes")]

@@ -75,10 +75,12 @@ class HiddenStates(nn.Module):
         return ["last_hidden_state"]
 
 
-def use_stored_factors(model, shortlist: int | None = None) -> int:
+def use_stored_factors(model, shortlist: int | None = None, precomputed: bool = False) -> int:
     """Swap every factorized layer of ``model`` (in place) for its stored-factor twin; a tied pair keeps sharing
-    one set of factors; ``shortlist`` k: the head reads the tail's codes for k tokens a step (:mod:`.head`).
-    Returns how many layers were swapped."""
+    one set of factors; ``shortlist`` k: the head reads the tail's codes for k tokens a step (:mod:`.head`);
+    ``precomputed``: the low-rank factors, the band and the exact columns held as the fp32 values their integers
+    stand for and the token maps as tables, the codes kept as codes (for ExecuTorch, see :mod:`.executorch` and
+    :class:`.layers.ExportedFactors`). Returns how many layers were swapped."""
     config = getattr(model.config, "quantization_config", None)
     layers = factorized_layers(model)
     if config is None or not layers:
@@ -88,7 +90,9 @@ def use_stored_factors(model, shortlist: int | None = None) -> int:
     shared: dict[int, ExportedFactors] = {}
     for name, layer in layers.items():
         if id(layer.weight) not in shared:  # a tied head meets its embedding's factors here
-            shared[id(layer.weight)] = ExportedFactors(layer, config, name, tail_rows_only=shortlist is not None)
+            shared[id(layer.weight)] = ExportedFactors(
+                layer, config, name, tail_rows_only=shortlist is not None, precomputed=precomputed
+            )
         factors = shared[id(layer.weight)]
         swap = (
             ExportedEmbedding(layer, factors)

@@ -33,11 +33,20 @@ from ..quantizer.rounding import TAIL_COLUMN_TENSOR, _group, dequantize, quantiz
 
 
 class StoredMatrix(nn.Module):
-    """A rows x cols float matrix held as stored: ``values`` (float), or integers ``q`` and fp16 ``scale``."""
+    """A rows x cols float matrix held as stored: ``values`` (float), or integers ``q`` and fp16 ``scale``.
 
-    def __init__(self, values: torch.Tensor, bits: int | None, group: int | None, name: str) -> None:
+    ``as_float``: integers are also held as the fp32 ``values`` they stand for (exact: an 8-bit integer times an
+    fp16 scale fits fp32's mantissa), which the products read (:meth:`linear`, :meth:`matrix`), for a runtime whose
+    matmul kernels read floats only (ExecuTorch: :class:`ExportedFactors`' ``precomputed``). The rows still read
+    the integers: XNNPACK copies a matmul's weights into its own blob, so a gather of the float values would store
+    them twice (Gemma-3's main job: a 604.6 MB ``.pte``)."""
+
+    def __init__(
+        self, values: torch.Tensor, bits: int | None, group: int | None, name: str, as_float: bool = False
+    ) -> None:
         super().__init__()
         self.bits, self.cols = bits, values.shape[1]
+        self.holds_floats = bits is None or as_float  # the products read ``values``
         if bits is None:  # float values as the checkpoint holds them (fp32, or the tail's fp16 columns)
             self.register_buffer("values", values.detach().contiguous())
             return
@@ -51,6 +60,8 @@ class StoredMatrix(nn.Module):
             )
         self.register_buffer("q", q)
         self.register_buffer("scale", scale)
+        if as_float:
+            self.register_buffer("values", values)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The float rows of ``ids`` (any shape): ``(*ids.shape, cols)``; only those rows are dequantized."""
@@ -60,13 +71,13 @@ class StoredMatrix(nn.Module):
 
     def matrix(self) -> torch.Tensor:
         """The whole float matrix."""
-        return self.values.float() if self.bits is None else self._dequantize(self.q, self.scale)
+        return self.values.float() if self.holds_floats else self._dequantize(self.q, self.scale)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ matrix().T`` (``(..., cols) -> (..., rows)``); with one scale a row, the scales multiply the
         products instead of the matrix. (Scaling products group by group, in either layout, was no faster in ONNX
         Runtime on Gemma-3's band: 4.3-5.4 ms a decode step against 4.9 ms, one run each.)"""
-        if self.bits is None:
+        if self.holds_floats:
             return F.linear(x, self.values.to(x.dtype))
         if self.group >= self.cols:
             return F.linear(x, self._integers(self.q).float()) * self.scale[:, 0].float()
@@ -92,20 +103,37 @@ class ExportedFactors(nn.Module):
     reads a shortlist. Not for the full head: it reads every subspace's column of the codes, and ONNX Runtime 1.32
     folds each at load from a copy of the table when the table is under about 32 MB (Gemma-3's main job: 242,189 rows of
     128 codes, a 4.6 GB peak at load against 1.7 GB with all 262,144 rows, whose table it leaves unfolded).
+
+    ``precomputed``: what the graph would otherwise compute from constants every call is held ready, for a runtime
+    that folds nothing at load (ExecuTorch; ONNX Runtime folds them): the matrices' fp32 values for the products
+    (:class:`StoredMatrix`'s ``as_float``), the token -> band slot map as a table (V int64), and every row's codes
+    (a token -> code row table would cost about what leaving out the band's codes saves: ``tail_rows_only`` is
+    ignored).
     """
 
-    def __init__(self, layer: FactorizedLayer, config: FactorEmbedConfig, name: str, tail_rows_only: bool = False):
+    def __init__(
+        self,
+        layer: FactorizedLayer,
+        config: FactorEmbedConfig,
+        name: str,
+        tail_rows_only: bool = False,
+        precomputed: bool = False,
+    ) -> None:
         super().__init__()
         self.num_embeddings = layer.num_embeddings
         precision = config.precision if config.bits else (lambda tensor: (None, None))
-        self.codes = StoredMatrix(layer.weight, *precision("weight"), f"{name}.weight")
-        self.basis = StoredMatrix(layer.basis, *precision("basis"), f"{name}.basis")
+
+        def stored(tensor: str) -> StoredMatrix:
+            values = getattr(layer, tensor)
+            return StoredMatrix(values, *precision(tensor), f"{name}.{tensor}", as_float=precomputed)
+
+        self.codes, self.basis = stored("weight"), stored("basis")
         self.band = None
         if layer.dense_rows is not None:
-            self.band = StoredMatrix(layer.dense_rows, *precision("dense_rows"), f"{name}.dense_rows")
+            self.band = stored("dense_rows")
             self.register_buffer("dense_index", layer.dense_index.detach().clone())
         self.has_tail_codes = layer.has_tail_codes
-        self.tail_rows_only = tail_rows_only and self.has_tail_codes and self.band is not None
+        self.tail_rows_only = tail_rows_only and self.has_tail_codes and self.band is not None and not precomputed
         if self.has_tail_codes:
             for tensor in TAIL_CODE_TENSORS:
                 if tensor != TAIL_COLUMN_TENSOR:
@@ -113,11 +141,16 @@ class ExportedFactors(nn.Module):
             if self.tail_rows_only:  # the band's rows read the band: their codes are not stored
                 in_tail = torch.ones(self.num_embeddings, dtype=torch.bool).index_fill(0, self.dense_index, False)
                 self.tail_codes = self.tail_codes[in_tail].contiguous()
-            bits, group = config.precision(TAIL_COLUMN_TENSOR) if config.bits else (None, None)
-            self.tail_column_values = StoredMatrix(layer.tail_column_values, bits, group, f"{name}.tail_column_values")
+            self.tail_column_values = stored(TAIL_COLUMN_TENSOR)
+        self.has_slot_table = precomputed and self.band is not None
+        if self.has_slot_table:  # computed once here, then read from the table
+            self.register_buffer("band_slot_table", band_slots(self.dense_index, self.num_embeddings))
 
     def band_slots(self) -> torch.Tensor:
-        """Token id -> its row in the band, or -1 (computed in the graph: V integers, no stored table)."""
+        """Token id -> its row in the band, or -1 (computed in the graph: V integers, no stored table, unless
+        ``precomputed``)."""
+        if self.has_slot_table:
+            return self.band_slot_table
         return band_slots(self.dense_index, self.num_embeddings)
 
     def code_rows(self) -> torch.Tensor | None:
