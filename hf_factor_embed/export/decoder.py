@@ -78,9 +78,9 @@ class HiddenStates(nn.Module):
 def use_stored_factors(model, shortlist: int | None = None, precomputed: bool = False) -> int:
     """Swap every factorized layer of ``model`` (in place) for its stored-factor twin; a tied pair keeps sharing
     one set of factors; ``shortlist`` k: the head reads the tail's codes for k tokens a step (:mod:`.head`);
-    ``precomputed``: the low-rank factors, the band and the exact columns held as the fp32 values their integers
-    stand for and the token maps as tables, the codes kept as codes (for ExecuTorch, see :mod:`.executorch` and
-    :class:`.layers.ExportedFactors`). Returns how many layers were swapped."""
+    ``precomputed``: the low-rank factors, the band and the exact columns also held as the fp32 values their
+    integers stand for, and the token -> band slot map as a table; the codes kept as codes (for ExecuTorch, see
+    :mod:`.executorch` and :class:`.layers.ExportedFactors`). Returns how many layers were swapped."""
     config = getattr(model.config, "quantization_config", None)
     layers = factorized_layers(model)
     if config is None or not layers:

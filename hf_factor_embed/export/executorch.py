@@ -6,13 +6,13 @@ logits out); ``torch.export`` traces it with the stored-factor layers swapped in
 all core ATen), and ExecuTorch lowers what XNNPACK runs to its CPU kernels (``XnnpackPartitioner``); the rest runs on
 the portable kernels. The cache holds ``max_length`` positions, prompt and continuation together.
 
-The factors' matrices (the low-rank factors, the band, the exact columns) are held as the fp32 values their integers
-stand for, and the token maps as tables (:func:`~.decoder.use_stored_factors`'s ``precomputed``; exact, so greedy
-tokens stay transformers'): XNNPACK's matmuls take only float weights here (its integer kernels quantize the
-activations too), and ExecuTorch folds nothing at load, so integers would be dequantized by the portable kernels
-every step. On Gemma-3's main job
-that made the shortlist head alone 364 ms a step against 112 ms with floats (dense's head: 28 ms; one run each,
-beside a test run); the file grows by the matrices' fp32 bytes. The product-coded tail's codes stay uint8.
+The head's matmuls read the factors' matrices (the low-rank factors, the band, the exact columns) as the fp32 values
+their integers stand for, and the token -> band slot map is a table (:func:`~.decoder.use_stored_factors`'s
+``precomputed``; exact, so greedy tokens stay transformers'; the embedding still gathers the integers): XNNPACK's
+matmuls take only float weights here (its integer kernels quantize the activations too), and ExecuTorch folds
+nothing at load, so the portable kernels would dequantize the integers every step. On Gemma-3's main job that made
+the shortlist head alone 305 ms a step against 87 ms with floats (dense's head: 28 ms; ``benchmarks/head_step.py``);
+the file grows by the matrices' fp32 bytes. The product-coded tail's codes stay uint8.
 """
 
 from __future__ import annotations
