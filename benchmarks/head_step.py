@@ -1,6 +1,6 @@
 """One decode step of the output head alone, in ExecuTorch: where a step's time goes, op by op.
 
-    python benchmarks/head_step.py --checkpoint out/gemma3-en        # ~3 min on this CPU
+    python benchmarks/head_step.py --checkpoint out/gemma3-en        # ~1 min on this CPU
 
 The head is traced alone (one position's hidden state in, its logits out) and lowered as ``export --format
 executorch`` lowers a whole model (XNNPACK partitioner, the stored-factor layers): dense's fp32 head (an
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hf_factor_embed.export.decoder import use_stored_factors
 from hf_factor_embed.export.head import SHORTLIST
+from hf_factor_embed.export.layers import ExportedFactors, ExportedLMHead
 from hf_factor_embed.models.load import load_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -51,10 +51,13 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"head_step.py: error: no checkpoint at {args.checkpoint}")
     command = "python benchmarks/head_step.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     result = {"command": command, "calls": CALLS, "heads": {}}
+    model, _ = load_model(args.checkpoint)
+    layer, config = model.get_output_embeddings(), model.config.quantization_config
+    width = layer.embedding_dim
     heads = {"dense fp32": None, "ours, fp32 matrices": True, "ours, integers dequantized each step": False}
     with tempfile.TemporaryDirectory() as scratch:
         for label, precomputed in heads.items():
-            head, width = _head(args.checkpoint, args.shortlist, precomputed)
+            head = _head(layer, config, args.shortlist, precomputed)
             path = _lower(head, width, Path(scratch, "head.pte"))
             result["heads"][label] = _measure(path, width) | {"file_mb": path.stat().st_size / 1e6}
             print(label, json.dumps(result["heads"][label]), flush=True)
@@ -64,16 +67,15 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _head(checkpoint: Path, shortlist: int, precomputed: bool | None) -> tuple[nn.Module, int]:
-    """(the head, its input width): dense's ``nn.Linear`` where ``precomputed`` is None."""
-    model, _ = load_model(checkpoint)
-    head = model.get_output_embeddings()
-    width = head.embedding_dim
+def _head(layer, config, shortlist: int, precomputed: bool | None) -> nn.Module:
+    """The stored-factor head of the factorized ``layer`` as the export builds it (a file whose head reads a
+    shortlist holds the tail's codes only, unless ``precomputed``); dense's ``nn.Linear`` where ``precomputed`` is
+    None."""
     if precomputed is None:
         torch.manual_seed(0)
-        return Head(nn.Linear(width, head.num_embeddings, bias=False)).eval(), width
-    use_stored_factors(model, shortlist, precomputed=precomputed)
-    return Head(model.get_output_embeddings()).eval(), width
+        return Head(nn.Linear(layer.embedding_dim, layer.num_embeddings, bias=False)).eval()
+    factors = ExportedFactors(layer, config, "lm_head", tail_rows_only=True, precomputed=precomputed)
+    return Head(ExportedLMHead(layer, factors, shortlist=shortlist)).eval()
 
 
 def _lower(module: nn.Module, width: int, path: Path) -> Path:

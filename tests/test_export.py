@@ -265,8 +265,8 @@ def test_stored_matrix_reads_what_was_stored(bits, group):
 
 
 def test_precomputed_factors_keep_the_codes_as_codes():
-    """ExecuTorch's factors: the matrices as fp32 and the token maps as tables, the product-coded tail's codes still
-    uint8; the same rows and maps."""
+    """ExecuTorch's factors: the matrices also as fp32 and the token -> band slot map as a table, the product-coded
+    tail's codes still uint8 and every row's; the same rows and map."""
     from test_product_tail import wide_vocab_llama
 
     from hf_factor_embed.export.layers import ExportedFactors
