@@ -13,11 +13,19 @@ a token or short sequence repeated, or another script, where dense's is not). Wr
 ``benchmarks/results/generation.json`` with every continuation. ``--shortlist K`` decodes each checkpoint again with
 its head's shortlist (``FactorizedLMHead.use_shortlist``: the codes of K tail tokens a step) and reports its
 seconds and the continuations identical to the full head's.
+
+Beside them, in the same run: the dense embedding quantized as a user would instead (``--peers``, default int8 per
+row, int6 g16 and int4 g32: :mod:`hf_factor_embed.measure.peers`), judged the same way; greedy agreement is only
+meaningful beside them. For every continuation that loops, dense is fed the same text up to where the loop starts
+(:func:`~hf_factor_embed.measure.continuations.dense_loops_too`): a loop dense enters from there too is the base
+model's own, reached through a near-tie; both counts are reported. And ``from_pretrained`` seconds, best of 3, of
+dense's folder and of each checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -28,7 +36,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_factor_embed  # noqa: F401  (registers the integration: factorized checkpoints load)
-from hf_factor_embed.measure.continuations import compare, greedy, summarize
+from hf_factor_embed.measure.continuations import compare, greedy, mark_dense_loops, summarize
+from hf_factor_embed.measure.peers import quantization_peers
 from hf_factor_embed.models.bundled import bundled_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -81,31 +90,43 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=RESULTS / "generation.json")
     parser.add_argument("--shortlist", type=int, help="also decode with the head's shortlist of this many tokens")
+    parser.add_argument(
+        "--peers", default="int8,int6,int4", help=f"comma-separated, of {', '.join(PEERS)}; '' for none"
+    )
     args = parser.parse_args(argv)
     missing = [str(c) for c in args.checkpoint if not (c / "config.json").is_file()]
-    if missing or args.new_tokens < 1:
-        sys.exit(f"generation.py: error: no checkpoint at {missing[0]}" if missing else "--new-tokens must be > 0")
+    peers = [p for p in args.peers.split(",") if p]
+    if missing or args.new_tokens < 1 or set(peers) - set(PEERS):
+        problem = f"no checkpoint at {missing[0]}" if missing else "--new-tokens must be > 0"
+        if set(peers) - set(PEERS):
+            problem = f"unknown peer {sorted(set(peers) - set(PEERS))[0]!r}: pick from {', '.join(PEERS)}"
+        sys.exit(f"generation.py: error: {problem}")
 
     folder = bundled_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     groups = {p: group for group, prompts in PROMPTS.items() for p in prompts}
     torch.manual_seed(0)
+    load_seconds, dense_model = loaded(folder)
     started = time.perf_counter()
-    dense = greedy(AutoModelForCausalLM.from_pretrained(folder).eval(), tokenizer, list(groups), args.new_tokens)
+    dense = greedy(dense_model, tokenizer, list(groups), args.new_tokens)
     result = {"model": args.model, "new_tokens": args.new_tokens, "dense_seconds": time.perf_counter() - started}
     result["command"] = "python benchmarks/generation.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result["load_seconds"] = {"dense": load_seconds}
+    judge = functools.partial(judged, groups=groups, dense=dense, dense_model=dense_model, tokenizer=tokenizer)
+    result["peers"] = {}
+    for name in peers:
+        with PEERS[name].applied(dense_model):
+            started = time.perf_counter()
+            theirs = greedy(dense_model, tokenizer, list(groups), args.new_tokens)
+            seconds = time.perf_counter() - started
+        result["peers"][PEERS[name].name] = judge(PEERS[name].name, seconds, theirs)
     result["checkpoints"] = {}
     for checkpoint in args.checkpoint:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+        result["load_seconds"][str(checkpoint)], model = loaded(checkpoint)
         started = time.perf_counter()
         ours = greedy(model, tokenizer, list(groups), args.new_tokens)
-        rows = compare(tokenizer, groups, dense, ours)
-        result["checkpoints"][str(checkpoint)] = {
-            "seconds": time.perf_counter() - started,
-            "summary": summarize(rows),
-            "continuations": [r.as_dict() for r in rows],
-        }
-        print(render(str(checkpoint), rows), flush=True)
+        seconds = time.perf_counter() - started
+        result["checkpoints"][str(checkpoint)] = judge(str(checkpoint), seconds, ours)
         if args.shortlist:
             model.get_output_embeddings().use_shortlist(args.shortlist)
             started = time.perf_counter()
@@ -121,22 +142,47 @@ def main(argv: list[str] | None = None) -> None:
                 f"{result['dense_seconds']:.1f} s",
                 flush=True,
             )
+    print("from_pretrained, best of 3: " + ", ".join(f"{k} {v:.3f} s" for k, v in result["load_seconds"].items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+
+
+#: ``--peers`` names -> the dense embedding quantized as a user would instead.
+PEERS = {p.name.split()[0]: p for p in reversed(quantization_peers())}  # "int8" is per row, not "int8 g64"
+
+
+def loaded(folder: Path, times: int = 3):
+    """(best ``from_pretrained`` seconds of ``times``, the model of the last load, in eval mode)."""
+    seconds = []
+    for _ in range(times):
+        started = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        seconds.append(time.perf_counter() - started)
+    return min(seconds), model.eval()
+
+
+def judged(name: str, seconds: float, ours, *, groups, dense, dense_model, tokenizer) -> dict:
+    """Continuations ``ours`` beside ``dense``'s, loops checked against dense from the same text; printed."""
+    rows = compare(tokenizer, groups, dense, ours)
+    mark_dense_loops(rows, dense_model, tokenizer, ours)
+    print(render(name, rows), flush=True)
+    return {"seconds": seconds, "summary": summarize(rows), "continuations": [r.as_dict() for r in rows]}
 
 
 def render(name: str, rows) -> str:
     lines = [
         f"{name}: greedy continuations vs dense",
-        f"{'group':<24}{'prompts':>8}{'identical':>11}{'prefix':>8}{'degenerate':>12}",
+        f"{'group':<24}{'prompts':>8}{'identical':>11}{'prefix':>8}{'degenerate':>12}{'dense loops too':>17}",
     ]
     for group, s in summarize(rows).items():
         lines.append(
             f"{group:<24}{s['prompts']:>8}{s['identical']:>10.0%}{s['common_prefix']:>8.1f}{s['degenerate']:>12}"
+            f"{s.get('dense_loops_too', 0):>17}"
         )
     for r in rows:
         if r.degenerate:
-            lines.append(f"  degenerate: {r.prompt!r} -> {r.ours[:80]!r} (dense: {r.dense[:60]!r})")
+            dense_too = " (dense, fed the same text, loops too)" if r.dense_loops_too else ""
+            lines.append(f"  degenerate{dense_too}: {r.prompt!r} -> {r.ours[:80]!r} (dense: {r.dense[:60]!r})")
     return "\n".join(lines)
 
 

@@ -153,6 +153,37 @@ def test_a_float_checkpoint_with_a_nan_factor_is_refused(checkpoint):
         AutoModelForCausalLM.from_pretrained(checkpoint)
 
 
+def test_a_float_checkpoint_with_a_nan_band_row_is_refused(checkpoint):
+    """The band's rows are held column-major; the check reads them in memory order and still finds one NaN."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(checkpoint / "model.safetensors")
+    (key,) = [k for k in tensors if k.endswith("embed_tokens.dense_rows")]
+    tensors[key][-1, -1] = float("inf")
+    save_file(tensors, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="dense_rows holds NaN or infinite"):
+        AutoModelForCausalLM.from_pretrained(checkpoint)
+
+
+def test_an_integer_checkpoint_with_a_nan_codebook_is_refused(tmp_path):
+    """Tensors read from integers skip the finite check (their scales are checked); float ones still get it."""
+    from safetensors.torch import load_file, save_file
+    from test_product_tail import pq_model
+
+    folder = tmp_path / "pq"
+    model = pq_model()
+    hfe.densify(model)
+    method = hfe.factorize.banded.BandedMethod(0.5, tail="pq", tail_sub_dim=8, tail_rank=4, tail_exact_columns=4)
+    hfe.patch_model(model, rank=8, method=method, calibration=torch.arange(100, 140).repeat(20), bits=4)
+    model.save_pretrained(folder)
+    tensors = load_file(folder / "model.safetensors")
+    (key,) = [k for k in tensors if k.endswith("codebooks")]
+    tensors[key][0, 0, 0] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="codebooks holds NaN or infinite"):
+        AutoModelForCausalLM.from_pretrained(folder)
+
+
 def test_an_integer_product_coded_checkpoint_with_a_band_id_out_of_range_is_refused(tmp_path):
     """The band's ids are checked before the integers are read back through them (once a bare IndexError)."""
     from safetensors.torch import load_file, save_file

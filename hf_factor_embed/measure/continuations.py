@@ -7,6 +7,10 @@ once can repeat for the rest of the answer ("meshgridmeshgrid..."). Every prompt
 * it repeats: one token four times running, or a 2- to 4-token sequence three times running;
 * it changes script: most of its letters are of another script than the prompt's (Latin, Cyrillic, CJK, ...),
   while most of dense's are of the prompt's.
+
+A loop can be the dense model's own, reached through a near-tie: a base model that reads "... in the city" may
+answer ``<start_of_image>`` and repeat it. :func:`dense_loops_too` feeds dense the same text up to where the loop
+starts and says whether dense loops there as well; a report gives both counts, never the second alone.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class Continuation:
     common_prefix: int  # tokens equal from the start
     repeats: bool  # degenerate by repetition where dense does not repeat
     other_script: bool  # degenerate by script where dense keeps the prompt's
+    dense_loops_too: bool | None = None  # dense, fed this text up to the loop, loops too (None: not asked)
 
     @property
     def degenerate(self) -> bool:
@@ -92,12 +97,46 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 def repeats(tokens: list[int]) -> bool:
     """One token four times running, or a sequence of 2 to 4 tokens three times running."""
+    return loop_start(tokens) is not None
+
+
+def loop_start(tokens: list[int]) -> int | None:
+    """Where the first repetition that :func:`repeats` finds begins (None: there is none)."""
+    starts = []
     for n, times in ((1, 4), (2, 3), (3, 3), (4, 3)):
         for start in range(len(tokens) - n * times + 1):
             unit = tokens[start : start + n]
             if all(tokens[start + k * n : start + (k + 1) * n] == unit for k in range(1, times)):
-                return True
-    return False
+                starts.append(start)
+                break
+    return min(starts, default=None)
+
+
+@torch.no_grad()
+def dense_loops_too(dense_model, tokenizer, prompt: str, ours: list[int]) -> bool:
+    """Whether ``dense_model``, fed ``prompt`` and ``ours`` up to where its loop starts, repeats in its own greedy
+    continuation of the same length (the loop is then the dense model's, reached through a near-tie)."""
+    start = loop_start(ours)
+    if start is None:
+        return False
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    fed = torch.cat([ids, torch.tensor([ours[:start]], dtype=ids.dtype)], dim=1)
+    generated = dense_model.generate(
+        fed,
+        attention_mask=torch.ones_like(fed),
+        max_new_tokens=len(ours) - start,
+        min_new_tokens=len(ours) - start,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+    )
+    return repeats(generated[0, fed.shape[1] :].tolist())
+
+
+def mark_dense_loops(rows: list[Continuation], dense_model, tokenizer, ours: list[list[int]]) -> None:
+    """Set :attr:`Continuation.dense_loops_too` on each row that repeats (``ours``: the rows' token ids)."""
+    for row, tokens in zip(rows, ours, strict=True):
+        if row.repeats:
+            row.dense_loops_too = dense_loops_too(dense_model, tokenizer, row.prompt, tokens)
 
 
 def dominant_script(text: str) -> str | None:
@@ -122,6 +161,8 @@ def summarize(rows: list[Continuation]) -> dict[str, dict]:
             "common_prefix": sum(r.common_prefix for r in mine) / len(mine),
             "degenerate": sum(r.degenerate for r in mine),
         }
+        if any(r.dense_loops_too is not None for r in mine):  # asked: how many loops dense enters from there too
+            out[group]["dense_loops_too"] = sum(bool(r.dense_loops_too) for r in mine)
     return out
 
 

