@@ -1,7 +1,16 @@
-"""What a user deploying the model compares, in ONNX Runtime on this CPU: every file measured in the same run.
+"""What a user deploying the model compares, in ONNX Runtime or ExecuTorch on this CPU: every file measured in the
+same run.
 
     python benchmarks/deploy.py --checkpoint out/gemma3-en --dense bundled:gemma3 --keep /tmp/deploy  # 16 min a rerun
     python benchmarks/deploy.py --checkpoint out/gemma3-en --dense bundled:gemma3 --rows ours-int4 int4
+    python benchmarks/deploy.py --checkpoint out/gemma3-en --dense bundled:gemma3 --runtime executorch
+
+``--runtime executorch`` measures ``.pte`` programs instead (:mod:`deploy_executorch`: the whole model quantized by
+ExecuTorch's LLM export, ours by ``export --format executorch --body``), with the same measurements, the fp32
+program as the reference. Its default rows (``EXECUTORCH_ROWS``; ``--rows`` picks any below): fp32, the whole
+model int8 and int4, the int4 body with a dense embedding, ours with the int4 body and the full head (for its
+quality: a shortlist file's logits are -inf off its list), and the shortlist head with the fp32 and int4 bodies
+(what a user runs there: the full codes head decodes at a fraction of dense's speed in ExecuTorch).
 
 Rows (each an ONNX file, written here in a scratch folder):
 
@@ -31,7 +40,7 @@ llama.cpp's ``--kl-divergence`` reports them); and greedy continuations (32 toke
 
 Texts: served English held back (the first 20% of pydoc_data.topics, which compress holds back), English never
 calibrated on (/usr/share/common-licenses), three languages not served (gettext catalogs: de, ru, zh_CN).
-Writes ``benchmarks/results/deploy_<checkpoint name>.json``.
+Writes ``benchmarks/results/deploy_<checkpoint name>.json`` (``deploy_executorch_...`` for ExecuTorch).
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ ROWS = (
     "fp32", "int8", "int4", "body-int8", "body-int4",
     *(f"{kind}-{body}" for kind in ("ours", "shortlist") for body in BODIES),
 )  # fmt: skip
+EXECUTORCH_ROWS = ("fp32", "int8", "int4", "body-int4", "ours-int4", "shortlist-fp32", "shortlist-int4")
 TEXTS = {"pydoc (served, held back)": "pydoc", "licenses (never seen)": "licenses"}
 LANGUAGES = ("de", "ru", "zh_CN")
 PREFILL, WINDOW, NEW_TOKENS = 128, 128, 32
@@ -64,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="a factorized checkpoint folder")
     parser.add_argument("--dense", required=True, help="its dense model: a folder or bundled:NAME")
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to measure (fp32 always)")
+    parser.add_argument("--runtime", choices=("onnx", "executorch"), default="onnx")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, help="rows to measure (fp32 always); default: every row")
     parser.add_argument(
         "--keep", type=Path, help="write the files here (kept) instead of a scratch folder; where they are, reuse them"
     )
@@ -79,12 +90,20 @@ def main(argv: list[str] | None = None) -> dict:
     if not (args.checkpoint / "config.json").is_file():
         sys.exit(f"deploy.py: error: no checkpoint at {args.checkpoint}")
     check_model_name(args.dense, "--dense model")
-    rows = ["fp32", *[r for r in args.rows if r != "fp32"]]
+    chosen = args.rows or (EXECUTORCH_ROWS if args.runtime == "executorch" else ROWS)
+    rows = ["fp32", *[r for r in chosen if r != "fp32"]]
     result = {"command": "python benchmarks/deploy.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
+    result["runtime"] = args.runtime
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch)
         started = time.perf_counter()
-        files = _write_files(args.checkpoint, args.dense, rows, folder)
+        if args.runtime == "executorch":
+            from deploy_executorch import write_programs
+
+            folder = folder / "executorch"
+            files = write_programs(args.checkpoint, args.dense, rows, folder)
+        else:
+            files = _write_files(args.checkpoint, args.dense, rows, folder)
         result["export_seconds"] = time.perf_counter() - started
         inputs = _inputs(args.checkpoint, folder)
         result["rows"] = {}
@@ -94,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     _compare(result["rows"])
     print(render(args.checkpoint.name, result))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"deploy_{args.checkpoint.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    prefix = "deploy_executorch_" if args.runtime == "executorch" else "deploy_"
+    (RESULTS / f"{prefix}{args.checkpoint.name}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -222,10 +242,12 @@ def _child(path: Path, inputs: Path) -> dict:
 def _measure(path: Path, inputs_file: Path) -> dict:
     """In a fresh process: speed and peak memory, then quality on the texts (the fp32 file writes the reference)."""
     sys.path.insert(0, str(Path(__file__).parent))
+    from deploy_executorch import executorch_speed
     from export import decoder_speed  # the export benchmark's measure: load, prefill and decode, best of 3
 
     inputs = json.loads(inputs_file.read_text())
-    row, runtime = decoder_speed(path, np.array([inputs["prompt"]]))
+    speed = executorch_speed if path.suffix == ".pte" else decoder_speed
+    row, runtime = speed(path, np.array([inputs["prompt"]]))
     row["peak_rss_mb"] = _peak_rss_mb()
     row["greedy"] = [runtime.greedy(ids, NEW_TOKENS) for ids in inputs["prompts"]]
     row["texts"] = {}
@@ -308,7 +330,8 @@ def render(name: str, result: dict) -> str:
     rows = result["rows"]
     labels = list(rows["fp32"]["texts"])
     lines = [
-        f"{name}: ONNX Runtime, this CPU; perplexity / KL divergence from fp32 / same-top on {WINDOW}-token windows",
+        f"{name}: {'ExecuTorch (XNNPACK)' if result.get('runtime') == 'executorch' else 'ONNX Runtime'}, this CPU; "
+        f"perplexity / KL divergence from fp32 / same-top on {WINDOW}-token windows",
         f"{'file':<15}{'MB':>7}{'peak MB':>9}{'load s':>8}{'prefill':>9}{'decode':>8}{'greedy =':>10}  "
         + "  ".join(f"{label[:22]:>24}" for label in labels),
     ]
