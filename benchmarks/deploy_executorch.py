@@ -1,10 +1,12 @@
 """The ExecuTorch rows of ``benchmarks/deploy.py --runtime executorch``: each ``.pte`` a user would ship instead.
 
 - ``fp32``: the dense model as trained (``export_executorch``, XNNPACK-lowered, as the product lowers its own);
-- ``int8`` / ``int4``: the whole dense model quantized as ExecuTorch's LLM export does it
-  (``executorch.extension.llm.export.quantize.quantize_model_``): the linears, the head included, ``8da8w`` /
-  ``8da4w`` (int8 dynamic activations, int8 per-channel / int4 group-32 weights), the embedding table ``8w`` /
-  ``4w`` (group 32);
+- ``int8`` / ``int4``: the dense model quantized as ExecuTorch's LLM export does it for XNNPACK
+  (``executorch.extension.llm.export.quantize.quantize_model_``): every linear, the head included, ``8da8w`` /
+  ``8da4w`` (int8 dynamic activations, int8 per-channel / int4 group-32 weights). The embedding table stays fp32:
+  ExecuTorch's runtime has no quantized embedding kernel for XNNPACK (its Python runtime registers only
+  ``aten::embedding``; its own TTS export script disables embedding quantization for XNNPACK, saying so), so a
+  torchao-quantized table fails to lower ("Missing out variants: torchao::dequantize_affine");
 - ``body-int8`` / ``body-int4``: only the body's linears so (the embedding and head stay fp32): the same body as
   ours, with a dense embedding;
 - ``ours-*`` / ``shortlist-*``: ``hf-factor-embed export CKPT --format executorch --body ... [--head shortlist]``.
@@ -16,13 +18,10 @@ ExecuTorch's LLM runner feeds a program exported this way.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-REPEATS, DECODE = 3, 32
 
 
 class ExecuTorchSteps:
@@ -51,18 +50,9 @@ class ExecuTorchSteps:
 def executorch_speed(path: Path, prompt: np.ndarray) -> tuple[dict, ExecuTorchSteps]:
     """As ``export.decoder_speed`` measures an ONNX file: load, prefill of ``prompt`` (1, n) and 32 greedy tokens
     after it, best of 3 each."""
-    load = _best(lambda: ExecuTorchSteps(path))
-    runtime = ExecuTorchSteps(path)
-    prefill = _best(lambda: runtime.step(prompt, runtime.empty_cache()))
-    logits, position = runtime.step(prompt, runtime.empty_cache())
+    from export import decoder_speed
 
-    def decode() -> None:
-        step_logits, step_position = logits, position
-        for _ in range(DECODE):
-            step_logits, step_position = runtime.step(step_logits.argmax(-1)[:, None], step_position)
-
-    speed = {"load_s": load, "prefill_tok_s": prompt.shape[1] / prefill, "decode_tok_s": DECODE / _best(decode)}
-    return speed, runtime
+    return decoder_speed(path, prompt, ExecuTorchSteps)
 
 
 def write_programs(checkpoint: Path, dense_name: str, rows: list[str], folder: Path) -> dict[str, Path]:
@@ -91,17 +81,16 @@ def write_programs(checkpoint: Path, dense_name: str, rows: list[str], folder: P
 
 
 def quantize_dense(model, body: str, whole: bool) -> None:
-    """The dense model's linears as ``--body`` quantizes ours; with ``whole``, its head and embedding table too
-    (``quantize_model_``'s ``8w`` / ``4w`` embedding configs), as a user of ExecuTorch's LLM export ships it."""
+    """The dense model's body linears as ``--body`` quantizes ours; with ``whole``, its head too (an untied copy of
+    a tied table: the embedding stays fp32, see above), as a user of ExecuTorch's LLM export ships it."""
     from executorch.extension.llm.export.quantize import quantize_model_
 
     from hf_factor_embed.export.body import EXECUTORCH_CONFIG, _quiet
 
     # the body alone: the inner model holds every linear but the head (the CausalLM wrapper holds lm_head)
     target = model if whole else model.get_decoder()
-    embedding = {"qembedding_config": body[3:] + "w"} if whole else {}
     with _quiet():
-        quantize_model_(target, qlinear_config=EXECUTORCH_CONFIG[body], skip_incompatible_shapes=True, **embedding)
+        quantize_model_(target, qlinear_config=EXECUTORCH_CONFIG[body], skip_incompatible_shapes=True)
 
 
 def _fresh(path: Path) -> None:
@@ -110,12 +99,3 @@ def _fresh(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _best(function, repeats: int = REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)

@@ -155,11 +155,12 @@ def _decoder_speed(path: Path, tokenizer) -> dict:
     return decoder_speed(path, _prompt_ids(tokenizer, PREFILL))[0]
 
 
-def decoder_speed(path: Path, prompt: np.ndarray) -> tuple[dict, OnnxDecoder]:
+def decoder_speed(path: Path, prompt: np.ndarray, runtime_class=OnnxDecoder) -> tuple[dict, OnnxDecoder]:
     """Load (best of 3), prefill of ``prompt`` (1, n) and 32 greedy tokens after it (best of 3), in tokens/s; and
-    the session measured, for what else the caller measures."""
-    load = _best(lambda: OnnxDecoder(path))
-    runtime = OnnxDecoder(path)
+    the session measured, for what else the caller measures (``runtime_class``: anything with ``OnnxDecoder``'s
+    ``step`` and ``empty_cache``, opened from ``path``)."""
+    load = _best(lambda: runtime_class(path))
+    runtime = runtime_class(path)
     prefill = _best(lambda: runtime.step(prompt, runtime.empty_cache()))
     logits, cache = runtime.step(prompt, runtime.empty_cache())
 

@@ -143,65 +143,54 @@ def test_a_config_without_its_modules_is_refused_not_loaded_random(checkpoint):
 
 
 def test_a_float_checkpoint_with_a_nan_factor_is_refused(checkpoint):
-    from safetensors.torch import load_file, save_file
-
-    tensors = load_file(checkpoint / "model.safetensors")
-    (key,) = [k for k in tensors if k.endswith("embed_tokens.weight")]
-    tensors[key][VOCAB - 1, 0] = float("nan")  # a token outside the band
-    save_file(tensors, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    _edit_tensor(checkpoint, "embed_tokens.weight", lambda t: t[VOCAB - 1, :1].fill_(float("nan")))  # outside the band
     with pytest.raises(CheckpointError, match="NaN or infinite"):
         AutoModelForCausalLM.from_pretrained(checkpoint)
 
 
-def test_a_float_checkpoint_with_a_nan_band_row_is_refused(checkpoint):
-    """The band's rows are held column-major; the check reads them in memory order and still finds one NaN."""
+def _edit_tensor(folder: Path, suffix: str, edit) -> None:
+    """Apply ``edit`` to the one tensor of ``folder``'s checkpoint whose key ends with ``suffix``, in the file."""
     from safetensors.torch import load_file, save_file
 
-    tensors = load_file(checkpoint / "model.safetensors")
-    (key,) = [k for k in tensors if k.endswith("embed_tokens.dense_rows")]
-    tensors[key][-1, -1] = float("inf")
-    save_file(tensors, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    tensors = load_file(folder / "model.safetensors")
+    (key,) = [k for k in tensors if k.endswith(suffix)]
+    edit(tensors[key])
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def _integer_pq_checkpoint(folder: Path) -> int:
+    """A product-coded checkpoint with 4-bit factors at ``folder``; its vocabulary size."""
+    from test_product_tail import pq_model
+
+    model = pq_model()
+    hfe.densify(model)
+    method = hfe.factorize.banded.BandedMethod(0.5, tail="pq", tail_sub_dim=8, tail_rank=4, tail_exact_columns=4)
+    hfe.patch_model(model, rank=8, method=method, calibration=torch.arange(100, 140).repeat(20), bits=4)
+    model.save_pretrained(folder)
+    return model.get_input_embeddings().num_embeddings
+
+
+def test_a_float_checkpoint_with_a_nan_band_row_is_refused(checkpoint):
+    """The band's rows are held column-major; the check reads them in memory order and still finds one NaN."""
+    _edit_tensor(checkpoint, "embed_tokens.dense_rows", lambda t: t[-1].fill_(float("inf")))
     with pytest.raises(CheckpointError, match="dense_rows holds NaN or infinite"):
         AutoModelForCausalLM.from_pretrained(checkpoint)
 
 
 def test_an_integer_checkpoint_with_a_nan_codebook_is_refused(tmp_path):
     """Tensors read from integers skip the finite check (their scales are checked); float ones still get it."""
-    from safetensors.torch import load_file, save_file
-    from test_product_tail import pq_model
-
-    folder = tmp_path / "pq"
-    model = pq_model()
-    hfe.densify(model)
-    method = hfe.factorize.banded.BandedMethod(0.5, tail="pq", tail_sub_dim=8, tail_rank=4, tail_exact_columns=4)
-    hfe.patch_model(model, rank=8, method=method, calibration=torch.arange(100, 140).repeat(20), bits=4)
-    model.save_pretrained(folder)
-    tensors = load_file(folder / "model.safetensors")
-    (key,) = [k for k in tensors if k.endswith("codebooks")]
-    tensors[key][0, 0, 0] = float("nan")
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    _integer_pq_checkpoint(tmp_path)
+    _edit_tensor(tmp_path, "codebooks", lambda t: t[0, 0].fill_(float("nan")))
     with pytest.raises(CheckpointError, match="codebooks holds NaN or infinite"):
-        AutoModelForCausalLM.from_pretrained(folder)
+        AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
 def test_an_integer_product_coded_checkpoint_with_a_band_id_out_of_range_is_refused(tmp_path):
     """The band's ids are checked before the integers are read back through them (once a bare IndexError)."""
-    from safetensors.torch import load_file, save_file
-    from test_product_tail import pq_model
-
-    folder = tmp_path / "pq"
-    model = pq_model()
-    vocab = model.get_input_embeddings().num_embeddings
-    hfe.densify(model)
-    method = hfe.factorize.banded.BandedMethod(0.5, tail="pq", tail_sub_dim=8, tail_rank=4, tail_exact_columns=4)
-    hfe.patch_model(model, rank=8, method=method, calibration=torch.arange(100, 140).repeat(20), bits=4)
-    model.save_pretrained(folder)
-    tensors = load_file(folder / "model.safetensors")
-    (key,) = [k for k in tensors if k.endswith("dense_index")]
-    tensors[key][-1] = vocab
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    vocab = _integer_pq_checkpoint(tmp_path)
+    _edit_tensor(tmp_path, "dense_index", lambda t: t[-1:].fill_(vocab))
     with pytest.raises(CheckpointError, match=f"holds {vocab}, outside the vocabulary"):
-        AutoModelForCausalLM.from_pretrained(folder)
+        AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
 def test_a_folder_left_by_an_interrupted_run_is_refused_on_load(checkpoint):
