@@ -337,7 +337,13 @@ def render(name: str, result: dict) -> str:
     ]
     for label, r in rows.items():
         quality = (
-            [] if r["texts"] else [f"greedy as the full head's: {r.get('greedy_as_full', '?')}/{r['greedy_prompts']}"]
+            []
+            if r["texts"]
+            else [
+                f"greedy as the full head's: {r['greedy_as_full']}/{r['greedy_prompts']}"
+                if "greedy_as_full" in r
+                else "(no full-head file with its body in this run)"
+            ]
         )
         for text in labels if r["texts"] else ():
             s = r["texts"][text]
