@@ -87,9 +87,14 @@ def _band_skipping_layers(model: nn.Module, config: FactorEmbedConfig) -> dict[s
 
 def outside_band(layer: FactorizedLayer) -> torch.Tensor:
     """The token ids outside ``layer``'s band, in order: the rows a band-skipping tail stores."""
+    return outside_band_mask(layer).nonzero().squeeze(1)
+
+
+def outside_band_mask(layer: FactorizedLayer) -> torch.Tensor:
+    """(V,) bool: True for the tokens outside ``layer``'s band."""
     keep = torch.ones(layer.weight.shape[0], dtype=torch.bool, device=layer.dense_index.device)
     keep[layer.dense_index] = False
-    return keep.nonzero().squeeze(1)
+    return keep
 
 
 def _skip_band_rows(model, config, state: dict[str, torch.Tensor]) -> None:
@@ -194,8 +199,7 @@ def restore_from_placeholders(model: nn.Module, config: FactorEmbedConfig) -> No
 def _with_band_rows(layer: FactorizedLayer, rows: torch.Tensor, name: str = "") -> torch.Tensor:
     """A band-skipping tail's stored ``rows`` (one per token outside the band) as a tensor of every token's, the
     band's rows zero."""
-    outside = torch.ones(layer.weight.shape[0], dtype=torch.bool, device=rows.device)
-    outside[layer.dense_index.to(rows.device)] = False
+    outside = outside_band_mask(layer).to(rows.device)
     count = int(outside.sum())
     if rows.shape[0] != count:
         raise CheckpointError(
