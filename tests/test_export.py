@@ -262,6 +262,38 @@ def test_stored_matrix_reads_what_was_stored(bits, group):
     held_as_float = StoredMatrix(values, bits, group, "m", as_float=True)  # ExecuTorch's: products read fp32
     assert held_as_float.values.dtype == torch.float32 and torch.equal(held_as_float.matrix(), values)
     assert torch.equal(held_as_float.linear(x), x @ values.T) and torch.equal(held_as_float.rows(ids), values[ids])
+    in_nbits_layout = StoredMatrix(values, bits, group, "m", matmul_nbits=True)  # ONNX's: MatMulNBits' shapes
+    assert in_nbits_layout.matmul_nbits == (bits == 4)  # 4 bits in whole blocks of a power of two
+    if in_nbits_layout.matmul_nbits:  # the same bytes, (rows, blocks, bytes a block)
+        block = group or 128
+        assert in_nbits_layout.q.shape == (50, 128 // block, block // 2)
+        assert torch.equal(in_nbits_layout.q.flatten(1), stored.q)
+    assert torch.equal(in_nbits_layout.matrix(), values) and torch.equal(in_nbits_layout.rows(ids), values[ids])
+    torch.testing.assert_close(in_nbits_layout.linear(x), x @ values.T)
+
+
+def test_onnx_low_rank_products_read_the_stored_4bit_codes_with_matmul_nbits(tmp_path):
+    """A 4-bit A in whole blocks is a MatMulNBits weight in the file (ONNX Runtime reads the integers, nothing is
+    folded to floats), shared with the embedding's row gathers; greedy tokens are transformers'."""
+    from test_product_tail import wide_vocab_llama
+
+    calibration = torch.randint(1, 300, (4000,), generator=torch.Generator().manual_seed(1))
+    method = BandedMethod(0.5, tail="pq", tail_sub_dim=8, tail_rank=16, tail_exact_columns=4)
+    model = hfe.patch_model(wide_vocab_llama(), rank=24, method=method, calibration=calibration, bits=4)
+    assert model.model.embed_tokens.weight.shape[1] == 16  # A: 16 columns, one block of 16 a row
+    folder = tmp_path / "ckpt"
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+
+    report = export(folder, tmp_path / "onnx", format="onnx", body="int4", prompts=PROMPTS)
+
+    assert report.identical
+    graph = onnx.load(report.file).graph
+    factor_nodes = [n for n in graph.node if n.op_type == "MatMulNBits" and any("codes.q" in i for i in n.input)]
+    assert len(factor_nodes) == 1  # the head's low-rank part; the body's linears are the others
+    codes = [i for i in graph.initializer if i.name.endswith("codes.q")]
+    assert len(codes) == 1 and list(codes[0].dims)[1:] == [1, 8]  # one copy, in MatMulNBits' shape
+    assert report.quantized_linears == _body_linears(model)
 
 
 def test_precomputed_factors_keep_the_codes_as_codes():

@@ -121,7 +121,7 @@ def export(
     model, tokenizer = load_model(folder)
     reference = fp32_reference = _reference(model, tokenizer, kind, prompts)
     modules = list(factorized_layers(model))
-    use_stored_factors(model, head.shortlist, precomputed=format == "executorch")
+    use_stored_factors(model, head.shortlist, precomputed=format == "executorch", matmul_nbits=format == "onnx")
     quantized = 0
     if body != "fp32" and format == "executorch":  # quantized before tracing; the reference runs the same body
         quantized = quantize_torch_body(model, body)

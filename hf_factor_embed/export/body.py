@@ -52,7 +52,7 @@ def body_linear_nodes(ir_model) -> list[str]:
 def quantize_onnx_body(path: Path, body: str) -> int:
     """Quantize the body's MatMuls of the ONNX file ``path`` (:func:`.onnx.export_onnx` wrote it and named them in
     its metadata) in place to ``body`` ("int8" or "int4") with ONNX Runtime's own tools; returns how many linears
-    the written file runs quantized (counted from the file)."""
+    the written file runs quantized (counted from the file, less the factors' own)."""
     import onnx
 
     model = onnx.load(str(path))
@@ -63,6 +63,8 @@ def quantize_onnx_body(path: Path, body: str) -> int:
     nodes = [n for n in metadata.get(BODY_LINEARS, "").split(",") if n and weights.get(n) in constants]
     if not nodes:  # quantize_dynamic would read an empty list as "every MatMul"
         raise FactorEmbedError(f"{path} names no body linears in its metadata ({BODY_LINEARS}); export it again")
+    # the factors' own 4-bit products may be MatMulNBits already (.layers.StoredMatrix's matmul_nbits)
+    factor_ops = sum(node.op_type == QUANTIZED_OPS[body] for node in model.graph.node)
     with _quiet():
         if body == "int4":
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -80,7 +82,7 @@ def quantize_onnx_body(path: Path, body: str) -> int:
                 model, path, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
                 weight_type=QuantType.QInt8, per_channel=True,
             )  # fmt: skip
-    return count_ops(path, QUANTIZED_OPS[body])
+    return count_ops(path, QUANTIZED_OPS[body]) - factor_ops
 
 
 def count_ops(path: Path, op_type: str) -> int:

@@ -75,12 +75,15 @@ class HiddenStates(nn.Module):
         return ["last_hidden_state"]
 
 
-def use_stored_factors(model, shortlist: int | None = None, precomputed: bool = False) -> int:
+def use_stored_factors(
+    model, shortlist: int | None = None, precomputed: bool = False, matmul_nbits: bool = False
+) -> int:
     """Swap every factorized layer of ``model`` (in place) for its stored-factor twin; a tied pair keeps sharing
     one set of factors; ``shortlist`` k: the head reads the tail's codes for k tokens a step (:mod:`.head`);
     ``precomputed``: the low-rank factors, the band and the exact columns also held as the fp32 values their
     integers stand for, and the token -> band slot map as a table; the codes kept as codes (for ExecuTorch, see
-    :mod:`.executorch` and :class:`.layers.ExportedFactors`). Returns how many layers were swapped."""
+    :mod:`.executorch` and :class:`.layers.ExportedFactors`); ``matmul_nbits``: 4-bit factors' products as ONNX
+    Runtime's ``MatMulNBits`` (for ONNX). Returns how many layers were swapped."""
     config = getattr(model.config, "quantization_config", None)
     layers = factorized_layers(model)
     if config is None or not layers:
@@ -91,7 +94,12 @@ def use_stored_factors(model, shortlist: int | None = None, precomputed: bool = 
     for name, layer in layers.items():
         if id(layer.weight) not in shared:  # a tied head meets its embedding's factors here
             shared[id(layer.weight)] = ExportedFactors(
-                layer, config, name, tail_rows_only=shortlist is not None, precomputed=precomputed
+                layer,
+                config,
+                name,
+                tail_rows_only=shortlist is not None,
+                precomputed=precomputed,
+                matmul_nbits=matmul_nbits,
             )
         factors = shared[id(layer.weight)]
         swap = (

@@ -32,8 +32,20 @@ from ..layers.factorized import (
 from ..quantizer.rounding import TAIL_COLUMN_TENSOR, _group, dequantize, quantize
 
 
+def nbits_layout_fits(bits: int, group: int, cols: int) -> bool:
+    """Whether a matrix stored at ``bits`` in groups of ``group`` columns is, byte for byte, a ``MatMulNBits``
+    weight (ONNX Runtime's contrib op: 4-bit values offset by 8, low nibble first, a power-of-two block of at least
+    16 columns, whole blocks)."""
+    return bits == 4 and group >= 16 and group & (group - 1) == 0 and cols % group == 0
+
+
 class StoredMatrix(nn.Module):
     """A rows x cols float matrix held as stored: ``values`` (float), or integers ``q`` and fp16 ``scale``.
+
+    ``matmul_nbits``: 4-bit integers are held as ONNX Runtime's ``MatMulNBits`` reads its weight (where
+    :func:`nbits_layout_fits`: the same bytes, shaped (rows, blocks, bytes a block), scales in fp32), and an ONNX
+    export runs :meth:`linear` as that op: the file's runtime reads the integers instead of folding them to floats at
+    load (transformers and ExecuTorch run the products as before).
 
     ``as_float``: integers are also held as the fp32 ``values`` they stand for (exact: an 8-bit integer times an
     fp16 scale fits fp32's mantissa), which the products read (:meth:`linear`, :meth:`matrix`), for a runtime whose
@@ -42,11 +54,18 @@ class StoredMatrix(nn.Module):
     them twice (Gemma-3's main job: a 604.6 MB ``.pte``)."""
 
     def __init__(
-        self, values: torch.Tensor, bits: int | None, group: int | None, name: str, as_float: bool = False
+        self,
+        values: torch.Tensor,
+        bits: int | None,
+        group: int | None,
+        name: str,
+        as_float: bool = False,
+        matmul_nbits: bool = False,
     ) -> None:
         super().__init__()
-        self.bits, self.cols = bits, values.shape[1]
+        self.bits, self.rows_count, self.cols = bits, values.shape[0], values.shape[1]
         self.holds_floats = bits is None or as_float  # the products read ``values``
+        self.matmul_nbits = False
         if bits is None:  # float values as the checkpoint holds them (fp32, or the tail's fp16 columns)
             self.register_buffer("values", values.detach().contiguous())
             return
@@ -58,6 +77,9 @@ class StoredMatrix(nn.Module):
                 f"{name} is not what its checkpoint stores at {bits} bits (trained since it was saved?); "
                 "save it with save_pretrained and export the saved folder"
             )
+        self.matmul_nbits = matmul_nbits and not as_float and nbits_layout_fits(bits, self.group, self.cols)
+        if self.matmul_nbits:  # the same bytes, in MatMulNBits' shapes: (rows, blocks, bytes a block); fp32 scales
+            q, scale = q.reshape(self.rows_count, -1, self.group // 2), scale.float().reshape(-1)
         self.register_buffer("q", q)
         self.register_buffer("scale", scale)
         if as_float:
@@ -67,11 +89,11 @@ class StoredMatrix(nn.Module):
         """The float rows of ``ids`` (any shape): ``(*ids.shape, cols)``; only those rows are dequantized."""
         if self.bits is None:
             return F.embedding(ids, self.values).float()
-        return self._dequantize(self.q[ids], self.scale[ids])
+        return self._dequantize(self.q[ids], self._row_scales()[ids])
 
     def matrix(self) -> torch.Tensor:
         """The whole float matrix."""
-        return self.values.float() if self.holds_floats else self._dequantize(self.q, self.scale)
+        return self.values.float() if self.holds_floats else self._dequantize(self.q, self._row_scales())
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ matrix().T`` (``(..., cols) -> (..., rows)``); with one scale a row, the scales multiply the
@@ -79,12 +101,23 @@ class StoredMatrix(nn.Module):
         Runtime on Gemma-3's band: 4.3-5.4 ms a decode step against 4.9 ms, one run each.)"""
         if self.holds_floats:
             return F.linear(x, self.values.to(x.dtype))
+        if self.matmul_nbits and torch.onnx.is_in_onnx_export():
+            attributes = {"K": self.cols, "N": self.rows_count, "bits": self.bits, "block_size": self.group}
+            shape = (*x.shape[:-1], self.rows_count)
+            return torch.onnx.ops.symbolic(
+                "com.microsoft::MatMulNBits", (x, self.q, self.scale), attributes, dtype=x.dtype, shape=shape, version=1
+            )
         if self.group >= self.cols:
-            return F.linear(x, self._integers(self.q).float()) * self.scale[:, 0].float()
+            return F.linear(x, self._integers(self.q).float()) * self._row_scales()[:, 0].float()
         return F.linear(x, self.matrix())
+
+    def _row_scales(self) -> torch.Tensor:
+        return self.scale.reshape(self.rows_count, -1) if self.matmul_nbits else self.scale
 
     def _integers(self, q: torch.Tensor) -> torch.Tensor:
         """The stored integers as int8, ``(..., cols)``: 4-bit ones unpacked."""
+        if self.matmul_nbits:  # (..., blocks, bytes a block) -> (..., bytes)
+            q = q.flatten(-2)
         if self.bits == 4:  # two values a byte, low nibble first, offset by 8 (quantize's packing)
             # remainder and floor division rather than & and >>: those are not in core ATen (ExecuTorch refuses them)
             low, high = torch.remainder(q, 16), torch.div(q, 16, rounding_mode="floor")
@@ -109,6 +142,10 @@ class ExportedFactors(nn.Module):
     (:class:`StoredMatrix`'s ``as_float``), the token -> band slot map as a table (V int64), and every row's codes
     (a token -> code row table would cost about what leaving out the band's codes saves: ``tail_rows_only`` is
     ignored).
+
+    ``matmul_nbits`` (ONNX): 4-bit matrices in whole power-of-two groups are held in the layout of ONNX Runtime's
+    ``MatMulNBits`` and their products run as that op (:func:`nbits_layout_fits`), instead of a float matrix the
+    runtime folds from the integers at load (on Gemma-3 the low-rank codes A, 262,144 x 16).
     """
 
     def __init__(
@@ -118,6 +155,7 @@ class ExportedFactors(nn.Module):
         name: str,
         tail_rows_only: bool = False,
         precomputed: bool = False,
+        matmul_nbits: bool = False,
     ) -> None:
         super().__init__()
         self.num_embeddings = layer.num_embeddings
@@ -125,7 +163,9 @@ class ExportedFactors(nn.Module):
 
         def stored(tensor: str) -> StoredMatrix:
             values = getattr(layer, tensor)
-            return StoredMatrix(values, *precision(tensor), f"{name}.{tensor}", as_float=precomputed)
+            return StoredMatrix(
+                values, *precision(tensor), f"{name}.{tensor}", as_float=precomputed, matmul_nbits=matmul_nbits
+            )
 
         self.codes, self.basis = stored("weight"), stored("basis")
         self.band = None
