@@ -468,3 +468,18 @@ def test_a_shortlist_needs_a_whole_number_of_tokens_and_a_coded_tail(shortlist):
         pq_model().get_output_embeddings().use_shortlist(shortlist)
     with pytest.raises(hfe.FactorEmbedError, match="low-rank tail"):
         hfe.patch_model(tiny_llama(), rank=8).get_output_embeddings().use_shortlist(16)
+
+
+@pytest.mark.parametrize("positions", [1, 3])
+def test_code_sums_in_eager_torch_equal_the_exported_gather_bit_for_bit(positions, monkeypatch):
+    """transformers reads the listed codes by flat offsets, an exported graph by a gather along the centroids: the
+    same sums, so the file's greedy tokens can be checked against transformers'."""
+    from hf_factor_embed.layers import factorized
+
+    generator = torch.Generator().manual_seed(0)
+    tables = torch.randn(positions, 256, 40, generator=generator)[..., 8:]  # a stage's subspaces, as sliced
+    codes = torch.randint(0, 256, (1000, 40), generator=generator).to(torch.uint8)
+    rows = torch.randint(0, 1000, (positions, 77), generator=generator)
+    eager = factorized._code_sum(tables, codes, rows, skip=8)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    assert torch.equal(eager, factorized._code_sum(tables, codes, rows, skip=8))

