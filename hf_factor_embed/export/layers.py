@@ -30,6 +30,7 @@ from ..layers.factorized import (
     shortlist_tail_logits,
 )
 from ..quantizer.rounding import TAIL_COLUMN_TENSOR, _group, dequantize, quantize
+from ..quantizer.storage import outside_band_mask
 
 
 def nbits_layout_fits(bits: int, group: int, cols: int) -> bool:
@@ -117,8 +118,8 @@ class StoredMatrix(nn.Module):
         """``linear`` a group of columns at a time, the scales applied to the (rows, groups) products: what ONNX
         Runtime folds at load is the integers laid out as (groups, group, rows), then cast to float: one float
         matrix; the dequantized one went through a cast, an expand of the scales, a product and a transpose, each a
-        matrix at once (Gemma-3's band: 51 MB each; the int4 shortlist file's load peak 914 -> 815 MB over ... ,
-        decode tokens/s unchanged)."""
+        matrix at once (Gemma-3's band: 51 MB each; with the low-rank codes as ``MatMulNBits`` the int4 shortlist
+        file's load peak went 988 -> 703 MB, decode tokens/s unchanged: ``benchmarks/deploy.py``)."""
         groups = self.cols // self.group
         # laid out while still integers, then cast: one float matrix folded, not two
         weights = self._integers(self.q).reshape(self.rows_count, groups, self.group).permute(1, 2, 0).float()
@@ -194,8 +195,7 @@ class ExportedFactors(nn.Module):
                 if tensor != TAIL_COLUMN_TENSOR:
                     self.register_buffer(tensor, getattr(layer, tensor).detach().clone())
             if self.tail_rows_only:  # the band's rows read the band: their codes are not stored
-                in_tail = torch.ones(self.num_embeddings, dtype=torch.bool).index_fill(0, self.dense_index, False)
-                self.tail_codes = self.tail_codes[in_tail].contiguous()
+                self.tail_codes = self.tail_codes[outside_band_mask(layer)].contiguous()
             self.tail_column_values = stored(TAIL_COLUMN_TENSOR)
         self.has_slot_table = precomputed and self.band is not None
         if self.has_slot_table:  # computed once here, then read from the table
