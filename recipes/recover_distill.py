@@ -86,15 +86,17 @@ def main() -> None:
         train, teacher = CachedTeacherBlocks(train, args.teacher_cache), None
         gc.collect()
     settings = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if f.name != "output_dir"}
-    summary = distill(student, train, held_back, DistillConfig(output_dir=str(out), **settings), teacher=teacher)
+    launched = state.num_processes > 1
+    config = DistillConfig(output_dir=str(out), **settings)
+    summary = distill(student, train, held_back, config, teacher=teacher, end_training=not launched)
     if state.is_main_process:
         tokenizer.save_pretrained(out)
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
         print(json.dumps(summary, indent=1))
-    if state.num_processes > 1:
-        # Everything is written and the process group is gone (end_training). A CI run saw the main process print
-        # this summary and then hang at interpreter exit (a futex wait, its peer already gone) until killed;
-        # hangs at distributed teardown are known upstream (pytorch/pytorch#75097). A launched worker leaves now.
+    if launched:
+        # Everything is written and every process passed distill's last barrier. A launched worker leaves now,
+        # without the process group's teardown or the interpreter's: CI runs hung in both after printing this
+        # summary (pytorch/pytorch#75097), the launcher waiting on a worker until killed.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

@@ -108,7 +108,7 @@ def _make_tracker_class():
     return type("JsonLinesGeneralTracker", (JsonLinesTracker, GeneralTracker), {})
 
 
-def distill(student, train_data, eval_data, config: DistillConfig, *, teacher=None) -> dict:
+def distill(student, train_data, eval_data, config: DistillConfig, *, teacher=None, end_training: bool = True) -> dict:
     """Train ``student`` (a factorized model) towards ``teacher`` on ``train_data``; save it to
     ``config.output_dir`` with ``save_pretrained`` (beside ``checkpoints/`` and ``log.jsonl``); return a summary
     (steps, tokens, seconds, evaluations).
@@ -117,6 +117,11 @@ def distill(student, train_data, eval_data, config: DistillConfig, *, teacher=No
     (:class:`~hf_factor_embed.recovery.teacher_cache.CachedTeacherBlocks`) it also yields ``topk_values`` /
     ``topk_ids`` and ``teacher`` may be None. ``eval_data`` (blocks) gives the perplexity logged every
     ``eval_every`` steps and at the end.
+
+    ``end_training`` calls ``accelerator.end_training()`` last (trackers finished, the process group destroyed).
+    A launched worker that leaves by ``os._exit`` once the summary is written passes False: its trackers are
+    finished and every process has passed a last barrier, and it skips the group's teardown, which can hang
+    (pytorch/pytorch#75097; seen twice in this project's CI on two CPU processes).
     """
     run = _prepare(student, train_data, eval_data, config, teacher)
     done, evaluations = _train(run, config)
@@ -125,7 +130,11 @@ def distill(student, train_data, eval_data, config: DistillConfig, *, teacher=No
         evaluations.append(_evaluate(accelerator, model, run.eval_loader, run.progress))
     in_sync = _replicas_in_sync(accelerator, run.params)
     _save(accelerator, model, Path(config.output_dir))
-    accelerator.end_training()
+    if end_training:
+        accelerator.end_training()
+    else:
+        for tracker in accelerator.trackers:
+            tracker.finish()
     return {
         "stopped_by": done,
         **run.progress.state_dict(),
