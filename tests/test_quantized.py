@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import hf_factor_embed as hfe
 from hf_factor_embed import CheckpointError, FactorEmbedError
-from hf_factor_embed.quantizer.rounding import dequantize, quantize, stored_shapes
+from hf_factor_embed.quantizer.rounding import dequantize, dequantize_column_major, quantize, stored_shapes
 from hf_factor_embed.quantizer.structure import factorized_layers
 
 
@@ -104,6 +104,16 @@ def test_quantize_is_idempotent_and_within_half_a_step(shape, bits, group):
     assert torch.equal(quantize(back, bits, group)[0], q)
 
 
+@pytest.mark.parametrize("shape", [(4099, 16), (300, 640), (5, 179), (2050, 11)])
+@pytest.mark.parametrize(("bits", "group"), [(8, 64), (8, None), (4, 32), (4, 16)])
+def test_column_major_reading_holds_the_row_major_values_bit_for_bit(shape, bits, group):
+    # what loading writes A and the band with; its blocks and the partial last group must not change a value
+    q, scale = quantize(torch.randn(shape, generator=torch.Generator().manual_seed(1)), bits, group)
+    rows = dequantize(q, scale, bits, shape[1], group)
+    columns = dequantize_column_major(q, scale, bits, shape[1], group)
+    assert columns.stride() == (1, shape[0]) and torch.equal(columns, rows)
+
+
 def rewrite(path, **changes) -> None:
     """Overwrite some tensors of a saved checkpoint (what a damaged or hand-edited file looks like)."""
     stored = tensors(path)
@@ -161,14 +171,17 @@ def test_loading_integer_factors_logs_no_false_corruption_warning(calibrated, tm
     assert not [w for w in warnings if "seem corrupted" in w]
 
 
-@pytest.mark.parametrize("damage", ["zero", "nan", "shape"])
+DAMAGED_SCALES = {"zero": 0.0, "negative zero": -0.0, "negative": -0.5, "nan": float("nan"), "inf": float("inf")}
+
+
+@pytest.mark.parametrize("damage", [*DAMAGED_SCALES, "shape"])
 def test_a_damaged_scale_tensor_is_refused(damage, tmp_path):
     hfe.patch_model(tiny_llama(), rank=16, calibration=calibration(), bits=8).save_pretrained(tmp_path)
     scale = tensors(tmp_path)["model.embed_tokens.weight_scale"].clone()
     if damage == "shape":
         scale = scale[:-1]
     else:
-        scale[3] = 0 if damage == "zero" else float("nan")
+        scale[3] = DAMAGED_SCALES[damage]
     rewrite(tmp_path, **{"model.embed_tokens.weight_scale": scale})
     with pytest.raises(CheckpointError, match="weight_scale") as error:
         AutoModelForCausalLM.from_pretrained(tmp_path)

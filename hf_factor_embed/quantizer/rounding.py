@@ -68,21 +68,30 @@ def quantize(w: torch.Tensor, bits: int, group: int | None) -> tuple[torch.Tenso
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, bits: int, cols: int, group: int | None) -> torch.Tensor:
     """The float32 matrix (rows x cols) that :func:`quantize` stored."""
+    rows = q.shape[0]
     if bits == 4:
         low, high = (q & 0xF).to(torch.int8) - 8, (q >> 4).to(torch.int8) - 8
-        q = torch.stack([low, high], dim=-1).reshape(q.shape[0], -1)
+        q = torch.stack([low, high], dim=-1).reshape(rows, -1)
     g = _group(cols, group)
     groups = scale.shape[1]
-    values = torch.nn.functional.pad(q[:, :cols].float(), (0, groups * g - cols)).reshape(q.shape[0], groups, g)
-    return (values * scale.float().unsqueeze(-1)).reshape(q.shape[0], -1)[:, :cols]
+    scales = scale.float().unsqueeze(-1)
+    if groups * g == cols and q.shape[1] == cols:
+        # whole groups (every layout the plan writes): the integers promote to float32 inside the product, one
+        # pass instead of a padded float copy and then the product; the same values to the bit
+        return (q.reshape(rows, groups, g) * scales).reshape(rows, cols)
+    values = torch.nn.functional.pad(q[:, :cols].float(), (0, groups * g - cols)).reshape(rows, groups, g)
+    return (values * scales).reshape(rows, -1)[:, :cols]
 
 
 def dequantize_column_major(
-    q: torch.Tensor, scale: torch.Tensor, bits: int, cols: int, group: int | None, block: int = 2048
+    q: torch.Tensor, scale: torch.Tensor, bits: int, cols: int, group: int | None, block_values: int = 1 << 17
 ) -> torch.Tensor:
     """:func:`dequantize` straight into the head's column-major layout (:func:`.layers.head_layout`): a block of
-    rows at a time, so the full float matrix is written once instead of twice (dequantize, then transpose)."""
+    rows at a time, so the full float matrix is written once instead of twice (dequantize, then transpose). Blocks
+    hold about ``block_values`` values (512 KB of float32): a fixed row count made a narrow matrix's
+    blocks so small that per-call overhead dominated (Gemma-3's 16-column A: 128 calls)."""
     rows = q.shape[0]
+    block = max(1, block_values // max(cols, 1))
     out = torch.empty(cols, rows, dtype=torch.float32, device=q.device)
     for start in range(0, rows, block):
         stop = min(start + block, rows)

@@ -163,7 +163,14 @@ def add_placeholders(model: nn.Module, config: FactorEmbedConfig) -> list[str]:
 
 def _check_scales(scale: torch.Tensor, name: str) -> None:
     """Saved scales are finite and positive (:func:`.quantize.quantize` clamps them); anything else is damage."""
-    if not (torch.isfinite(scale).all() and (scale > 0).all()):
+    if scale.dtype == torch.float16:
+        # as int16, a positive finite half is 0 < bits < 0x7C00 (+inf); one integer pass, where float16
+        # comparisons on CPU convert every element
+        bits = scale.view(torch.int16)
+        valid = bool(((bits > 0) & (bits < 0x7C00)).all())
+    else:
+        valid = bool((torch.isfinite(scale) & (scale > 0)).all())
+    if not valid:
         bad = int((~torch.isfinite(scale) | (scale <= 0)).sum())
         raise CheckpointError(
             f"{bad} of the {scale.numel()} scales in {name} are zero, negative or not finite: the checkpoint is "
@@ -206,6 +213,10 @@ def _with_band_rows(layer: FactorizedLayer, rows: torch.Tensor, name: str = "") 
             f"{name or 'the tail'} holds {rows.shape[0]} rows but the band leaves {count} tokens outside it: "
             "an edited or damaged checkpoint; save the model again"
         )
-    full = rows.new_zeros(layer.weight.shape[0], *rows.shape[1:])
-    full[outside] = rows  # a mask, not index_copy with the ids: a third less time at Gemma-3's 242k rows
-    return full
+    # Rows copied as int64 words where they divide into them (Gemma-3's 128 code bytes: 16 words): the copy's
+    # cost is per element, 19 -> 10 ms for the codes; a mask, not index_copy with the ids: a third less time
+    words = rows.dim() == 2 and rows.is_contiguous() and rows.shape[1] * rows.element_size() % 8 == 0
+    packed = rows.view(torch.int64) if words else rows
+    full = packed.new_zeros(layer.weight.shape[0], *packed.shape[1:])
+    full[outside] = packed
+    return full.view(rows.dtype) if words else full
