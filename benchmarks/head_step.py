@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from torch import nn
 
 from hf_factor_embed.export.head import SHORTLIST
 from hf_factor_embed.export.layers import ExportedFactors, ExportedLMHead
+from hf_factor_embed.export.target import RUNTIMES
 from hf_factor_embed.models.load import load_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -74,7 +76,8 @@ def _head(layer, config, shortlist: int, precomputed: bool | None) -> nn.Module:
     if precomputed is None:
         torch.manual_seed(0)
         return Head(nn.Linear(layer.embedding_dim, layer.num_embeddings, bias=False)).eval()
-    factors = ExportedFactors(layer, config, "lm_head", tail_rows_only=True, precomputed=precomputed)
+    runtime = RUNTIMES["executorch"] if precomputed else replace(RUNTIMES["executorch"], precomputed=False)
+    factors = ExportedFactors(layer, config, "lm_head", shortlist=True, runtime=runtime)
     return Head(ExportedLMHead(layer, factors, shortlist=shortlist)).eval()
 
 

@@ -17,7 +17,9 @@ from hf_factor_embed.cli import main
 from hf_factor_embed.export import export
 from hf_factor_embed.export.decoder import use_stored_factors
 from hf_factor_embed.export.runtime import OnnxDecoder
+from hf_factor_embed.export.target import PLAIN, RUNTIMES
 from hf_factor_embed.factorize.banded import BandedMethod
+from hf_factor_embed.layers.factorized import SHORTLIST_PARTIAL
 
 #: Long enough to pass tiny Gemma-3's sliding window below, and to make the greedy check more than one token.
 PROMPTS = [tiny_words(12, seed=3), tiny_words(5, seed=4)]
@@ -312,6 +314,9 @@ def test_onnx_low_rank_products_read_the_stored_4bit_codes_with_matmul_nbits(tmp
     assert report.quantized_linears == _body_linears(model)
 
 
+EXECUTORCH = RUNTIMES["executorch"]
+
+
 def test_precomputed_factors_keep_the_codes_as_codes():
     """ExecuTorch's factors: the matrices also as fp32 and the token -> band slot map as a table, the product-coded
     tail's codes still uint8 and every row's; the same rows and map."""
@@ -324,7 +329,7 @@ def test_precomputed_factors_keep_the_codes_as_codes():
     model = hfe.patch_model(wide_vocab_llama(), rank=16, method=method, calibration=calibration, bits=4)
     layer = model.model.embed_tokens
     stored, floats = (
-        ExportedFactors(layer, model.config.quantization_config, "embed", precomputed=f) for f in (False, True)
+        ExportedFactors(layer, model.config.quantization_config, "embed", runtime=r) for r in (PLAIN, EXECUTORCH)
     )
     ids = torch.arange(layer.num_embeddings)
     assert floats.tail_codes.dtype == torch.uint8 and stored.band.q.dtype == torch.int8
@@ -333,16 +338,35 @@ def test_precomputed_factors_keep_the_codes_as_codes():
     assert torch.equal(floats.tail_rows(ids), stored.tail_rows(ids))
     assert torch.equal(floats.band_slot_table, stored.band_slots())
     config = model.config.quantization_config
-    shortlisted = ExportedFactors(layer, config, "embed", tail_rows_only=True, precomputed=True)
+    shortlisted = ExportedFactors(layer, config, "embed", shortlist=True, runtime=EXECUTORCH)
     assert shortlisted.code_rows() is None and torch.equal(shortlisted.tail_codes, stored.tail_codes)  # every row's
+    # the shortlist's first stage reads its codes as int32 offsets held ready: code + subspace x centroids
+    first = shortlisted.first_offsets
+    m, centroids = layer.tail_codes.shape[1], layer.codebooks.shape[1]
+    assert first.dtype == torch.int32 and first.shape == (layer.num_embeddings, m // SHORTLIST_PARTIAL)
+    within = torch.arange(first.shape[1], dtype=torch.int32) * centroids
+    assert torch.equal(first, layer.tail_codes[:, : first.shape[1]].int() + within)
+    assert stored.first_offsets is None and floats.first_offsets is None  # only a shortlist head reads them
 
 
-def _shortlist_head(shortlist: int):
+@pytest.mark.parametrize("runtime", ["onnx", "executorch"])
+def test_each_runtimes_shortlist_reads_the_same_logits(runtime):
+    """The runtimes' layouts (gather along the centroids / flat offsets, codes cast per step / offsets held ready)
+    give the eager layer's shortlist logits to the bit, for one position and for several."""
+    full, head = _shortlist_head(shortlist=8, runtime=RUNTIMES[runtime])
+    _, eager = _shortlist_head(shortlist=8)
+    hidden = torch.randn(3, 2, full.embedding_dim, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for positions in (hidden[:1, :1], hidden):
+            assert torch.equal(head(positions), eager(positions))
+
+
+def _shortlist_head(shortlist: int, runtime=PLAIN):
     from test_product_tail import pq_model
 
     model = pq_model()
     full = model.get_output_embeddings()
-    use_stored_factors(model, shortlist)
+    use_stored_factors(model, shortlist, runtime)
     return full, model.get_output_embeddings()
 
 

@@ -117,11 +117,12 @@ def export(
     from ..quantizer.structure import factorized_layers
     from .body import quantize_onnx_body, quantize_torch_body
     from .decoder import use_stored_factors
+    from .target import RUNTIMES
 
     model, tokenizer = load_model(folder)
     reference = fp32_reference = _reference(model, tokenizer, kind, prompts)
     modules = list(factorized_layers(model))
-    use_stored_factors(model, head.shortlist, precomputed=format == "executorch", matmul_nbits=format == "onnx")
+    use_stored_factors(model, head.shortlist, RUNTIMES[format])
     quantized = 0
     if body != "fp32" and format == "executorch":  # quantized before tracing; the reference runs the same body
         quantized = quantize_torch_body(model, body)

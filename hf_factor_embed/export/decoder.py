@@ -20,6 +20,7 @@ from ..errors import FactorEmbedError
 from ..layers.factorized import FactorizedEmbedding
 from ..quantizer.structure import factorized_layers
 from .layers import ExportedEmbedding, ExportedFactors, ExportedLMHead
+from .target import PLAIN, RuntimeLayout
 
 
 def cache_shape(config) -> tuple[int, int, int]:
@@ -75,15 +76,11 @@ class HiddenStates(nn.Module):
         return ["last_hidden_state"]
 
 
-def use_stored_factors(
-    model, shortlist: int | None = None, precomputed: bool = False, matmul_nbits: bool = False
-) -> int:
+def use_stored_factors(model, shortlist: int | None = None, runtime: RuntimeLayout = PLAIN) -> int:
     """Swap every factorized layer of ``model`` (in place) for its stored-factor twin; a tied pair keeps sharing
     one set of factors; ``shortlist`` k: the head reads the tail's codes for k tokens a step (:mod:`.head`);
-    ``precomputed``: the low-rank factors, the band and the exact columns also held as the fp32 values their
-    integers stand for, and the token -> band slot map as a table; the codes kept as codes (for ExecuTorch, see
-    :mod:`.executorch` and :class:`.layers.ExportedFactors`); ``matmul_nbits``: 4-bit factors' products as ONNX
-    Runtime's ``MatMulNBits`` (for ONNX). Returns how many layers were swapped."""
+    ``runtime``: how the file's runtime reads the factors (:mod:`.target`: ``RUNTIMES[format]``). Returns how many
+    layers were swapped."""
     config = getattr(model.config, "quantization_config", None)
     layers = factorized_layers(model)
     if config is None or not layers:
@@ -94,12 +91,7 @@ def use_stored_factors(
     for name, layer in layers.items():
         if id(layer.weight) not in shared:  # a tied head meets its embedding's factors here
             shared[id(layer.weight)] = ExportedFactors(
-                layer,
-                config,
-                name,
-                tail_rows_only=shortlist is not None,
-                precomputed=precomputed,
-                matmul_nbits=matmul_nbits,
+                layer, config, name, shortlist=shortlist is not None, runtime=runtime
             )
         factors = shared[id(layer.weight)]
         swap = (

@@ -21,16 +21,19 @@ from torch import nn
 from ..config import FactorEmbedConfig
 from ..errors import FactorEmbedError
 from ..layers.factorized import (
+    SHORTLIST_PARTIAL,
     TAIL_CODE_TENSORS,
     FactorizedEmbedding,
     FactorizedLayer,
     FactorizedLMHead,
     band_slots,
+    code_offsets,
     product_code_parts,
     shortlist_tail_logits,
 )
 from ..quantizer.rounding import TAIL_COLUMN_TENSOR, _group, dequantize, quantize
 from ..quantizer.storage import outside_band_mask
+from .target import PLAIN, RuntimeLayout
 
 
 def nbits_layout_fits(bits: int, group: int, cols: int) -> bool:
@@ -148,20 +151,17 @@ class StoredMatrix(nn.Module):
 class ExportedFactors(nn.Module):
     """What a factorized layer (and its tied twin) reads: A, B, the band and the tail's product codes.
 
-    ``tail_rows_only``: the codes of the tail's rows only (the band's rows read the band), for a file whose head
-    reads a shortlist. Not for the full head: it reads every subspace's column of the codes, and ONNX Runtime 1.32
-    folds each at load from a copy of the table when the table is under about 32 MB (Gemma-3's main job: 242,189 rows of
-    128 codes, a 4.6 GB peak at load against 1.7 GB with all 262,144 rows, whose table it leaves unfolded).
+    ``shortlist``: the head reads a shortlist (:func:`~hf_factor_embed.layers.factorized.shortlist_tail_logits`), so
+    the codes are of the tail's rows only (the band's rows read the band). Not for the full head: it reads every
+    subspace's column of the codes, and ONNX Runtime 1.32 folds each at load from a copy of the table when the table
+    is under about 32 MB (Gemma-3's main job: 242,189 rows of 128 codes, a 4.6 GB peak at load against 1.7 GB with
+    all 262,144 rows, whose table it leaves unfolded).
 
-    ``precomputed``: what the graph would otherwise compute from constants every call is held ready, for a runtime
-    that folds nothing at load (ExecuTorch; ONNX Runtime folds them): the matrices' fp32 values for the products
-    (:class:`StoredMatrix`'s ``as_float``), the token -> band slot map as a table (V int64), and every row's codes
-    (a token -> code row table would cost about what leaving out the band's codes saves: ``tail_rows_only`` is
-    ignored).
-
-    ``matmul_nbits`` (ONNX): 4-bit matrices in whole power-of-two groups are held in the layout of ONNX Runtime's
-    ``MatMulNBits`` and their products run as that op (:func:`nbits_layout_fits`), instead of a float matrix the
-    runtime folds from the integers at load (on Gemma-3 the low-rank codes A, 262,144 x 16).
+    ``runtime`` (:class:`.target.RuntimeLayout`): what the runtime's file holds and how its graph reads it. Where
+    ``precomputed``, every row's codes are kept (a token -> code row table would cost about what leaving out the
+    band's codes saves) and the matrices are also held as fp32 values (:class:`StoredMatrix`'s ``as_float``);
+    where ``matmul_nbits``, 4-bit matrices in MatMulNBits' layout; where ``offset_codes`` and ``shortlist``, the
+    first stage's codes as int32 flat offsets (``first_offsets``).
     """
 
     def __init__(
@@ -169,18 +169,23 @@ class ExportedFactors(nn.Module):
         layer: FactorizedLayer,
         config: FactorEmbedConfig,
         name: str,
-        tail_rows_only: bool = False,
-        precomputed: bool = False,
-        matmul_nbits: bool = False,
+        shortlist: bool = False,
+        runtime: RuntimeLayout = PLAIN,
     ) -> None:
         super().__init__()
         self.num_embeddings = layer.num_embeddings
+        self.lookups = runtime.lookups
         precision = config.precision if config.bits else (lambda tensor: (None, None))
+        precomputed = runtime.precomputed
 
         def stored(tensor: str) -> StoredMatrix:
             values = getattr(layer, tensor)
             return StoredMatrix(
-                values, *precision(tensor), f"{name}.{tensor}", as_float=precomputed, matmul_nbits=matmul_nbits
+                values,
+                *precision(tensor),
+                f"{name}.{tensor}",
+                as_float=precomputed,
+                matmul_nbits=runtime.matmul_nbits,
             )
 
         self.codes, self.basis = stored("weight"), stored("basis")
@@ -189,7 +194,8 @@ class ExportedFactors(nn.Module):
             self.band = stored("dense_rows")
             self.register_buffer("dense_index", layer.dense_index.detach().clone())
         self.has_tail_codes = layer.has_tail_codes
-        self.tail_rows_only = tail_rows_only and self.has_tail_codes and self.band is not None and not precomputed
+        self.tail_rows_only = shortlist and self.has_tail_codes and self.band is not None and not precomputed
+        self.register_buffer("first_offsets", None)
         if self.has_tail_codes:
             for tensor in TAIL_CODE_TENSORS:
                 if tensor != TAIL_COLUMN_TENSOR:
@@ -197,6 +203,9 @@ class ExportedFactors(nn.Module):
             if self.tail_rows_only:  # the band's rows read the band: their codes are not stored
                 self.tail_codes = self.tail_codes[outside_band_mask(layer)].contiguous()
             self.tail_column_values = stored(TAIL_COLUMN_TENSOR)
+            if shortlist and runtime.offset_codes:
+                first = self.tail_codes[:, : self.tail_codes.shape[1] // SHORTLIST_PARTIAL]
+                self.first_offsets = code_offsets(first, self.codebooks.shape[1])
         self.has_slot_table = precomputed and self.band is not None
         if self.has_slot_table:  # computed once here, then read from the table
             self.register_buffer("band_slot_table", band_slots(self.dense_index, self.num_embeddings))
@@ -320,6 +329,14 @@ class ExportedLMHead(nn.Module):
         rotated = F.linear(flat, f.tail_rotation.float())
         band_index = None if f.band is None else f.dense_index
         logits = shortlist_tail_logits(
-            coarse, rotated, f.tail_codes, f.codebooks, self.shortlist, band_index, code_rows=f.code_rows()
+            coarse,
+            rotated,
+            f.tail_codes,
+            f.codebooks,
+            self.shortlist,
+            band_index,
+            code_rows=f.code_rows(),
+            lookups=f.lookups,
+            first_offsets=f.first_offsets,
         )
         return logits.reshape(*hidden_states.shape[:-1], -1)

@@ -123,6 +123,9 @@ def shortlist_tail_logits(
     shortlist: int,
     band_index: torch.Tensor | None,
     code_rows: torch.Tensor | None = None,
+    *,
+    lookups: str | None = None,
+    first_offsets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The tail's full logits for ``shortlist`` tail tokens, -inf for every other token (the band's columns
     included: the caller writes them): ``(n, V)``.
@@ -139,8 +142,10 @@ def shortlist_tail_logits(
     ``code_rows`` (V,): token id -> its row of ``codes`` where those hold the tail's rows only (an exported file).
     The codes are read with a gather along the centroids of the (K, m) tables: entry [t, s] reads
     ``tables[codes[t, s], s]``, the codes as stored, never transposed (ONNX Runtime, Gemma-3's 16,384 x 128 listed
-    codes: 6.5x faster than a gather of flat offsets; a transposed int64 index cost 13.5 ms a step more). Plain
-    tensor ops: transformers runs it, and torch's exporters trace it as it is (:mod:`hf_factor_embed.export`).
+    codes: 6.5x faster than a gather of flat offsets; a transposed int64 index cost 13.5 ms a step more), or by flat
+    offsets (``lookups``: see :func:`_code_sum`). ``first_offsets`` (rows of ``codes``, m / ``SHORTLIST_PARTIAL``)
+    int32: the first stage's codes as flat offsets held ready, ``codes[:, s] + s * K`` (:func:`code_offsets`).
+    Plain tensor ops: transformers runs it, and torch's exporters trace it as it is (:mod:`hf_factor_embed.export`).
     """
     m, _, sub_dim = codebooks.shape
     tables = torch.einsum("nms,mks->nkm", rotated.unflatten(-1, (m, sub_dim)), codebooks.to(rotated.dtype))
@@ -152,32 +157,61 @@ def shortlist_tail_logits(
     rows = listed if code_rows is None else code_rows[listed]
     partial = m // SHORTLIST_PARTIAL if listed.shape[-1] > kept else 0
     if partial:  # stage two: the first subspaces of every listed token's codes, then the best ``kept`` of them
-        logits = logits + _code_sum(tables[..., :partial], codes[:, :partial], rows)
+        first = tables[..., :partial]
+        if first_offsets is None:
+            logits = logits + _code_sum(first, codes[:, :partial], rows, lookups=lookups)
+        else:
+            n, k = rows.shape
+            offsets = first_offsets.index_select(0, rows.flatten()).view(n, k, partial)
+            logits = logits + _offset_sum(first, offsets)
         best = logits.topk(kept, dim=-1, sorted=False).indices
         listed, rows, logits = listed.gather(-1, best), rows.gather(-1, best), logits.gather(-1, best)
-    logits = logits + _code_sum(tables[..., partial:], codes, rows, partial)
+    logits = logits + _code_sum(tables[..., partial:], codes, rows, partial, lookups=lookups)
     return torch.full_like(coarse, float("-inf")).scatter(-1, listed, logits)
 
 
-def _code_sum(tables: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor, skip: int = 0) -> torch.Tensor:
+def code_offsets(codes: torch.Tensor, centroids: int) -> torch.Tensor:
+    """``codes`` (rows, s) as int32 flat offsets into one position's (K, s) lookup tables read column by column:
+    ``codes[:, j] + j * K``."""
+    return codes.int() + torch.arange(codes.shape[1], dtype=torch.int32, device=codes.device) * centroids
+
+
+def _code_sum(
+    tables: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor, skip: int = 0, lookups: str | None = None
+) -> torch.Tensor:
     """Per listed token (its row of ``codes``), the sum over subspaces of ``tables[:, codes[row, skip + s], s]``:
     ``(n, k)``.
 
     The rows are gathered with one flat ``index_select`` (ONNX ``Gather``: a (n, k) index becomes ``GatherND``,
     slower). A constant slice of the codes (``codes[:, :m1]``, the first stage) is folded by ONNX Runtime at load;
     the second stage slices the k gathered rows instead, as it reads few.
+
+    ``lookups`` "gather": the entries by a gather along the centroids; "flat": by flat int32 offsets into the
+    tables, one ``index_select`` (:func:`_offset_sum`; Gemma-3's first stage in eager torch, 65,536 x 32 lookups:
+    4.6 ms against 11 ms for the gather); the same sums bit for bit. None: "gather" while ``torch.export`` traces
+    (ONNX Runtime's choice, :mod:`hf_factor_embed.export.target`), "flat" in eager torch.
     """
     n, k = rows.shape
     picked = codes.index_select(0, rows.flatten()).view(n, k, -1)[..., skip:]  # (n, k, subspaces)
-    if torch.compiler.is_exporting():  # ONNX Runtime and ExecuTorch: the gather along the centroids (see above)
+    if lookups is None:
+        lookups = "gather" if torch.compiler.is_exporting() else "flat"
+    if lookups == "gather":
         return tables.gather(1, picked.long()).sum(-1)
-    # eager torch: the same entries by flat offsets into the tables, one index_select with int32 indices (Gemma-3's
-    # first stage, 65,536 x 32 lookups: 4.6 ms against 11 ms for the gather); the same sums, bit for bit
     _, centroids, subspaces = tables.shape
+    index_dtype = torch.int32 if tables.numel() < 2**31 else torch.int64
+    within = torch.arange(subspaces, dtype=index_dtype, device=picked.device) * centroids
+    return _offset_sum(tables, picked.to(index_dtype) + within)
+
+
+def _offset_sum(tables: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``(n, k)``: per position and listed token, the sum of ``tables``' entries (n, K, s) at ``offsets`` (n, k, s),
+    each an offset into its position's tables read column by column (code + subspace x K)."""
+    n, centroids, subspaces = tables.shape
     flat = tables.transpose(1, 2).reshape(-1)  # (n * subspaces * centroids,)
-    index_dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
-    starts = torch.arange(n * subspaces, dtype=index_dtype, device=picked.device).view(n, 1, subspaces) * centroids
-    return flat.index_select(0, (picked.to(index_dtype) + starts).flatten()).view(n, k, subspaces).sum(-1)
+    if not (isinstance(n, int) and n == 1):  # each position reads its own tables (a traced batch may be any size)
+        starts = torch.arange(n, dtype=offsets.dtype, device=offsets.device) * (subspaces * centroids)
+        offsets = offsets + starts.view(n, 1, 1)
+    return flat.index_select(0, offsets.flatten()).view(n, offsets.shape[1], subspaces).sum(-1)
 
 
 class FactorizedLayer(nn.Module):

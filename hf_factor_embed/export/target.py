@@ -1,0 +1,49 @@
+"""What an exported file holds for each runtime and how its graph reads the factors: the one place the runtimes
+differ. Everything else the export writes (the stored integers, the shortlist's two stages, the cache interface) is
+the same for ONNX Runtime and ExecuTorch, and each choice below was measured on the runtime it is made for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+#: How a step reads the product codes' lookup tables (:func:`~hf_factor_embed.layers.factorized.shortlist_tail_logits`).
+Lookups = Literal["gather", "flat"]
+
+
+@dataclass(frozen=True)
+class RuntimeLayout:
+    """How the stored-factor layers (:mod:`.layers`) lay out the factors for one runtime.
+
+    ``precomputed``: what the graph would compute from constants every call is held ready, for a runtime that
+    folds nothing at load (ExecuTorch; ONNX Runtime folds constants itself): the matrices' fp32 values beside
+    their integers for the products, the token -> band slot map as a table, every row's codes.
+
+    ``matmul_nbits``: 4-bit matrices in whole power-of-two blocks are held in ONNX Runtime's ``MatMulNBits``
+    layout and multiplied by that op, instead of a float matrix the runtime folds from the integers at load.
+
+    ``lookups``: ``"gather"`` reads ``tables[codes[t, s], s]`` with a gather along the centroids (ONNX Runtime:
+    6.5x faster than flat offsets on Gemma-3's 16,384 x 128 listed codes); ``"flat"`` adds each code to its
+    subspace's offset into the flattened tables and reads them with one ``index_select`` (ExecuTorch's portable
+    kernels: the gather and its int64 index cost 79 ms a head step on Gemma-3, flat int32 offsets 55 ms).
+
+    ``offset_codes``: the shortlist's first stage reads its codes as int32 flat offsets held ready (code + subspace
+    x centroids), so no step casts 2.1M uint8 codes to an index (ExecuTorch's portable cast: about 10 ns an element,
+    20 ms a Gemma-3 step); the file holds V x m/4 int32 more (Gemma-3: 33.5 MB).
+    """
+
+    name: str
+    precomputed: bool = False
+    matmul_nbits: bool = False
+    lookups: Lookups = "gather"
+    offset_codes: bool = False
+
+
+#: The layout a stored-factor model has when no runtime is named (tests, ``torch.export`` by hand).
+PLAIN = RuntimeLayout("plain")
+#: ``export --format`` -> its layout.
+RUNTIMES = {
+    "onnx": RuntimeLayout("onnx", matmul_nbits=True),
+    "executorch": RuntimeLayout("executorch", precomputed=True, lookups="flat", offset_codes=True),
+}
