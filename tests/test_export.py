@@ -339,22 +339,25 @@ def test_precomputed_factors_keep_the_codes_as_codes():
     assert torch.equal(floats.band_slot_table, stored.band_slots())
     config = model.config.quantization_config
     shortlisted = ExportedFactors(layer, config, "embed", shortlist=True, runtime=EXECUTORCH)
-    assert shortlisted.code_rows() is None and torch.equal(shortlisted.tail_codes, stored.tail_codes)  # every row's
-    # the shortlist's first stage reads its codes as int32 offsets held ready: code + subspace x centroids
-    first = shortlisted.first_offsets
+    # a shortlist head's codes, every row's, held as int32 offsets (code + subspace x centroids) in two tables split
+    # after the first stage; the uint8 codes are not kept, and the embedding's rows read the offsets
+    assert shortlisted.code_rows() is None and shortlisted.tail_codes is None
+    first, rest = shortlisted.held_offsets()
     m, centroids = layer.tail_codes.shape[1], layer.codebooks.shape[1]
-    assert first.dtype == torch.int32 and first.shape == (layer.num_embeddings, m // SHORTLIST_PARTIAL)
-    within = torch.arange(first.shape[1], dtype=torch.int32) * centroids
-    assert torch.equal(first, layer.tail_codes[:, : first.shape[1]].int() + within)
-    assert stored.first_offsets is None and floats.first_offsets is None  # only a shortlist head reads them
+    assert first.dtype == rest.dtype == torch.int32 and first.shape == (layer.num_embeddings, m // SHORTLIST_PARTIAL)
+    within = torch.arange(m, dtype=torch.int32) * centroids
+    assert torch.equal(torch.cat([first, rest], 1), layer.tail_codes.int() + within)
+    assert torch.equal(shortlisted.tail_rows(ids), stored.tail_rows(ids))
+    assert stored.held_offsets() is None and floats.held_offsets() is None  # only a shortlist head reads them
 
 
+@pytest.mark.parametrize("shortlist", [8, 10**6])  # two stages; a list so long that the first is skipped
 @pytest.mark.parametrize("runtime", ["onnx", "executorch"])
-def test_each_runtimes_shortlist_reads_the_same_logits(runtime):
+def test_each_runtimes_shortlist_reads_the_same_logits(runtime, shortlist):
     """The runtimes' layouts (gather along the centroids / flat offsets, codes cast per step / offsets held ready)
     give the eager layer's shortlist logits to the bit, for one position and for several."""
-    full, head = _shortlist_head(shortlist=8, runtime=RUNTIMES[runtime])
-    _, eager = _shortlist_head(shortlist=8)
+    full, head = _shortlist_head(shortlist=shortlist, runtime=RUNTIMES[runtime])
+    _, eager = _shortlist_head(shortlist=shortlist)
     hidden = torch.randn(3, 2, full.embedding_dim, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         for positions in (hidden[:1, :1], hidden):

@@ -196,6 +196,7 @@ class ExportedFactors(nn.Module):
         self.has_tail_codes = layer.has_tail_codes
         self.tail_rows_only = shortlist and self.has_tail_codes and self.band is not None and not precomputed
         self.register_buffer("first_offsets", None)
+        self.register_buffer("rest_offsets", None)
         if self.has_tail_codes:
             for tensor in TAIL_CODE_TENSORS:
                 if tensor != TAIL_COLUMN_TENSOR:
@@ -203,9 +204,11 @@ class ExportedFactors(nn.Module):
             if self.tail_rows_only:  # the band's rows read the band: their codes are not stored
                 self.tail_codes = self.tail_codes[outside_band_mask(layer)].contiguous()
             self.tail_column_values = stored(TAIL_COLUMN_TENSOR)
-            if shortlist and runtime.offset_codes:
-                first = self.tail_codes[:, : self.tail_codes.shape[1] // SHORTLIST_PARTIAL]
-                self.first_offsets = code_offsets(first, self.codebooks.shape[1])
+            if shortlist and runtime.offset_codes:  # the codes as offsets only: the embedding's rows read them too
+                offsets = code_offsets(self.tail_codes, self.codebooks.shape[1])
+                split = offsets.shape[1] // SHORTLIST_PARTIAL
+                self.first_offsets, self.rest_offsets = offsets[:, :split].contiguous(), offsets[:, split:].contiguous()
+                self.tail_codes = None
         self.has_slot_table = precomputed and self.band is not None
         if self.has_slot_table:  # computed once here, then read from the table
             self.register_buffer("band_slot_table", band_slots(self.dense_index, self.num_embeddings))
@@ -232,9 +235,25 @@ class ExportedFactors(nn.Module):
         rows = self.code_rows()
         return ids if rows is None else rows[ids]
 
+    def held_offsets(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(first, rest): the codes as int32 flat offsets, split after the shortlist's first stage, where the
+        runtime reads them so (:class:`.target.RuntimeLayout`'s ``offset_codes``); else None."""
+        return None if self.first_offsets is None else (self.first_offsets, self.rest_offsets)
+
     def tail_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = product_code_parts(self._code_ids(ids), self.tail_codes, self.codebooks) @ self.tail_rotation.float()
+        rows = self._code_parts(self._code_ids(ids)) @ self.tail_rotation.float()
         return rows.index_copy(rows.dim() - 1, self.tail_columns, self.tail_column_values.rows(ids))
+
+    def _code_parts(self, rows: torch.Tensor) -> torch.Tensor:
+        """The product-coded parts of code ``rows`` (any shape) before the rotation, from the codes or the offsets
+        (the same centroids: an offset is the row of the (m * K, sub_dim) codebooks)."""
+        if self.first_offsets is None:
+            return product_code_parts(rows, self.tail_codes, self.codebooks)
+        flat = rows.flatten()
+        offsets = torch.cat([self.first_offsets.index_select(0, flat), self.rest_offsets.index_select(0, flat)], -1)
+        m, centroids, sub_dim = self.codebooks.shape
+        parts = self.codebooks.reshape(m * centroids, sub_dim).index_select(0, offsets.flatten())
+        return parts.view(*rows.shape, m * sub_dim)
 
     def tail_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Per position and subspace the state's dot products with the centroids, then a gather-sum per token, one
@@ -242,8 +261,8 @@ class ExportedFactors(nn.Module):
         step (measured in ONNX Runtime on Gemma-3's 262,144 x 80 codes, this CPU, beside another job: 446 ms a step
         against 206 ms one subspace at a time). Reads every row's codes: only a shortlist file holds the tail's alone
         (``tail_rows_only``), and its head never calls this."""
-        if self.tail_rows_only:
-            raise FactorEmbedError("the full head reads every row's codes; these factors hold the tail's rows only")
+        if self.tail_rows_only or self.tail_codes is None:
+            raise FactorEmbedError("the full head reads every row's codes; these factors are a shortlist head's")
         m, k, s = self.codebooks.shape
         rotated = F.linear(hidden_states, self.tail_rotation.float())
         tables = torch.einsum("...ms,mks->...mk", rotated.unflatten(-1, (m, s)), self.codebooks.float())
@@ -337,6 +356,6 @@ class ExportedLMHead(nn.Module):
             band_index,
             code_rows=f.code_rows(),
             lookups=f.lookups,
-            first_offsets=f.first_offsets,
+            offsets=f.held_offsets(),
         )
         return logits.reshape(*hidden_states.shape[:-1], -1)

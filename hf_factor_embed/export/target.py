@@ -28,9 +28,11 @@ class RuntimeLayout:
     subspace's offset into the flattened tables and reads them with one ``index_select`` (ExecuTorch's portable
     kernels: the gather and its int64 index cost 79 ms a head step on Gemma-3, flat int32 offsets 55 ms).
 
-    ``offset_codes``: the shortlist's first stage reads its codes as int32 flat offsets held ready (code + subspace
-    x centroids), so no step casts 2.1M uint8 codes to an index (ExecuTorch's portable cast: about 10 ns an element,
-    20 ms a Gemma-3 step); the file holds V x m/4 int32 more (Gemma-3: 33.5 MB).
+    ``offset_codes``: a shortlist head's codes are held as int32 flat offsets ready (code + subspace x centroids) in
+    place of the uint8 codes, split after the first stage, so no step casts 2.9M codes to an index (ExecuTorch's
+    portable cast: about 10 ns an element). Gemma-3's head step in ExecuTorch: 55.1 ms with the codes cast, 33.2
+    with the first stage's offsets held, 26.2 with all of them (dense's head: 23-24; ``benchmarks/head_step.py``),
+    for a file 4x the codes' bytes (262,144 x 128: 33.5 -> 134.2 MB).
     """
 
     name: str

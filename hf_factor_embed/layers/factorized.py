@@ -125,7 +125,7 @@ def shortlist_tail_logits(
     code_rows: torch.Tensor | None = None,
     *,
     lookups: str | None = None,
-    first_offsets: torch.Tensor | None = None,
+    offsets: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The tail's full logits for ``shortlist`` tail tokens, -inf for every other token (the band's columns
     included: the caller writes them): ``(n, V)``.
@@ -143,9 +143,10 @@ def shortlist_tail_logits(
     The codes are read with a gather along the centroids of the (K, m) tables: entry [t, s] reads
     ``tables[codes[t, s], s]``, the codes as stored, never transposed (ONNX Runtime, Gemma-3's 16,384 x 128 listed
     codes: 6.5x faster than a gather of flat offsets; a transposed int64 index cost 13.5 ms a step more), or by flat
-    offsets (``lookups``: see :func:`_code_sum`). ``first_offsets`` (rows of ``codes``, m / ``SHORTLIST_PARTIAL``)
-    int32: the first stage's codes as flat offsets held ready, ``codes[:, s] + s * K`` (:func:`code_offsets`).
-    Plain tensor ops: transformers runs it, and torch's exporters trace it as it is (:mod:`hf_factor_embed.export`).
+    offsets (``lookups``: see :func:`_code_sum`). ``offsets`` (first, rest): the codes held ready as int32 flat
+    offsets, ``codes[:, s] + s * K`` (:func:`code_offsets`), split after the first stage's m / ``SHORTLIST_PARTIAL``
+    subspaces; ``codes`` is then not read. Plain tensor ops: transformers runs it, and torch's exporters trace it as
+    it is (:mod:`hf_factor_embed.export`).
     """
     m, _, sub_dim = codebooks.shape
     tables = torch.einsum("nms,mks->nkm", rotated.unflatten(-1, (m, sub_dim)), codebooks.to(rotated.dtype))
@@ -157,17 +158,31 @@ def shortlist_tail_logits(
     rows = listed if code_rows is None else code_rows[listed]
     partial = m // SHORTLIST_PARTIAL if listed.shape[-1] > kept else 0
     if partial:  # stage two: the first subspaces of every listed token's codes, then the best ``kept`` of them
-        first = tables[..., :partial]
-        if first_offsets is None:
-            logits = logits + _code_sum(first, codes[:, :partial], rows, lookups=lookups)
+        if offsets is None:
+            logits = logits + _code_sum(tables[..., :partial], codes[:, :partial], rows, lookups=lookups)
         else:
-            n, k = rows.shape
-            offsets = first_offsets.index_select(0, rows.flatten()).view(n, k, partial)
-            logits = logits + _offset_sum(first, offsets)
+            logits = logits + _offset_sum(tables, _held_offsets(offsets, rows, first=True))
         best = logits.topk(kept, dim=-1, sorted=False).indices
         listed, rows, logits = listed.gather(-1, best), rows.gather(-1, best), logits.gather(-1, best)
-    logits = logits + _code_sum(tables[..., partial:], codes, rows, partial, lookups=lookups)
+    if offsets is None:
+        logits = logits + _code_sum(tables[..., partial:], codes, rows, partial, lookups=lookups)
+    else:
+        logits = logits + _offset_sum(tables, _held_offsets(offsets, rows, first=False, whole=not partial))
     return torch.full_like(coarse, float("-inf")).scatter(-1, listed, logits)
+
+
+def _held_offsets(
+    offsets: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor, first: bool, whole: bool = False
+) -> torch.Tensor:
+    """``(n, k, s)``: the listed rows' offsets held ready, of the first stage's subspaces (``first``), of the rest,
+    or of all of them (``whole``: the list was short enough to skip the first stage)."""
+    n, k = rows.shape
+    flat = rows.flatten()
+    if whole:
+        picked = torch.cat([part.index_select(0, flat) for part in offsets], dim=-1)
+    else:
+        picked = offsets[0 if first else 1].index_select(0, flat)
+    return picked.view(n, k, -1)
 
 
 def code_offsets(codes: torch.Tensor, centroids: int) -> torch.Tensor:
@@ -204,14 +219,14 @@ def _code_sum(
 
 
 def _offset_sum(tables: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """``(n, k)``: per position and listed token, the sum of ``tables``' entries (n, K, s) at ``offsets`` (n, k, s),
-    each an offset into its position's tables read column by column (code + subspace x K)."""
+    """``(n, k)``: per position and listed token, the sum of ``tables``' entries (n, K, m) at ``offsets`` (n, k, s),
+    each an offset into its position's tables read column by column (code + subspace x K; any s of the m)."""
     n, centroids, subspaces = tables.shape
     flat = tables.transpose(1, 2).reshape(-1)  # (n * subspaces * centroids,)
     if not (isinstance(n, int) and n == 1):  # each position reads its own tables (a traced batch may be any size)
         starts = torch.arange(n, dtype=offsets.dtype, device=offsets.device) * (subspaces * centroids)
         offsets = offsets + starts.view(n, 1, 1)
-    return flat.index_select(0, offsets.flatten()).view(n, offsets.shape[1], subspaces).sum(-1)
+    return flat.index_select(0, offsets.flatten()).view(offsets.shape).sum(-1)
 
 
 class FactorizedLayer(nn.Module):
