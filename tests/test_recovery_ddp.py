@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,9 +43,19 @@ def tiny_pair(tmp_path_factory) -> tuple[Path, Path, Path]:
     return root / "student", root / "teacher", root / "train.txt"
 
 
+def free_port() -> str:
+    """A port nothing listens on now, for a launch's rendezvous. Launchers default to 29500: two launches at once on
+    one machine (two test sessions; CI beside a developer's run) would join each other's process group, and one such
+    run here hung until its timeout."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
 def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", RECIPE, *args]
+    command += ["--num_machines", "1", "--main_process_port", free_port()]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no", RECIPE, *args]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 
@@ -88,7 +99,8 @@ def test_the_shipped_fsdp_config_on_two_cpu_processes(tiny_pair, tmp_path):
     student, teacher, text = tiny_pair
     out = tmp_path / "fsdp"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG)]
-    command += ["--num_processes", "2", "--mixed_precision", "no", RECIPE, "--student", str(student)]
+    command += ["--num_processes", "2", "--main_process_port", free_port(), "--mixed_precision", "no"]
+    command += [RECIPE, "--student", str(student)]
     command += ["--teacher", str(teacher), "--text", str(text), "--out", str(out), "--block-size", "32"]
     command += ["--eval-blocks", "4", "--batch-size", "2", "--lr", "0.01", "--max-steps", "3", "--train", "all"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -133,7 +145,8 @@ def test_a_factorized_student_shards_and_trains_under_fsdp2_on_two_cpu_processes
     student, teacher, _ = tiny_pair
     out = tmp_path / "fsdp2"
     worker = ROOT / "tests" / "scripts" / "fsdp2_worker.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(worker)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
+    command += [str(worker)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [*command, str(student), str(teacher), str(out)], capture_output=True, text=True, timeout=600, env=env
