@@ -53,3 +53,29 @@ def test_dense_is_fed_the_same_text_up_to_the_loop_and_judged_on_its_own_continu
     assert summarize(rows)["kind"] == {
         "prompts": 3, "identical": 0.0, "common_prefix": 8 / 3, "degenerate": 2, "dense_loops_too": 1,
     }  # fmt: skip
+
+
+def test_compress_loads_dense_again_only_to_check_a_loop(monkeypatch):
+    """compress's report: dense's embedding is gone when ours is decoded, so a loop's check loads dense again, and
+    only when a continuation repeats; the printed summary says which loops dense makes too."""
+    import hf_factor_embed.measure.continuations as continuations
+    from hf_factor_embed.pipeline.summary import summary_table
+
+    tokenizer, dense, loads = _Tokenizer(), _Dense(), []
+
+    def load_dense():
+        loads.append(1)
+        return dense
+
+    prompts, dense_tokens = {"ab": "docs", "cd": "licenses"}, [[1, 2, 3, 4, 5, 6]] * 2
+    monkeypatch.setattr(continuations, "greedy_of_prompts", lambda model, tok, p: [[1, 2, 3, 4, 5, 6]] * 2)
+    rows = continuations.beside_dense(None, tokenizer, prompts, dense_tokens, load_dense)
+    assert loads == [] and [r["dense_loops_too"] for r in rows] == [None, None]
+
+    ours = [[1, 2, 3, 4, 5, 6], [1, 7, 7, 7, 7, 7]]  # the second loops on 7 after 1, as dense does fed the 1
+    monkeypatch.setattr(continuations, "greedy_of_prompts", lambda model, tok, p: ours)
+    rows = continuations.beside_dense(None, tokenizer, prompts, dense_tokens, load_dense)
+    assert loads == [1] and [r["dense_loops_too"] for r in rows] == [None, True]
+    report = {"model_params_before": 10, "model_params_after": 5, "method": "banded"}
+    result = {"report": report, "embedding_bytes": {"dense_fp32": 8, "stored": 2, "share": 0.25}, "evaluation": {}}
+    assert "degenerate: licenses (dense loops there too)" in summary_table(result | {"continuations": rows})

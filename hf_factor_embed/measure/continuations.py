@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -195,6 +196,15 @@ def greedy_of_prompts(model, tokenizer, prompts: dict[str, str]) -> list[list[in
     return greedy(model, tokenizer, list(prompts), NEW_TOKENS) if prompts else []
 
 
-def beside_dense(model, tokenizer, prompts: dict[str, str], dense: list[list[int]]) -> list[dict]:
-    """What a user reads: each prompt's greedy continuation by the compressed model beside dense's."""
-    return [row.as_dict() for row in compare(tokenizer, prompts, dense, greedy_of_prompts(model, tokenizer, prompts))]
+def beside_dense(
+    model, tokenizer, prompts: dict[str, str], dense: list[list[int]], load_dense: Callable[[], object] | None = None
+) -> list[dict]:
+    """What a user reads: each prompt's greedy continuation by the compressed model beside dense's.
+
+    ``load_dense`` gives the dense model again; it is called only when a continuation repeats, to ask whether dense
+    loops there too (:func:`mark_dense_loops`): by then the compressed model has replaced dense's embedding."""
+    ours = greedy_of_prompts(model, tokenizer, prompts)
+    rows = compare(tokenizer, prompts, dense, ours)
+    if load_dense is not None and any(row.repeats for row in rows):
+        mark_dense_loops(rows, load_dense(), tokenizer, ours)
+    return [row.as_dict() for row in rows]

@@ -3,6 +3,7 @@ the peers', the continuations a user reads, and a warning for each source not se
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 
@@ -12,6 +13,7 @@ from ..calibration.model_text import describe_feed, special_token_ids
 from ..measure.baseline import DenseBaseline, param_bytes
 from ..measure.continuations import beside_dense
 from ..measure.texts import compare_to_dense
+from ..models.load import load_model
 from ..options import DEFAULT_TAIL_SUB_DIM
 from ..quantizer.sizes import embedding_bytes
 from ..quantizer.structure import factorized_layers
@@ -54,7 +56,8 @@ def build_result(model, tokenizer, request: CompressRequest, dense: DenseBaselin
         "command": meta.get("command"),
     }
     result["evaluation"] = _evaluation(model, tokenizer, request, dense, plan)
-    result["continuations"] = beside_dense(model, tokenizer, dense.prompts, dense.continuations)
+    dense_again = functools.partial(_dense_model, request)
+    result["continuations"] = beside_dense(model, tokenizer, dense.prompts, dense.continuations, dense_again)
     result["served"] = request.served
     result["warnings"] = _warnings(result["evaluation"], request.served, plan) if request.served else []
     if dense.peers is not None:
@@ -62,6 +65,11 @@ def build_result(model, tokenizer, request: CompressRequest, dense: DenseBaselin
     if plan is not None:
         result["plan"] = plan
     return result
+
+
+def _dense_model(request: CompressRequest):
+    """The dense model as compress loaded it, again (for a loop's check; a folder or a bundled model maps its file)."""
+    return load_model(request.model_name, gguf_file=request.gguf_file, dtype=request.dtype)[0]
 
 
 def _tail_record(request: CompressRequest, plan: dict | None) -> dict:

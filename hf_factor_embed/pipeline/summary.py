@@ -35,12 +35,18 @@ def summary_table(result: dict) -> str:
     lines.extend(_fidelity_rows(result["evaluation"], peers))
     rows = result.get("continuations") or []
     if rows:
-        same, bad = sum(r["identical"] for r in rows), [r["group"] for r in rows if r["degenerate"]]
+        same = sum(r["identical"] for r in rows)
+        bad = [_degenerate(r) for r in rows if r["degenerate"]]
         lines.append(
             f"greedy continuations ({NEW_TOKENS} tokens) of each text's first words: {same} of {len(rows)} identical "
             f"to dense's; degenerate: {', '.join(bad) if bad else 'none'}"
         )
     return "\n".join(lines)
+
+
+def _degenerate(row: dict) -> str:
+    """A degenerate continuation's group, and whether dense, fed the same text, loops there too."""
+    return row["group"] + (" (dense loops there too)" if row.get("dense_loops_too") else "")
 
 
 def _fidelity_rows(evaluation: dict, peers: dict) -> list[str]:
