@@ -28,6 +28,7 @@ from ..layers.factorized import (
     FactorizedLMHead,
     band_slots,
     code_offsets,
+    held_offset_rows,
     product_code_parts,
     shortlist_tail_logits,
 )
@@ -160,8 +161,8 @@ class ExportedFactors(nn.Module):
     ``runtime`` (:class:`.target.RuntimeLayout`): what the runtime's file holds and how its graph reads it. Where
     ``precomputed``, every row's codes are kept (a token -> code row table would cost about what leaving out the
     band's codes saves) and the matrices are also held as fp32 values (:class:`StoredMatrix`'s ``as_float``);
-    where ``matmul_nbits``, 4-bit matrices in MatMulNBits' layout; where ``offset_codes`` and ``shortlist``, the
-    first stage's codes as int32 flat offsets (``first_offsets``).
+    where ``matmul_nbits``, 4-bit matrices in MatMulNBits' layout; where ``offset_codes`` and ``shortlist``, every
+    code as an int32 flat offset in place of the uint8 codes, split after the first stage (:meth:`held_offsets`).
     """
 
     def __init__(
@@ -247,13 +248,12 @@ class ExportedFactors(nn.Module):
     def _code_parts(self, rows: torch.Tensor) -> torch.Tensor:
         """The product-coded parts of code ``rows`` (any shape) before the rotation, from the codes or the offsets
         (the same centroids: an offset is the row of the (m * K, sub_dim) codebooks)."""
-        if self.first_offsets is None:
+        offsets = self.held_offsets()
+        if offsets is None:
             return product_code_parts(rows, self.tail_codes, self.codebooks)
-        flat = rows.flatten()
-        offsets = torch.cat([self.first_offsets.index_select(0, flat), self.rest_offsets.index_select(0, flat)], -1)
         m, centroids, sub_dim = self.codebooks.shape
-        parts = self.codebooks.reshape(m * centroids, sub_dim).index_select(0, offsets.flatten())
-        return parts.view(*rows.shape, m * sub_dim)
+        picked = held_offset_rows(offsets, rows).flatten()
+        return self.codebooks.reshape(m * centroids, sub_dim).index_select(0, picked).view(*rows.shape, m * sub_dim)
 
     def tail_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Per position and subspace the state's dot products with the centroids, then a gather-sum per token, one

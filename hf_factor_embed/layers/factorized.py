@@ -28,6 +28,7 @@ Memory layout: A and the band's rows are stored column-major (a (V, r) tensor wi
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -161,28 +162,23 @@ def shortlist_tail_logits(
         if offsets is None:
             logits = logits + _code_sum(tables[..., :partial], codes[:, :partial], rows, lookups=lookups)
         else:
-            logits = logits + _offset_sum(tables, _held_offsets(offsets, rows, first=True))
+            logits = logits + _offset_sum(tables, held_offset_rows(offsets[:1], rows))
         best = logits.topk(kept, dim=-1, sorted=False).indices
         listed, rows, logits = listed.gather(-1, best), rows.gather(-1, best), logits.gather(-1, best)
     if offsets is None:
         logits = logits + _code_sum(tables[..., partial:], codes, rows, partial, lookups=lookups)
     else:
-        logits = logits + _offset_sum(tables, _held_offsets(offsets, rows, first=False, whole=not partial))
+        # the rest of the subspaces, or all of them where the list was short enough to skip the first stage
+        logits = logits + _offset_sum(tables, held_offset_rows(offsets[1:] if partial else offsets, rows))
     return torch.full_like(coarse, float("-inf")).scatter(-1, listed, logits)
 
 
-def _held_offsets(
-    offsets: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor, first: bool, whole: bool = False
-) -> torch.Tensor:
-    """``(n, k, s)``: the listed rows' offsets held ready, of the first stage's subspaces (``first``), of the rest,
-    or of all of them (``whole``: the list was short enough to skip the first stage)."""
-    n, k = rows.shape
+def held_offset_rows(parts: Sequence[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """``(*rows.shape, s)``: code ``rows``' offsets held ready (:func:`code_offsets`), the columns of ``parts``
+    (tables split by subspaces) side by side."""
     flat = rows.flatten()
-    if whole:
-        picked = torch.cat([part.index_select(0, flat) for part in offsets], dim=-1)
-    else:
-        picked = offsets[0 if first else 1].index_select(0, flat)
-    return picked.view(n, k, -1)
+    picked = [part.index_select(0, flat) for part in parts]
+    return (picked[0] if len(picked) == 1 else torch.cat(picked, dim=-1)).view(*rows.shape, -1)
 
 
 def code_offsets(codes: torch.Tensor, centroids: int) -> torch.Tensor:
