@@ -241,6 +241,38 @@ def test_cheap_refit_lowers_its_objective_and_keeps_the_codes():
     _assert_codes_kept_and_tied(student, codes)
 
 
+def test_cheap_refit_of_the_codebooks_alone_moves_nothing_else_and_survives_a_save(tmp_path, ids):
+    from hf_factor_embed.recovery import CheapRefitConfig, cheap_refit, collect_teacher_signals
+
+    teacher, student = wide_vocab_llama(), pq_model()
+    layer = student.get_input_embeddings()
+    kept = {n: getattr(layer, n).detach().clone() for n in ("weight", "basis", "tail_rotation", "dense_rows")}
+    books = layer.codebooks.detach().clone()
+    signals = collect_teacher_signals(teacher, torch.randint(1, VOCAB, (256,)), window=32, progress=False)
+    result = cheap_refit(
+        student, signals, CheapRefitConfig(steps=30, batch_positions=64, lr=1e-3, tensors=("codebooks",))
+    )
+    objective = {k: sum(result[k].values()) for k in ("before", "after")}  # input_weight 1: the two losses' sum
+    assert objective["after"] < objective["before"]
+    assert not torch.equal(layer.codebooks, books)
+    for name, value in kept.items():
+        assert torch.equal(getattr(layer, name), value), name
+    student.save_pretrained(tmp_path)  # the codebooks are stored in float: the refit is the checkpoint's
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.get_input_embeddings().codebooks, layer.codebooks, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, student.eval()(ids).logits)
+
+
+def test_cheap_refit_refuses_tensors_it_does_not_know():
+    from hf_factor_embed.recovery import CheapRefitConfig, cheap_refit, collect_teacher_signals
+
+    teacher, student = wide_vocab_llama(), pq_model()
+    signals = collect_teacher_signals(teacher, torch.randint(1, VOCAB, (64,)), window=32, progress=False)
+    with pytest.raises(FactorEmbedError, match="centroids.*name one or more"):
+        cheap_refit(student, signals, CheapRefitConfig(steps=1, tensors=("centroids",)))
+
+
 def test_distill_saves_and_reloads_a_product_coded_student(tmp_path, ids):
     from datasets import Dataset
 

@@ -30,7 +30,7 @@ from ..config import OUTPUT
 from ..errors import FactorEmbedError
 from ..layers.factorized import FactorizedLayer
 from .losses import kl_to_teacher
-from .trainable import factor_parameters
+from .trainable import FACTOR_TENSORS, factor_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,9 @@ class CheapRefitConfig:
     input_weight: float = 1.0
     max_minutes: float | None = None
     seed: int = 0
+    #: Which factor tensors train (:data:`.trainable.FACTOR_TENSORS`); ``("codebooks",)`` moves only a product-coded
+    #: tail's centroids, which the checkpoint stores in float, so nothing is rounded again on save.
+    tensors: tuple[str, ...] = FACTOR_TENSORS
 
 
 def cheap_refit(student: nn.Module, signals: TeacherSignals, config: CheapRefitConfig | None = None) -> dict:
@@ -101,7 +104,9 @@ def cheap_refit(student: nn.Module, signals: TeacherSignals, config: CheapRefitC
     embedding = embedding if isinstance(embedding, FactorizedLayer) else None
     if head is None and embedding is None:
         raise FactorEmbedError("the student has no factorized embedding or head; patch it first")
-    params = factor_parameters(student)
+    params = factor_parameters(student, config.tensors)
+    if not params:
+        raise FactorEmbedError(f"the student holds none of {config.tensors}; name tensors its layers have")
     trainable_before = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)

@@ -13,11 +13,15 @@ TRAIN_MODES = ("factors", "lora", "all")
 FACTOR_TENSORS = ("weight", "basis", "dense_rows", "codebooks", "tail_rotation")
 
 
-def factor_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Every trainable factor Parameter once (a tied head shares its embedding's objects)."""
+def factor_parameters(model: nn.Module, names: tuple[str, ...] = FACTOR_TENSORS) -> list[nn.Parameter]:
+    """Every trainable factor Parameter once (a tied head shares its embedding's objects); ``names``: which of
+    :data:`FACTOR_TENSORS` (e.g. ``("codebooks",)``: the product-coded tail's centroids alone)."""
+    unknown = sorted(set(names) - set(FACTOR_TENSORS))
+    if unknown or not names:
+        raise FactorEmbedError(f"tensors={names!r}: name one or more of {FACTOR_TENSORS} (unknown: {unknown})")
     seen: dict[int, nn.Parameter] = {}
     for layer in factorized_layers(model).values():
-        for name in FACTOR_TENSORS:
+        for name in names:
             param = getattr(layer, name, None)
             if param is not None:
                 seen.setdefault(id(param), param)
