@@ -225,6 +225,8 @@ CASES = {
         for name, extra, message in [
             ("mode", ["--mode", "foo"], "--mode 'foo' is not one of"),
             ("train", ["--mode", "distill", "--train", "everything"], "--train 'everything' is not one of"),
+            ("cheap train lora", ["--mode", "cheap", "--train", "lora"], "--train 'lora' is not one of"),
+            ("codebooks without codes", ["--mode", "cheap", "--train", "codebooks"], "no product-coded tail"),
             ("max minutes 0", ["--max-minutes", "0"], "--max-minutes 0.0 must be a number above 0"),
             ("max minutes negative", ["--max-minutes", "-1"], "--max-minutes -1.0"),
             ("max tokens 0", ["--max-tokens", "0"], "--max-tokens 0 must be a whole number above 0"),

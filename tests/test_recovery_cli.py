@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SMOLLM2_GGUF, VOCAB, package_dir, tiny_llama, tiny_tokenizer
+from conftest import SMOLLM2_GGUF, VOCAB, package_dir, tiny_llama, tiny_tokenizer, tiny_words
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import hf_factor_embed as hfe
@@ -103,6 +103,34 @@ def test_classifier_recipe_on_minilm_reports_three_accuracies(minilm_dir, tmp_pa
     assert all(0 <= a <= 1 for a in accuracy.values())
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert factorized_layers(model)
+
+
+def test_recover_cheap_codebooks_moves_only_the_centroids(tmp_path, capsys):
+    """``--train codebooks`` on a product-coded student: the centroids refit, every other stored tensor the same."""
+    import torch
+    from safetensors.torch import load_file
+
+    from hf_factor_embed.factorize.banded import BandedMethod
+
+    teacher = tiny_llama()
+    teacher.save_pretrained(tmp_path / "teacher")
+    tiny_tokenizer().save_pretrained(tmp_path / "teacher")
+    method = BandedMethod(0.5, tail="pq", tail_sub_dim=8, tail_rank=4, tail_exact_columns=4)
+    calibration = torch.randint(1, 300, (4000,), generator=torch.Generator().manual_seed(1))
+    hfe.patch_model(copy.deepcopy(teacher), rank=16, method=method, calibration=calibration).save_pretrained(
+        tmp_path / "student"
+    )
+    (tmp_path / "t.txt").write_text(tiny_words(3000))
+    argv = ["recover", str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher"), "--mode", "cheap"]
+    code, err = run_cli(
+        capsys, *argv, "--train", "codebooks", "--text", str(tmp_path / "t.txt"), "--out", str(tmp_path / "o")
+    )
+    assert code == 0, err
+    before, after = (load_file(tmp_path / f / "model.safetensors") for f in ("student", "o"))
+    assert before.keys() == after.keys()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all("codebooks" in k for k in moved), moved
+    assert_factorized_tied(tmp_path / "o")
 
 
 # --- user errors: one line, exit 2 ----------------------------------------------------------------------------

@@ -36,7 +36,13 @@ def recover(
     gguf_file: Annotated[str | None, typer.Option(help="The GGUF file inside --teacher, if it ships one.")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Use at most this many tokens of the text.")] = None,
-    train: Annotated[str, typer.Option(help="distill: what trains: factors, lora or all.")] = "factors",
+    train: Annotated[
+        str,
+        typer.Option(
+            help="What trains. distill: factors, lora or all; cheap: factors, or codebooks (a product-coded tail's "
+            "centroids alone: the checkpoint's bytes stay)."
+        ),
+    ] = "factors",
     max_steps: Annotated[int, typer.Option(help="distill: optimizer steps at most.")] = 1000,
     lr: Annotated[float, typer.Option(help="distill: learning rate.")] = 1e-4,
     self_generate: Annotated[

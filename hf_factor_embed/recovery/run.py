@@ -24,11 +24,14 @@ from .data import load_text, pack_blocks, split_blocks
 from .distill import DistillConfig, distill
 from .generate import check_tokens
 from .generate import self_generate as generate
-from .trainable import TRAIN_MODES
+from .trainable import FACTOR_TENSORS, TRAIN_MODES
 
 logger = logging.getLogger(__name__)
 
 MODES = ("cheap", "distill")
+#: What a cheap refit may train (``--train``): every factor, or a product-coded tail's centroids alone (stored in
+#: float, so the checkpoint's bytes and every other tensor stay; benchmarks/codebook_refit.py measures it).
+CHEAP_TRAINS = {"factors": FACTOR_TENSORS, "codebooks": ("codebooks",)}
 SUMMARY_FILE = "recovery.json"
 
 
@@ -127,6 +130,9 @@ def recover(
     check_complete(student_dir, "the student")
     check_writable_folder(out)
     check_pair(student_dir, teacher, gguf_file)
+    train_what = (distill_config or {}).get("train", "factors")
+    if mode == "cheap" and train_what == "codebooks":
+        _check_has_codebooks(student_dir)
     # The text is checked before the models load: an empty or too short text fails in a second.
     tokenizer = load_tokenizer(teacher, gguf_file)
     given = None
@@ -142,7 +148,8 @@ def recover(
             ids = train[:]["input_ids"].reshape(-1)
             signals = collect_teacher_signals(dense, ids, window=block_size)
             del dense  # the teacher's signals and dense matrices are kept; the network is not needed any more
-            summary = cheap_refit(student, signals, CheapRefitConfig(max_minutes=max_minutes))
+            config = CheapRefitConfig(max_minutes=max_minutes, tensors=CHEAP_TRAINS[train_what])
+            summary = cheap_refit(student, signals, config)
             student.save_pretrained(staging)
         else:
             config = DistillConfig(output_dir=str(staging), max_minutes=max_minutes, **(distill_config or {}))
@@ -168,9 +175,19 @@ def _check_arguments(mode: str, max_minutes, max_tokens, block_size: int, distil
             f"give at least {2 * block_size}"
         )
     if "train" in distill_config:
-        one_of("--train", distill_config["train"], TRAIN_MODES)
+        one_of("--train", distill_config["train"], tuple(CHEAP_TRAINS) if mode == "cheap" else TRAIN_MODES)
     positive_int("--max-steps", distill_config.get("max_steps"), optional=True)
     positive_number("--lr", distill_config.get("lr"), optional=True)
+
+
+def _check_has_codebooks(student_dir: str | Path) -> None:
+    """``--train codebooks`` needs a product-coded tail: read from config.json, before any weight loads."""
+    config = json.loads((Path(student_dir) / "config.json").read_text()).get("quantization_config") or {}
+    if not any(entry.get("tail_subvectors") for entry in (config.get("modules") or {}).values()):
+        raise FactorEmbedError(
+            f"--train codebooks: {student_dir} has no product-coded tail (no codebooks to refit); use --train "
+            "factors, or compress with --tail pq"
+        )
 
 
 def _training_blocks(given, teacher, tokenizer, self_generate: int | None, block_size: int):
