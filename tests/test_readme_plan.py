@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from test_readme import in_second_chain, run_readme_commands
 
 pytestmark = pytest.mark.real_model
@@ -19,6 +20,13 @@ def test_the_plan_and_product_code_commands_run_as_written(tmp_path, monkeypatch
     (embedding,) = json.loads(Path("out/a/summary.json").read_text())["embeddings"]
     assert embedding["shape"] == [49152, 576] and len(embedding["singular_values"]) == 576
     assert embedding["budget"]["rank"] == int(0.3 * 49152 * 576 // (49152 + 576))
+    # recover --train codebooks on the real SmolLM2's product codes: the centroids moved, nothing else
+    from safetensors.torch import load_file
+
+    before, after = (load_file(f"out/smollm2-pq{suffix}/model.safetensors") for suffix in ("", "-cheap"))
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert before.keys() == after.keys() and moved and all("codebooks" in k for k in moved), moved
+    assert json.loads(Path("out/smollm2-pq-cheap/recovery.json").read_text())["mode"] == "cheap"
     # the shortlist head (a product-coded tail, `compress --tail pq`) in ExecuTorch: the full head's greedy tokens
     report = json.loads(Path("out/smollm2-pq-pte/export.json").read_text())
     assert report["identical"] and report["head"] == "shortlist:8192", report
