@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from hf_factor_embed.calibration.generated import GeneratedSource, generated_text
-from hf_factor_embed.calibration.model_text import bos_prefix, model_windows
+from hf_factor_embed.calibration.model_text import bos_prefix
 from hf_factor_embed.calibration.sources import load_source
 from hf_factor_embed.measure.fidelity import fidelity
 from hf_factor_embed.models.load import load_model
@@ -46,10 +46,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="a product-coded checkpoint folder")
     parser.add_argument("--dense", required=True, help="its dense model: a folder or bundled:NAME")
-    parser.add_argument("--tokens", type=int, nargs="+", default=[2044, 8176], help="calibration tokens a source")
+    parser.add_argument(
+        "--tokens", type=int, nargs="+", default=[2044, 8176], help="calibration tokens a source (multiples of 511)"
+    )
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--lr", type=float, default=3e-4)
     args = parser.parse_args(argv)
+    if any(n <= 0 or n % (WINDOW - 1) for n in args.tokens):
+        parser.error(f"--tokens: whole multiples of {WINDOW - 1} (the text of one window after <bos>)")
     torch.manual_seed(0)
     dense, tokenizer = load_model(args.dense)
     bos = bos_prefix(tokenizer)
@@ -87,8 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     result["runs"] = {}
     for tokens in args.tokens:
         student, _ = load_model(args.checkpoint)
-        parts = [model_windows(ids[:tokens], WINDOW, bos).reshape(-1) for ids in calibration.values()]
-        signals = collect_teacher_signals(dense, torch.cat(parts), window=WINDOW, batch_size=1, progress=False)
+        # each part a whole number of windows (tokens a multiple of WINDOW - 1), so no window spans two sources
+        parts = torch.cat([ids[:tokens] for ids in calibration.values()])
+        signals = collect_teacher_signals(dense, parts, window=WINDOW, batch_size=1, progress=False, bos_id=bos)
         config = CheapRefitConfig(steps=args.steps, lr=args.lr, tensors=("codebooks",))
         refit = cheap_refit(student, signals, config)
         run = {"refit": refit, "after": measure(student)}

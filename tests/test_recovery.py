@@ -109,6 +109,18 @@ def test_cheap_refit_lowers_both_losses_and_keeps_tying(tied):
     assert not any(p.requires_grad for p in factor_parameters(student)) or student.training is False
 
 
+def test_teacher_signals_put_bos_first_in_every_window_where_asked():
+    teacher, _ = teacher_and_student()
+    ids = torch.arange(3, 3 + 64)
+    plain = collect_teacher_signals(teacher, ids, window=32, progress=False)
+    framed = collect_teacher_signals(teacher, ids, window=32, progress=False, bos_id=1)
+    assert torch.equal(plain.token_ids, ids[:64])
+    assert framed.token_ids.tolist() == [1, *range(3, 34), 1, *range(34, 65)]  # <bos> and 31 tokens a window
+    with torch.no_grad():  # the head inputs are those of the windows as fed
+        hidden = teacher.model(input_ids=framed.token_ids.view(2, 32)).last_hidden_state.reshape(-1, 64)
+    torch.testing.assert_close(framed.hidden, hidden)
+
+
 def test_cheap_refit_refuses_a_factorized_teacher():
     _, student = teacher_and_student()
     with pytest.raises(hfe.FactorEmbedError, match="dense model"):

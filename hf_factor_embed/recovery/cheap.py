@@ -26,6 +26,7 @@ from torch import nn
 
 from ..adapters import get_adapter
 from ..calibration.collect import iter_head_inputs
+from ..calibration.model_text import model_windows
 from ..config import OUTPUT
 from ..errors import FactorEmbedError
 from ..layers.factorized import FactorizedLayer
@@ -48,9 +49,19 @@ class TeacherSignals:
 
 @torch.no_grad()
 def collect_teacher_signals(
-    teacher: nn.Module, token_ids: torch.Tensor, *, window: int = 512, batch_size: int = 4, progress: bool = True
+    teacher: nn.Module,
+    token_ids: torch.Tensor,
+    *,
+    window: int = 512,
+    batch_size: int = 4,
+    progress: bool = True,
+    bos_id: int | None = None,
 ) -> TeacherSignals:
-    """Run the dense teacher once over ``token_ids`` (``window``-token windows) and keep its head inputs."""
+    """Run the dense teacher once over ``token_ids`` (``window``-token windows) and keep its head inputs.
+
+    ``bos_id``: put first in every window, as the tokenizer feeds text
+    (:func:`hf_factor_embed.calibration.model_text.bos_prefix`); leave None for ids already framed that way
+    (:func:`.data.pack_blocks`' blocks begin with it)."""
     adapter = get_adapter(teacher)
     head, embedding = adapter.get(teacher, OUTPUT), adapter.input_embedding(teacher)
     if head is None or isinstance(head, FactorizedLayer) or isinstance(embedding, FactorizedLayer):
@@ -62,7 +73,7 @@ def collect_teacher_signals(
         [
             h.reshape(-1, h.shape[-1]).float().cpu()
             for h in iter_head_inputs(
-                teacher, ids, window=window, batch_size=batch_size, progress=progress, desc="teacher"
+                teacher, ids, window=window, batch_size=batch_size, progress=progress, desc="teacher", bos_id=bos_id
             )
         ]
     )
@@ -71,7 +82,7 @@ def collect_teacher_signals(
     # and a caller that drops the teacher afterwards keeps only these, once (a tied teacher shares one).
     return TeacherSignals(
         hidden=hidden,
-        token_ids=ids[: hidden.shape[0]].clone(),
+        token_ids=model_windows(ids, window, bos_id).reshape(-1)[: hidden.shape[0]].clone(),  # the ids read
         head_weight=head.weight.detach().float().cpu(),
         head_bias=None if bias is None else bias.detach().float().cpu(),
         embedding_weight=embedding.weight.detach().float().cpu(),
