@@ -130,6 +130,7 @@ def test_recover_cheap_codebooks_moves_only_the_centroids(tmp_path, capsys):
     assert before.keys() == after.keys()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all("codebooks" in k for k in moved), moved
+    assert json.loads((tmp_path / "o" / "recovery.json").read_text())["train"] == "codebooks"
     assert_factorized_tied(tmp_path / "o")
 
 

@@ -150,6 +150,7 @@ def recover(
             del dense  # the teacher's signals and dense matrices are kept; the network is not needed any more
             config = CheapRefitConfig(max_minutes=max_minutes, tensors=CHEAP_TRAINS[train_what])
             summary = cheap_refit(student, signals, config)
+            summary["train"] = train_what  # what moved: recovery.json says so
             student.save_pretrained(staging)
         else:
             config = DistillConfig(output_dir=str(staging), max_minutes=max_minutes, **(distill_config or {}))
