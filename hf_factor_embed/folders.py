@@ -135,15 +135,26 @@ def _sibling(out: Path, what: str) -> Path:
     return out.absolute().parent / f".{out.name}.{what}"
 
 
-def is_factorized_checkpoint(folder: str | Path) -> bool:
-    """Read from config.json alone, before any weight loads (a wrong folder fails fast and quietly)."""
+def read_config(folder: str | Path) -> dict:
+    """A saved model folder's config.json, read before any weight loads (a wrong folder fails fast and quietly)."""
     config = Path(folder, "config.json")
     if not Path(folder).exists():
         raise FactorEmbedError(f"the folder {folder} does not exist; give a checkpoint folder")
     if not config.is_file():
         raise FactorEmbedError(f"{folder} is not a saved model folder (no config.json); give a checkpoint folder")
-    quantization = json.loads(config.read_text()).get("quantization_config") or {}
+    return json.loads(config.read_text())
+
+
+def is_factorized_checkpoint(folder: str | Path) -> bool:
+    """Read from config.json alone, before any weight loads."""
+    quantization = read_config(folder).get("quantization_config") or {}
     return quantization.get("quant_method") == QUANT_METHOD
+
+
+def factorized_modules(config: dict) -> dict[str, dict]:
+    """What a checkpoint's config says of each factorized layer: ``quantization_config.modules`` by role (each entry
+    a :class:`hf_factor_embed.layers.layout.LayerLayout`'s ``as_config()``); empty for a dense model."""
+    return (config.get("quantization_config") or {}).get("modules") or {}
 
 
 def folder_bytes(folder: str | Path, pattern: str = "*.safetensors") -> int:

@@ -15,7 +15,15 @@ from pathlib import Path
 from ..arguments import check_writable_folder, one_of
 from ..config import OUTPUT
 from ..errors import FactorEmbedError
-from ..folders import check_complete, check_not_input, check_output_dir, is_factorized_checkpoint, staged_folder
+from ..folders import (
+    check_complete,
+    check_not_input,
+    check_output_dir,
+    factorized_modules,
+    is_factorized_checkpoint,
+    read_config,
+    staged_folder,
+)
 from .body import BODIES
 from .head import HeadChoice, parse_head
 
@@ -188,7 +196,7 @@ def check_export(
         raise FactorEmbedError(
             f"{folder} is a dense checkpoint; export exports factorized ones (run hf-factor-embed compress first)"
         )
-    config = json.loads((folder / "config.json").read_text())
+    config = read_config(folder)
     kind = "decoder" if any(a.endswith("ForCausalLM") for a in config.get("architectures") or []) else "encoder"
     if kind == "encoder" and format == "executorch":
         raise FactorEmbedError(
@@ -216,7 +224,7 @@ def check_export(
 
 def _check_shortlist(folder: Path, config: dict, kind: str, head: HeadChoice) -> None:
     """A shortlist head needs a decoder whose head is factorized with a product-coded tail."""
-    output = ((config.get("quantization_config") or {}).get("modules") or {}).get(OUTPUT) or {}
+    output = factorized_modules(config).get(OUTPUT) or {}
     if kind == "encoder" or not output:
         raise FactorEmbedError(
             f"--head {head} shortlists a factorized output head; {folder} has none ({config.get('model_type')}): "

@@ -16,7 +16,15 @@ import torch
 
 from ..arguments import check_writable_folder, one_of, positive_int, positive_number
 from ..errors import FactorEmbedError
-from ..folders import check_complete, check_not_input, check_output_dir, is_factorized_checkpoint, staged_folder
+from ..folders import (
+    check_complete,
+    check_not_input,
+    check_output_dir,
+    factorized_modules,
+    is_factorized_checkpoint,
+    read_config,
+    staged_folder,
+)
 from ..models.bundled import resolve
 from ..models.names import check_model_name
 from .cheap import CheapRefitConfig, cheap_refit, collect_teacher_signals
@@ -183,8 +191,7 @@ def _check_arguments(mode: str, max_minutes, max_tokens, block_size: int, distil
 
 def _check_has_codebooks(student_dir: str | Path) -> None:
     """``--train codebooks`` needs a product-coded tail: read from config.json, before any weight loads."""
-    config = json.loads((Path(student_dir) / "config.json").read_text()).get("quantization_config") or {}
-    if not any(entry.get("tail_subvectors") for entry in (config.get("modules") or {}).values()):
+    if not any(entry.get("tail_subvectors") for entry in factorized_modules(read_config(student_dir)).values()):
         raise FactorEmbedError(
             f"--train codebooks: {student_dir} has no product-coded tail (no codebooks to refit); use --train "
             "factors, or compress with --tail pq"
