@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 
 import onnx
 import pytest
@@ -20,6 +21,7 @@ from hf_factor_embed.export.runtime import OnnxDecoder
 from hf_factor_embed.export.target import PLAIN, RUNTIMES
 from hf_factor_embed.factorize.banded import BandedMethod
 from hf_factor_embed.layers.factorized import SHORTLIST_PARTIAL
+from hf_factor_embed.layers.lookups import pair_offsets
 
 #: Long enough to pass tiny Gemma-3's sliding window below, and to make the greedy check more than one token.
 PROMPTS = [tiny_words(12, seed=3), tiny_words(5, seed=4)]
@@ -339,29 +341,41 @@ def test_precomputed_factors_keep_the_codes_as_codes():
     assert torch.equal(floats.band_slot_table, stored.band_slots())
     config = model.config.quantization_config
     shortlisted = ExportedFactors(layer, config, "embed", shortlist=True, runtime=EXECUTORCH)
-    # a shortlist head's codes, every row's, held as int32 offsets (code + subspace x centroids) in two tables split
-    # after the first stage; the uint8 codes are not kept, and the embedding's rows read the offsets
+    # a shortlist head's codes, every row's, held as int32 offsets in two tables split after the first stage: the
+    # first stage's into pair tables (two subspaces an offset), the rest code + subspace x centroids; the uint8 codes
+    # are not kept, and the embedding's rows read the offsets
     assert shortlisted.code_rows() is None and shortlisted.tail_codes is None
-    first, rest = shortlisted.held_offsets()
+    first, rest, paired = shortlisted.held_offsets()
     m, centroids = layer.tail_codes.shape[1], layer.codebooks.shape[1]
-    assert first.dtype == rest.dtype == torch.int32 and first.shape == (layer.num_embeddings, m // SHORTLIST_PARTIAL)
+    split = m // SHORTLIST_PARTIAL
     within = torch.arange(m, dtype=torch.int32) * centroids
-    assert torch.equal(torch.cat([first, rest], 1), layer.tail_codes.int() + within)
+    assert paired and first.dtype == rest.dtype == torch.int32
+    assert torch.equal(first, pair_offsets(layer.tail_codes[:, :split], centroids))
+    assert torch.equal(rest, (layer.tail_codes.int() + within)[:, split:])
     assert torch.equal(shortlisted.tail_rows(ids), stored.tail_rows(ids))
+    plain = ExportedFactors(layer, config, "embed", shortlist=True, runtime=replace(EXECUTORCH, paired_codes=False))
+    first, rest, paired = plain.held_offsets()  # one subspace an offset
+    assert not paired and torch.equal(torch.cat([first, rest], 1), layer.tail_codes.int() + within)
+    assert torch.equal(plain.tail_rows(ids), stored.tail_rows(ids))
     assert stored.held_offsets() is None and floats.held_offsets() is None  # only a shortlist head reads them
 
 
 @pytest.mark.parametrize("shortlist", [8, 10**6])  # two stages; a list so long that the first is skipped
 @pytest.mark.parametrize("runtime", ["onnx", "executorch"])
 def test_each_runtimes_shortlist_reads_the_same_logits(runtime, shortlist):
-    """The runtimes' layouts (gather along the centroids / flat offsets, codes cast per step / offsets held ready)
-    give the eager layer's shortlist logits to the bit, for one position and for several."""
+    """The runtimes' layouts give the eager layer's shortlist logits, for one position and for several: ONNX
+    Runtime's (a gather along the centroids, the codes cast per step) to the bit; ExecuTorch's (paired offsets held
+    ready, summed by a product with ones) the same tokens listed and the same sums added in another order."""
     full, head = _shortlist_head(shortlist=shortlist, runtime=RUNTIMES[runtime])
     _, eager = _shortlist_head(shortlist=shortlist)
     hidden = torch.randn(3, 2, full.embedding_dim, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         for positions in (hidden[:1, :1], hidden):
-            assert torch.equal(head(positions), eager(positions))
+            ours, reference = head(positions), eager(positions)
+            if runtime == "onnx":
+                assert torch.equal(ours, reference)
+            assert torch.equal(ours.isfinite(), reference.isfinite())
+            torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
 
 def _shortlist_head(shortlist: int, runtime=PLAIN):

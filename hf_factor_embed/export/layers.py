@@ -27,11 +27,10 @@ from ..layers.factorized import (
     FactorizedLayer,
     FactorizedLMHead,
     band_slots,
-    code_offsets,
-    held_offset_rows,
     product_code_parts,
     shortlist_tail_logits,
 )
+from ..layers.lookups import HeldOffsets
 from ..quantizer.rounding import TAIL_COLUMN_TENSOR, _group, dequantize, quantize
 from ..quantizer.storage import outside_band_mask
 from .target import PLAIN, RuntimeLayout
@@ -162,7 +161,8 @@ class ExportedFactors(nn.Module):
     ``precomputed``, every row's codes are kept (a token -> code row table would cost about what leaving out the
     band's codes saves) and the matrices are also held as fp32 values (:class:`StoredMatrix`'s ``as_float``);
     where ``matmul_nbits``, 4-bit matrices in MatMulNBits' layout; where ``offset_codes`` and ``shortlist``, every
-    code as an int32 flat offset in place of the uint8 codes, split after the first stage (:meth:`held_offsets`).
+    code as an int32 offset (plain, or paired where ``paired_codes``) in place of the uint8 codes, split after the
+    first stage (:meth:`held_offsets`).
     """
 
     def __init__(
@@ -198,6 +198,7 @@ class ExportedFactors(nn.Module):
         self.tail_rows_only = shortlist and self.has_tail_codes and self.band is not None and not precomputed
         self.register_buffer("first_offsets", None)
         self.register_buffer("rest_offsets", None)
+        self.paired = False
         if self.has_tail_codes:
             for tensor in TAIL_CODE_TENSORS:
                 if tensor != TAIL_COLUMN_TENSOR:
@@ -206,13 +207,17 @@ class ExportedFactors(nn.Module):
                 self.tail_codes = self.tail_codes[outside_band_mask(layer)].contiguous()
             self.tail_column_values = stored(TAIL_COLUMN_TENSOR)
             if shortlist and runtime.offset_codes:  # the codes as offsets only: the embedding's rows read them too
-                offsets = code_offsets(self.tail_codes, self.codebooks.shape[1])
-                split = offsets.shape[1] // SHORTLIST_PARTIAL
-                self.first_offsets, self.rest_offsets = offsets[:, :split].contiguous(), offsets[:, split:].contiguous()
-                self.tail_codes = None
+                self._hold_offsets(runtime.paired_codes)
         self.has_slot_table = precomputed and self.band is not None
         if self.has_slot_table:  # computed once here, then read from the table
             self.register_buffer("band_slot_table", band_slots(self.dense_index, self.num_embeddings))
+
+    def _hold_offsets(self, paired: bool) -> None:
+        """The codes as int32 offsets, split after the shortlist's first stage, the uint8 codes dropped."""
+        m, centroids = self.codebooks.shape[:2]
+        held = HeldOffsets.of(self.tail_codes, centroids, m // SHORTLIST_PARTIAL, paired)
+        self.first_offsets, self.rest_offsets, self.paired = held
+        self.tail_codes = None
 
     def band_slots(self) -> torch.Tensor:
         """Token id -> its row in the band, or -1 (computed in the graph: V integers, no stored table, unless
@@ -236,10 +241,10 @@ class ExportedFactors(nn.Module):
         rows = self.code_rows()
         return ids if rows is None else rows[ids]
 
-    def held_offsets(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(first, rest): the codes as int32 flat offsets, split after the shortlist's first stage, where the
-        runtime reads them so (:class:`.target.RuntimeLayout`'s ``offset_codes``); else None."""
-        return None if self.first_offsets is None else (self.first_offsets, self.rest_offsets)
+    def held_offsets(self) -> HeldOffsets | None:
+        """The codes as int32 offsets, split after the shortlist's first stage, where the runtime reads them so
+        (:class:`.target.RuntimeLayout`'s ``offset_codes`` and ``paired_codes``); else None."""
+        return None if self.first_offsets is None else HeldOffsets(self.first_offsets, self.rest_offsets, self.paired)
 
     def tail_rows(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self._code_parts(self._code_ids(ids)) @ self.tail_rotation.float()
@@ -252,7 +257,7 @@ class ExportedFactors(nn.Module):
         if offsets is None:
             return product_code_parts(rows, self.tail_codes, self.codebooks)
         m, centroids, sub_dim = self.codebooks.shape
-        picked = held_offset_rows(offsets, rows).flatten()
+        picked = offsets.plain(rows, centroids).flatten()
         return self.codebooks.reshape(m * centroids, sub_dim).index_select(0, picked).view(*rows.shape, m * sub_dim)
 
     def tail_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:

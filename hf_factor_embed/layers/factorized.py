@@ -28,7 +28,6 @@ Memory layout: A and the band's rows are stored column-major (a (V, r) tensor wi
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +35,7 @@ from torch import nn
 
 from ..errors import FactorEmbedError
 from .layout import SIZE_KEYS, LayerLayout
+from .lookups import HeldOffsets, lookup_tables, offset_sum
 
 #: The tensors of a factorized layer stored column-major (:func:`head_layout`): A and the band's rows.
 HEAD_LAYOUT_TENSORS = ("weight", "dense_rows")
@@ -126,7 +126,7 @@ def shortlist_tail_logits(
     code_rows: torch.Tensor | None = None,
     *,
     lookups: str | None = None,
-    offsets: tuple[torch.Tensor, torch.Tensor] | None = None,
+    offsets: HeldOffsets | None = None,
 ) -> torch.Tensor:
     """The tail's full logits for ``shortlist`` tail tokens, -inf for every other token (the band's columns
     included: the caller writes them): ``(n, V)``.
@@ -144,10 +144,10 @@ def shortlist_tail_logits(
     The codes are read with a gather along the centroids of the (K, m) tables: entry [t, s] reads
     ``tables[codes[t, s], s]``, the codes as stored, never transposed (ONNX Runtime, Gemma-3's 16,384 x 128 listed
     codes: 6.5x faster than a gather of flat offsets; a transposed int64 index cost 13.5 ms a step more), or by flat
-    offsets (``lookups``: see :func:`_code_sum`). ``offsets`` (first, rest): the codes held ready as int32 flat
-    offsets, ``codes[:, s] + s * K`` (:func:`code_offsets`), split after the first stage's m / ``SHORTLIST_PARTIAL``
-    subspaces; ``codes`` is then not read. Plain tensor ops: transformers runs it, and torch's exporters trace it as
-    it is (:mod:`hf_factor_embed.export`).
+    offsets (``lookups``: see :func:`_code_sum`). ``offsets``: the codes held ready as int32 offsets, plain or
+    paired, split after the first stage's m / ``SHORTLIST_PARTIAL`` subspaces (:class:`.lookups.HeldOffsets`);
+    ``codes`` is then not read, and each stage's entries are summed by a product with ones (ExecuTorch's choice).
+    Plain tensor ops: transformers runs it, and torch's exporters trace it as it is (:mod:`hf_factor_embed.export`).
     """
     m, _, sub_dim = codebooks.shape
     tables = torch.einsum("nms,mks->nkm", rotated.unflatten(-1, (m, sub_dim)), codebooks.to(rotated.dtype))
@@ -162,29 +162,16 @@ def shortlist_tail_logits(
         if offsets is None:
             logits = logits + _code_sum(tables[..., :partial], codes[:, :partial], rows, lookups=lookups)
         else:
-            logits = logits + _offset_sum(tables, held_offset_rows(offsets[:1], rows))
+            logits = logits + offsets.first_sums(tables, rows)
         best = logits.topk(kept, dim=-1, sorted=False).indices
         listed, rows, logits = listed.gather(-1, best), rows.gather(-1, best), logits.gather(-1, best)
     if offsets is None:
         logits = logits + _code_sum(tables[..., partial:], codes, rows, partial, lookups=lookups)
     else:
-        # the rest of the subspaces, or all of them where the list was short enough to skip the first stage
-        logits = logits + _offset_sum(tables, held_offset_rows(offsets[1:] if partial else offsets, rows))
+        if not partial:  # the list was short enough to skip the first stage: every subspace here
+            logits = logits + offsets.first_sums(tables, rows)
+        logits = logits + offsets.rest_sums(tables, rows)
     return torch.full_like(coarse, float("-inf")).scatter(-1, listed, logits)
-
-
-def held_offset_rows(parts: Sequence[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """``(*rows.shape, s)``: code ``rows``' offsets held ready (:func:`code_offsets`), the columns of ``parts``
-    (tables split by subspaces) side by side."""
-    flat = rows.flatten()
-    picked = [part.index_select(0, flat) for part in parts]
-    return (picked[0] if len(picked) == 1 else torch.cat(picked, dim=-1)).view(*rows.shape, -1)
-
-
-def code_offsets(codes: torch.Tensor, centroids: int) -> torch.Tensor:
-    """``codes`` (rows, s) as int32 flat offsets into one position's (K, s) lookup tables read column by column:
-    ``codes[:, j] + j * K``."""
-    return codes.int() + torch.arange(codes.shape[1], dtype=torch.int32, device=codes.device) * centroids
 
 
 def _code_sum(
@@ -211,18 +198,7 @@ def _code_sum(
     _, centroids, subspaces = tables.shape
     index_dtype = torch.int32 if tables.numel() < 2**31 else torch.int64
     within = torch.arange(subspaces, dtype=index_dtype, device=picked.device) * centroids
-    return _offset_sum(tables, picked.to(index_dtype) + within)
-
-
-def _offset_sum(tables: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """``(n, k)``: per position and listed token, the sum of ``tables``' entries (n, K, m) at ``offsets`` (n, k, s),
-    each an offset into its position's tables read column by column (code + subspace x K; any s of the m)."""
-    n, centroids, subspaces = tables.shape
-    flat = tables.transpose(1, 2).reshape(-1)  # (n * subspaces * centroids,)
-    if not (isinstance(n, int) and n == 1):  # each position reads its own tables (a traced batch may be any size)
-        starts = torch.arange(n, dtype=offsets.dtype, device=offsets.device) * (subspaces * centroids)
-        offsets = offsets + starts.view(n, 1, 1)
-    return flat.index_select(0, offsets.flatten()).view(offsets.shape).sum(-1)
+    return offset_sum(lookup_tables(tables), picked.to(index_dtype) + within)
 
 
 class FactorizedLayer(nn.Module):
