@@ -40,6 +40,7 @@ class RuntimeLayout:
     by a product with ones: the portable ``mm`` is faster than its ``sum``.) Gemma-3's first stage alone (65,536
     tokens x 32 subspaces): 11.0 -> 6.7 ms; the head step 26.2 -> 22.2 ms, dense's 21.1 in the same run; the file
     301.2 -> 284.4 MB with the int4 body. Pairing the second stage too read 12.6 MB of tables at random: 30.6 ms.
+    ONNX Runtime does not pair: its first stage took 4.4-4.8 ms as it reads it, 5.2-5.9 with pair tables.
     """
 
     name: str
