@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import FactorEmbedError
 from .layout import SIZE_KEYS, LayerLayout
-from .lookups import HeldOffsets, lookup_tables, offset_sum
+from .lookups import HeldOffsets, code_offsets, lookup_tables, offset_sum
 
 #: The tensors of a factorized layer stored column-major (:func:`head_layout`): A and the band's rows.
 HEAD_LAYOUT_TENSORS = ("weight", "dense_rows")
@@ -185,9 +185,9 @@ def _code_sum(
     the second stage slices the k gathered rows instead, as it reads few.
 
     ``lookups`` "gather": the entries by a gather along the centroids; "flat": by flat int32 offsets into the
-    tables, one ``index_select`` (:func:`_offset_sum`; Gemma-3's first stage in eager torch, 65,536 x 32 lookups:
-    4.6 ms against 11 ms for the gather); the same sums bit for bit. None: "gather" while ``torch.export`` traces
-    (ONNX Runtime's choice, :mod:`hf_factor_embed.export.target`), "flat" in eager torch.
+    tables, one ``index_select`` (:func:`.lookups.offset_sum`; Gemma-3's first stage in eager torch, 65,536 x 32
+    lookups: 4.6 ms against 11 ms for the gather); the same sums bit for bit. None: "gather" while
+    ``torch.export`` traces (ONNX Runtime's choice, :mod:`hf_factor_embed.export.target`), "flat" in eager torch.
     """
     n, k = rows.shape
     picked = codes.index_select(0, rows.flatten()).view(n, k, -1)[..., skip:]  # (n, k, subspaces)
@@ -300,9 +300,7 @@ class FactorizedLayer(nn.Module):
         key = (self.tail_codes.data_ptr(), self.tail_codes._version, self.codebooks.shape[1])
         cached = getattr(self, "_offsets", None)
         if cached is None or cached[0] != key:
-            m, k = self.codebooks.shape[:2]
-            step = torch.arange(m, dtype=torch.int32, device=self.tail_codes.device) * k
-            cached = (key, (self.tail_codes.to(torch.int32) + step).reshape(-1))
+            cached = (key, code_offsets(self.tail_codes, self.codebooks.shape[1]).reshape(-1))
             object.__setattr__(self, "_offsets", cached)  # not a buffer: never saved, never moved by .to()
         return cached[1]
 
