@@ -472,8 +472,13 @@ def test_shortlist_head_exports_and_decodes_like_transformers(format, tmp_path, 
     if format == "onnx":
         # the band's rows read the band: the file holds the tail's codes only, this (float) checkpoint every row's
         assert report["embedding_bytes"] < report["checkpoint_embedding_bytes"]
-        ops = [n.op_type for n in onnx.load(report["file"]).graph.node]
+        graph = onnx.load(report["file"]).graph
+        ops = [n.op_type for n in graph.node]
         assert {"TopK", "GatherElements"} <= set(ops) and ops.count("TopK") == 2  # the two stages
+        # each stage's codes are cast to int32 indices, not int64 (ONNX Runtime gathers by int32 faster)
+        casts = {n.output[0]: n.attribute[0].i for n in graph.node if n.op_type == "Cast"}
+        code_indices = [n.input[1] for n in graph.node if n.op_type == "GatherElements" and n.input[1] in casts]
+        assert [casts[i] for i in code_indices] == [onnx.TensorProto.INT32] * 2
         (codes,) = [i for n, i in _initializers(report["file"]).items() if n.endswith("tail_codes")]
         layer = model.get_output_embeddings()
         assert codes.dims[0] == layer.num_embeddings - layer.num_dense_rows

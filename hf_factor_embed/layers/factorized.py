@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import FactorEmbedError
 from .layout import SIZE_KEYS, LayerLayout
-from .lookups import HeldOffsets, code_offsets, lookup_tables, offset_sum
+from .lookups import HeldOffsets, code_offsets, gather_entries, lookup_tables, offset_sum
 
 #: The tensors of a factorized layer stored column-major (:func:`head_layout`): A and the band's rows.
 HEAD_LAYOUT_TENSORS = ("weight", "dense_rows")
@@ -194,7 +194,7 @@ def _code_sum(
     if lookups is None:
         lookups = "gather" if torch.compiler.is_exporting() else "flat"
     if lookups == "gather":
-        return tables.gather(1, picked.long()).sum(-1)
+        return gather_entries(tables, picked).sum(-1)
     _, centroids, subspaces = tables.shape
     index_dtype = torch.int32 if tables.numel() < 2**31 else torch.int64
     within = torch.arange(subspaces, dtype=index_dtype, device=picked.device) * centroids
