@@ -206,6 +206,20 @@ def test_recover_user_errors_are_one_line_and_exit_2(tiny_dirs, tmp_path, capsys
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
 
 
+def test_recover_takes_what_trains_as_its_own_argument(tiny_dirs, tmp_path):
+    """From Python, ``train=`` says what moves; a ``distill_config`` that names it (or the other settings recover
+    sets itself) is refused before anything loads, naming the argument."""
+    from hf_factor_embed.recovery.run import recover
+
+    student, teacher = tiny_dirs
+    kwargs = {"text_files": [tmp_path / "t.txt"], "mode": "distill"}
+    with pytest.raises(hfe.FactorEmbedError, match="'train' is recover\\(\\)'s own argument; pass it as train="):
+        recover(student, str(teacher), tmp_path / "o", distill_config={"train": "lora"}, **kwargs)
+    with pytest.raises(hfe.FactorEmbedError, match="--train"):
+        recover(student, str(teacher), tmp_path / "o", train="codebooks", **kwargs)  # a cheap refit's choice
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.real_model
 def test_recover_on_smollm2_with_its_own_text_mixed_with_a_file(
     smollm2_student, smollm2_dir, tmp_path, capsys, monkeypatch

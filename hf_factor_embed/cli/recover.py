@@ -70,7 +70,8 @@ def recover(
         max_minutes=max_minutes,
         max_tokens=max_tokens,
         overwrite=overwrite,
-        distill_config={"train": train, "max_steps": max_steps, "lr": lr},
+        train=train,
+        distill_config={"max_steps": max_steps, "lr": lr},
         self_generate=self_generate,
     )
     keys = ("mode", "steps", "seconds", "before", "after", "evaluations")

@@ -116,10 +116,15 @@ def recover(
     max_tokens: int | None = None,
     block_size: int = 256,
     overwrite: bool = False,
+    train: str = "factors",
     distill_config: dict | None = None,
     self_generate: int | None = None,
 ) -> dict:
     """Recover ``student_dir`` towards ``teacher`` on the given text; write the result to ``out``.
+
+    ``train``: what moves. ``mode="cheap"``: ``"factors"`` (A, B, the band and the tail's factors) or
+    ``"codebooks"`` (a product-coded tail's centroids only); ``mode="distill"``: ``"factors"``, ``"lora"`` or
+    ``"all"`` (:class:`.distill.DistillConfig`'s ``train``). ``distill_config``: the rest of that config's fields.
 
     ``self_generate``: about that many tokens of text the teacher writes itself (:mod:`.generate`, cached under
     ``$HF_FACTOR_EMBED_CACHE/selfgen``), alone or with the given text. Mixing rule: every generated token and every
@@ -127,7 +132,7 @@ def recover(
     result are the last tenth of the *given* text (of the generated text when none is given), so evaluation is
     never on text the student trained on.
     """
-    _check_arguments(mode, max_minutes, max_tokens, block_size, distill_config or {})
+    _check_arguments(mode, max_minutes, max_tokens, block_size, train, distill_config or {})
     if self_generate is None and text_files is None and dataset is None:
         raise FactorEmbedError("give text files, a dataset name or self_generate=N (or several of them)")
     if self_generate is not None:
@@ -138,8 +143,7 @@ def recover(
     check_complete(student_dir, "the student")
     check_writable_folder(out)
     check_pair(student_dir, teacher, gguf_file)
-    train_what = (distill_config or {}).get("train", "factors")
-    if mode == "cheap" and train_what == "codebooks":
+    if mode == "cheap" and train == "codebooks":
         _check_has_codebooks(student_dir)
     # The text is checked before the models load: an empty or too short text fails in a second.
     tokenizer = load_tokenizer(teacher, gguf_file)
@@ -151,20 +155,21 @@ def recover(
     command = f"recover {student_dir} --teacher {teacher} --mode {mode} --out {out}"
     with staged_folder(out, overwrite=overwrite, inputs=[student_dir, teacher], command=command) as staging:
         student, dense = load_models(student_dir, teacher, gguf_file)
-        train, held_back, generation = _training_blocks(given, dense, tokenizer, self_generate, block_size)
+        blocks, held_back, generation = _training_blocks(given, dense, tokenizer, self_generate, block_size)
         if mode == "cheap":
-            ids = train[:]["input_ids"].reshape(-1)
+            ids = blocks[:]["input_ids"].reshape(-1)
             signals = collect_teacher_signals(dense, ids, window=block_size)
             del dense  # the teacher's signals and dense matrices are kept; the network is not needed any more
-            config = CheapRefitConfig(max_minutes=max_minutes, tensors=CHEAP_TRAINS[train_what])
+            config = CheapRefitConfig(max_minutes=max_minutes, tensors=CHEAP_TRAINS[train])
             summary = cheap_refit(student, signals, config)
-            summary["train"] = train_what  # what moved: recovery.json says so
+            summary["train"] = train  # what moved: recovery.json says so
             student.save_pretrained(staging)
         else:
-            config = DistillConfig(output_dir=str(staging), max_minutes=max_minutes, **(distill_config or {}))
-            summary = distill(student, train, held_back, config, teacher=dense)
+            settings = {"output_dir": str(staging), "max_minutes": max_minutes, "train": train}
+            config = DistillConfig(**settings, **(distill_config or {}))
+            summary = distill(student, blocks, held_back, config, teacher=dense)
             summary["config"] = asdict(config) | {"output_dir": str(out)}
-        summary.update(mode=mode, teacher=teacher, student=str(student_dir), train_blocks=len(train))
+        summary.update(mode=mode, teacher=teacher, student=str(student_dir), train_blocks=len(blocks))
         summary.update(block_size=block_size, self_generated_tokens=self_generate or 0)
         if generation is not None:
             summary["self_generation"] = generation  # settings, seconds, tokens/s of the run that sampled it
@@ -173,7 +178,7 @@ def recover(
     return summary
 
 
-def _check_arguments(mode: str, max_minutes, max_tokens, block_size: int, distill_config: dict) -> None:
+def _check_arguments(mode: str, max_minutes, max_tokens, block_size: int, train: str, distill_config: dict) -> None:
     """The settings' own checks, before anything loads."""
     one_of("--mode", mode, MODES)
     positive_number("--max-minutes", max_minutes, optional=True)
@@ -183,8 +188,10 @@ def _check_arguments(mode: str, max_minutes, max_tokens, block_size: int, distil
             f"--max-tokens {max_tokens} leaves fewer than two {block_size}-token blocks (one trains, one measures); "
             f"give at least {2 * block_size}"
         )
-    if "train" in distill_config:
-        one_of("--train", distill_config["train"], tuple(CHEAP_TRAINS) if mode == "cheap" else TRAIN_MODES)
+    one_of("--train", train, tuple(CHEAP_TRAINS) if mode == "cheap" else TRAIN_MODES)
+    taken = sorted({"train", "output_dir", "max_minutes"} & set(distill_config))
+    if taken:
+        raise FactorEmbedError(f"distill_config: {taken[0]!r} is recover()'s own argument; pass it as {taken[0]}=")
     positive_int("--max-steps", distill_config.get("max_steps"), optional=True)
     positive_number("--lr", distill_config.get("lr"), optional=True)
 
