@@ -195,10 +195,7 @@ def _code_sum(
         lookups = "gather" if torch.compiler.is_exporting() else "flat"
     if lookups == "gather":
         return gather_entries(tables, picked).sum(-1)
-    _, centroids, subspaces = tables.shape
-    index_dtype = torch.int32 if tables.numel() < 2**31 else torch.int64
-    within = torch.arange(subspaces, dtype=index_dtype, device=picked.device) * centroids
-    return offset_sum(lookup_tables(tables), picked.to(index_dtype) + within)
+    return offset_sum(lookup_tables(tables), code_offsets(picked, tables.shape[1]))
 
 
 class FactorizedLayer(nn.Module):

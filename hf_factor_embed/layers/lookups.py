@@ -12,7 +12,6 @@ codes themselves.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -39,18 +38,18 @@ class HeldOffsets(NamedTuple):
         first stage's entries."""
         subspaces = self.first.shape[1] * (2 if self.paired else 1)
         flat = lookup_tables(tables[..., :subspaces], self.paired)
-        return offset_sum(flat, held_offset_rows((self.first,), rows), by_matmul=True)
+        return offset_sum(flat, held_offset_rows(self.first, rows), by_matmul=True)
 
     def rest_sums(self, tables: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """As :meth:`first_sums`, the other subspaces."""
-        return offset_sum(lookup_tables(tables), held_offset_rows((self.rest,), rows), by_matmul=True)
+        return offset_sum(lookup_tables(tables), held_offset_rows(self.rest, rows), by_matmul=True)
 
     def plain(self, rows: torch.Tensor, centroids: int) -> torch.Tensor:
         """``(*rows.shape, m)``: code ``rows``' plain offsets, every subspace's."""
-        first = held_offset_rows((self.first,), rows)
+        first = held_offset_rows(self.first, rows)
         if self.paired:
             first = unpair_offsets(first, centroids)
-        return torch.cat([first, held_offset_rows((self.rest,), rows)], dim=-1)
+        return torch.cat([first, held_offset_rows(self.rest, rows)], dim=-1)
 
     @classmethod
     def of(cls, codes: torch.Tensor, centroids: int, first_subspaces: int, paired: bool) -> HeldOffsets:
@@ -67,9 +66,9 @@ def can_pair(subspaces: int, first_subspaces: int, centroids: int) -> bool:
 
 
 def code_offsets(codes: torch.Tensor, centroids: int) -> torch.Tensor:
-    """``codes`` (rows, s) as int32 flat offsets into one position's (K, s) lookup tables read column by column:
-    ``codes[:, j] + j * K``."""
-    return codes.int() + torch.arange(codes.shape[1], dtype=torch.int32, device=codes.device) * centroids
+    """``codes`` (..., s) as int32 flat offsets into one position's (K, s) lookup tables read column by column:
+    ``codes[..., j] + j * K`` (several positions' starts are added by :func:`offset_sum`)."""
+    return codes.int() + torch.arange(codes.shape[-1], dtype=torch.int32, device=codes.device) * centroids
 
 
 def pair_offsets(codes: torch.Tensor, centroids: int) -> torch.Tensor:
@@ -91,12 +90,9 @@ def unpair_offsets(offsets: torch.Tensor, centroids: int) -> torch.Tensor:
     return torch.stack([first, first + centroids + second_code - first_code], dim=-1).flatten(-2)
 
 
-def held_offset_rows(parts: Sequence[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """``(*rows.shape, s)``: code ``rows``' offsets held ready, the columns of ``parts`` (tables split by
-    subspaces) side by side."""
-    flat = rows.flatten()
-    picked = [part.index_select(0, flat) for part in parts]
-    return (picked[0] if len(picked) == 1 else torch.cat(picked, dim=-1)).view(*rows.shape, -1)
+def held_offset_rows(offsets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``(*rows.shape, s)``: the held ``offsets``' (code rows, s) rows ``rows``, one flat ``index_select``."""
+    return offsets.index_select(0, rows.flatten()).view(*rows.shape, -1)
 
 
 def lookup_tables(tables: torch.Tensor, paired: bool = False) -> torch.Tensor:
